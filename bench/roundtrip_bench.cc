@@ -1,0 +1,389 @@
+// roundtrip_bench.cc - Google Benchmark suite for vkrt's round-trip costs.
+//
+// What is measured (wall-clock time, microseconds; 5 repetitions, medians are the quoted numbers):
+//
+//   BM_FloorPtraceSysemu        the raw ptrace floor, no vkrt code at all: one PTRACE_SYSEMU +
+//                               waitpid + PTRACE_GETREGS + PTRACE_SETREGS per guest `syscall`.
+//                               This is what the ptrace backend can at best approach.
+//   BM_VkrtSyscallRoundTrip     one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_FAST_SYSCALL.
+//   BM_VkrtFaultRoundTrip       one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_PAGEFLT for a load
+//                               from an unmapped guest address (the fault is re-taken each RUN).
+//   BM_VkrtCreateDestroy        vmspace_create + vmspace_destroy of a fresh, empty vmspace.
+//   BM_VkrtCreateMapRunDestroy  create, map one code page, pwrite the guest code, one RUN up to the
+//                               first syscall, destroy: the cost of a short-lived guest.
+//
+// CPU placement dominates these numbers on this 2-vCPU machine (see /work/shared/probes/README.md:
+// the bare SYSEMU round trip is ~9.5 us with tracer and tracee on one CPU, 30-70 us across CPUs),
+// so main() pins the benchmark thread to CPU 0 before anything else runs. vkrt gives its guest
+// the creating thread's affinity, and the floor's child pins itself to the same CPU, so every
+// benchmark here is a "same CPU" measurement. VKRT_BENCH_CPU=<n> pins to CPU n instead;
+// VKRT_BENCH_CPU=none leaves the affinity alone (to look at the unpinned/cross-CPU cost).
+//
+// Build: linked against libvkrt and Debian's libbenchmark (which has no benchmark_main, hence the
+// main() at the bottom). Compiling with -DVKRT_FLOOR_ONLY leaves out every vkrt benchmark and the
+// vkrt header, so the floor can be built and run without the library:
+//   g++ -std=c++20 -O2 -DVKRT_FLOOR_ONLY bench/roundtrip_bench.cc -lbenchmark -lpthread
+//
+// Every benchmark checks what it measures (trap code, rip, fault address, the emulated result the
+// floor's child feeds back) on every iteration and stops with SkipWithError on a mismatch.
+
+#include <benchmark/benchmark.h>
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#ifndef VKRT_FLOOR_ONLY
+#include <vkrt/vmspace.h>
+#endif
+
+namespace {
+
+// The CPU everything is pinned to; -1 = not pinned (VKRT_BENCH_CPU=none).
+int g_cpu = 0;
+
+bool PinToCpu(int cpu) {
+  if (cpu < 0) return true;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+std::string Errno(const char* what) {
+  return std::string(what) + ": " + std::strerror(errno);
+}
+
+void SetRoundTripCounter(benchmark::State& state) {
+  // kIsRate divides by the benchmark's time, which is the real time here (UseRealTime).
+  state.counters["roundtrips"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+// ---- 1. The raw ptrace floor ------------------------------------------------------------------
+
+// The traced child: stops itself, then issues getpid forever with a raw `syscall`, feeding each
+// result back as the next rdi:
+//     xor  %edi,%edi
+//  1: mov  $39,%eax        # SYS_getpid
+//     syscall              # PTRACE_SYSEMU stop; the tracer sets rax = rdi + 1
+//     mov  %rax,%rdi
+//     jmp  1b
+// so the tracer sees rdi = 0, 1, 2, ... exactly when each SETREGS took effect.
+[[noreturn]] void FloorChild() {
+  PinToCpu(g_cpu);
+  if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) _exit(120);
+  raise(SIGSTOP);
+  __asm__ volatile(
+      "xor %%edi, %%edi\n"
+      "1:\n"
+      "mov $39, %%eax\n"
+      "syscall\n"
+      "mov %%rax, %%rdi\n"
+      "jmp 1b\n"
+      :
+      :
+      : "rax", "rdi", "rcx", "r11", "memory");
+  __builtin_unreachable();
+}
+
+// Waits for the next stop of `pid`; true if it is a stop with signal `sig`.
+bool WaitStop(pid_t pid, int sig) {
+  int st = 0;
+  pid_t r;
+  do {
+    r = waitpid(pid, &st, __WALL);
+  } while (r < 0 && errno == EINTR);
+  return r == pid && WIFSTOPPED(st) && WSTOPSIG(st) == sig;
+}
+
+void KillChild(pid_t pid) {
+  kill(pid, SIGKILL);
+  int st;
+  while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {
+  }
+}
+
+void BM_FloorPtraceSysemu(benchmark::State& state) {
+  constexpr int kSyscallStop = SIGTRAP | 0x80;  // with PTRACE_O_TRACESYSGOOD
+  pid_t pid = fork();
+  if (pid < 0) {
+    state.SkipWithError(Errno("fork").c_str());
+    return;
+  }
+  if (pid == 0) FloorChild();
+
+  // Setup, outside the timed loop: the SIGSTOP stop, options, and the first syscall stop.
+  struct user_regs_struct regs;
+  std::string err;
+  if (!WaitStop(pid, SIGSTOP)) {
+    err = "child did not stop with SIGSTOP";
+  } else if (ptrace(PTRACE_SETOPTIONS, pid, nullptr,
+                    reinterpret_cast<void*>(PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)) != 0) {
+    err = Errno("PTRACE_SETOPTIONS");
+  } else if (ptrace(PTRACE_SYSEMU, pid, nullptr, nullptr) != 0) {
+    err = Errno("PTRACE_SYSEMU");
+  } else if (!WaitStop(pid, kSyscallStop)) {
+    err = "no syscall stop after the first PTRACE_SYSEMU";
+  } else if (ptrace(PTRACE_GETREGS, pid, nullptr, &regs) != 0) {
+    err = Errno("PTRACE_GETREGS");
+  } else if (regs.orig_rax != SYS_getpid || regs.rdi != 0) {
+    err = "unexpected first syscall";
+  } else {
+    regs.rax = regs.rdi + 1;
+    if (ptrace(PTRACE_SETREGS, pid, nullptr, &regs) != 0) err = Errno("PTRACE_SETREGS");
+  }
+  if (!err.empty()) {
+    KillChild(pid);
+    state.SkipWithError(err.c_str());
+    return;
+  }
+
+  unsigned long long expect = 1;  // the rdi of the next stop
+  for (auto _ : state) {
+    if (ptrace(PTRACE_SYSEMU, pid, nullptr, nullptr) != 0) {
+      err = Errno("PTRACE_SYSEMU");
+    } else if (!WaitStop(pid, kSyscallStop)) {
+      err = "expected a syscall stop";
+    } else if (ptrace(PTRACE_GETREGS, pid, nullptr, &regs) != 0) {
+      err = Errno("PTRACE_GETREGS");
+    } else if (regs.orig_rax != SYS_getpid || regs.rdi != expect) {
+      err = "wrong syscall or the emulated result did not reach the child";
+    } else {
+      regs.rax = regs.rdi + 1;
+      if (ptrace(PTRACE_SETREGS, pid, nullptr, &regs) != 0) err = Errno("PTRACE_SETREGS");
+    }
+    if (!err.empty()) {
+      state.SkipWithError(err.c_str());
+      break;
+    }
+    ++expect;
+  }
+  KillChild(pid);
+  if (err.empty()) SetRoundTripCounter(state);
+}
+
+#ifndef VKRT_FLOOR_ONLY
+
+// ---- vkrt benchmarks --------------------------------------------------------------------------
+
+constexpr uint64_t kCodeAddr = 0x400000;
+constexpr uint64_t kStackAddr = 0x7000000;
+constexpr uint64_t kUnmappedAddr = 0x10000000;  // nothing is ever mapped there
+constexpr size_t kPage = 4096;
+
+// `as` + `objdump -d`:
+//    0:  b8 27 00 00 00    mov    $0x27,%eax
+//    5:  0f 05             syscall
+//    7:  eb f7             jmp    0
+constexpr unsigned char kSyscallLoop[] = {0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7};
+constexpr uint64_t kSyscallNextRip = kCodeAddr + 7;  // tf_rip after the syscall traps
+
+// `as` + `objdump -d`:
+//    0:  48 8b 03          mov    (%rbx),%rax
+//    3:  eb fb             jmp    0
+constexpr unsigned char kFaultLoop[] = {0x48, 0x8b, 0x03, 0xeb, 0xfb};
+
+// vmspace ids are opaque keys compared by pointer value; one per benchmark.
+char g_ids[4];
+
+// create + map the code page RWX at kCodeAddr (+ a stack page at kStackAddr if `stack`) + pwrite
+// the code; fills *tf / *vf with a fresh user context starting at kCodeAddr. Returns "" or an
+// error message. On error the vmspace is destroyed again.
+std::string MakeGuest(void* id, const unsigned char* code, size_t len, bool stack,
+                      struct trapframe* tf, struct vextframe* vf) {
+  if (vmspace_create(id, VKRT_TYPE_PTRACE, nullptr) != 0) return Errno("vmspace_create");
+  std::string err;
+  const int anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+  void* want = reinterpret_cast<void*>(kCodeAddr);
+  void* want_stack = reinterpret_cast<void*>(kStackAddr);
+  if (vmspace_mmap(id, want, kPage, PROT_READ | PROT_WRITE | PROT_EXEC, anon, -1, 0) != want) {
+    err = Errno("vmspace_mmap(code)");
+  } else if (stack && vmspace_mmap(id, want_stack, kPage, PROT_READ | PROT_WRITE, anon, -1, 0) !=
+                          want_stack) {
+    err = Errno("vmspace_mmap(stack)");
+  } else if (vmspace_pwrite(id, code, len, 0, static_cast<off_t>(kCodeAddr)) !=
+             static_cast<ssize_t>(len)) {
+    err = Errno("vmspace_pwrite");
+  }
+  if (!err.empty()) {
+    vmspace_destroy(id);
+    return err;
+  }
+  std::memset(tf, 0, sizeof *tf);
+  std::memset(vf, 0, sizeof *vf);
+  tf->tf_rip = static_cast<int64_t>(kCodeAddr);
+  tf->tf_rsp = static_cast<int64_t>(kStackAddr + kPage - 64);
+  tf->tf_rflags = 0x202;
+  tf->tf_cs = 0x33;
+  tf->tf_ss = 0x2b;
+  return "";
+}
+
+int Run(void* id, struct trapframe* tf, struct vextframe* vf) {
+  return vmspace_ctl(id, VMSPACE_CTL_RUN, tf, vf);
+}
+
+// "" if *tf is the guest's syscall (getpid, from the syscall at kCodeAddr + 5).
+std::string CheckSyscallTrap(int rc, const struct trapframe& tf) {
+  if (rc != 0) return Errno("vmspace_ctl(RUN)");
+  if (tf.tf_trapno != T_FAST_SYSCALL)
+    return "expected T_FAST_SYSCALL, got trapno " + std::to_string(tf.tf_trapno);
+  if (tf.tf_rip != static_cast<int64_t>(kSyscallNextRip) || tf.tf_rax != 39)
+    return "T_FAST_SYSCALL with wrong tf_rip/tf_rax";
+  return "";
+}
+
+// "" if *tf is the guest's load from kUnmappedAddr at kCodeAddr.
+std::string CheckFaultTrap(int rc, const struct trapframe& tf) {
+  if (rc != 0) return Errno("vmspace_ctl(RUN)");
+  if (tf.tf_trapno != T_PAGEFLT)
+    return "expected T_PAGEFLT, got trapno " + std::to_string(tf.tf_trapno);
+  if (tf.tf_rip != static_cast<int64_t>(kCodeAddr) ||
+      tf.tf_addr != static_cast<int64_t>(kUnmappedAddr))
+    return "T_PAGEFLT with wrong tf_rip/tf_addr";
+  if ((tf.tf_err & (PGEX_U | PGEX_W | PGEX_I | PGEX_P)) != PGEX_U)
+    return "T_PAGEFLT with wrong tf_err " + std::to_string(tf.tf_err);
+  return "";
+}
+
+// ---- 2. syscall round trip ----
+
+void BM_VkrtSyscallRoundTrip(benchmark::State& state) {
+  void* id = &g_ids[0];
+  struct trapframe tf;
+  struct vextframe vf;
+  std::string err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  // First RUN (untimed): from the entry point up to the first syscall.
+  err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+  if (err.empty()) {
+    for (auto _ : state) {
+      tf.tf_rax = tf.tf_rdi + 1;  // "emulate" the call, as the floor does
+      err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+      if (!err.empty()) break;
+    }
+  }
+  if (!err.empty()) state.SkipWithError(err.c_str());
+  if (vmspace_destroy(id) != 0 && err.empty()) state.SkipWithError(Errno("vmspace_destroy").c_str());
+  if (err.empty()) SetRoundTripCounter(state);
+}
+
+// ---- 3. page fault round trip ----
+
+void BM_VkrtFaultRoundTrip(benchmark::State& state) {
+  void* id = &g_ids[1];
+  struct trapframe tf;
+  struct vextframe vf;
+  std::string err = MakeGuest(id, kFaultLoop, sizeof kFaultLoop, true, &tf, &vf);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  tf.tf_rbx = static_cast<int64_t>(kUnmappedAddr);
+  // First RUN (untimed): up to the first fault. Every later RUN restarts at the faulting
+  // instruction (tf_rip comes back pointing at it) and takes the same fault again.
+  err = CheckFaultTrap(Run(id, &tf, &vf), tf);
+  if (err.empty()) {
+    for (auto _ : state) {
+      err = CheckFaultTrap(Run(id, &tf, &vf), tf);
+      if (!err.empty()) break;
+    }
+  }
+  if (!err.empty()) state.SkipWithError(err.c_str());
+  if (vmspace_destroy(id) != 0 && err.empty()) state.SkipWithError(Errno("vmspace_destroy").c_str());
+  if (err.empty()) SetRoundTripCounter(state);
+}
+
+// ---- 4. lifetime ----
+
+void BM_VkrtCreateDestroy(benchmark::State& state) {
+  void* id = &g_ids[2];
+  std::string err;
+  for (auto _ : state) {
+    if (vmspace_create(id, VKRT_TYPE_PTRACE, nullptr) != 0) {
+      err = Errno("vmspace_create");
+    } else if (vmspace_destroy(id) != 0) {
+      err = Errno("vmspace_destroy");
+    }
+    if (!err.empty()) {
+      state.SkipWithError(err.c_str());
+      break;
+    }
+  }
+}
+
+void BM_VkrtCreateMapRunDestroy(benchmark::State& state) {
+  void* id = &g_ids[3];
+  struct trapframe tf;
+  struct vextframe vf;
+  std::string err;
+  for (auto _ : state) {
+    err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, false, &tf, &vf);
+    if (err.empty()) {
+      err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+      if (vmspace_destroy(id) != 0 && err.empty()) err = Errno("vmspace_destroy");
+    }
+    if (!err.empty()) {
+      state.SkipWithError(err.c_str());
+      break;
+    }
+  }
+}
+
+#endif  // VKRT_FLOOR_ONLY
+
+// Common settings. Fixed iteration counts keep the whole suite well under a minute here even if
+// a round trip turns out to cost the cross-CPU 70 us (5 repetitions each).
+void Configure(benchmark::internal::Benchmark* b, benchmark::IterationCount iters) {
+  b->UseRealTime()
+      ->Unit(benchmark::kMicrosecond)
+      ->Iterations(iters)
+      ->Repetitions(5)
+      ->ReportAggregatesOnly(true);
+}
+
+}  // namespace
+
+BENCHMARK(BM_FloorPtraceSysemu)->Apply([](auto* b) { Configure(b, 20000); });
+#ifndef VKRT_FLOOR_ONLY
+BENCHMARK(BM_VkrtSyscallRoundTrip)->Apply([](auto* b) { Configure(b, 20000); });
+BENCHMARK(BM_VkrtFaultRoundTrip)->Apply([](auto* b) { Configure(b, 10000); });
+BENCHMARK(BM_VkrtCreateDestroy)->Apply([](auto* b) { Configure(b, 100); });
+BENCHMARK(BM_VkrtCreateMapRunDestroy)->Apply([](auto* b) { Configure(b, 100); });
+#endif
+
+int main(int argc, char** argv) {
+  // Pin first, before the benchmark library (or vkrt) does anything.
+  const char* cpu = std::getenv("VKRT_BENCH_CPU");
+  if (cpu != nullptr && std::strcmp(cpu, "none") == 0) {
+    g_cpu = -1;
+  } else if (cpu != nullptr && *cpu != '\0') {
+    g_cpu = std::atoi(cpu);
+  }
+  if (!PinToCpu(g_cpu)) {
+    std::fprintf(stderr, "roundtrip_bench: sched_setaffinity(CPU %d): %s; running unpinned\n",
+                 g_cpu, std::strerror(errno));
+    g_cpu = -1;
+  }
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

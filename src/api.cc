@@ -1,0 +1,164 @@
+// The C layer: the only place where internal errors become errno (SPEC §1).
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <string>
+
+#include "arch/x86_64/xstate.h"
+#include "backend/backend.h"
+#include "common/errno_status.h"
+#include "registry.h"
+#include "thread_state.h"
+#include "vkrt/vmspace.h"
+
+namespace vkrt {
+namespace {
+
+// The message of the calling thread's last failure, for vkrt_last_error().
+thread_local std::string last_error;
+
+// Sets errno from `status` and returns -1 (or the given failure value).
+template <typename T = int>
+T Fail(const absl::Status& status, T failure = T(-1)) {
+  last_error = std::string(status.message());
+  errno = ErrnoOf(status);
+  return failure;
+}
+
+absl::StatusOr<Vmspace*> Lookup(void* id) { return Registry::Get().Find(id); }
+
+}  // namespace
+}  // namespace vkrt
+
+using vkrt::Fail;
+
+extern "C" {
+
+int vmspace_create(void* id, int type, void* data) {
+  auto s = vkrt::Registry::Get().Create(id, type, data);
+  return s.ok() ? 0 : Fail(s);
+}
+
+int vmspace_destroy(void* id) {
+  auto s = vkrt::Registry::Get().Destroy(id);
+  return s.ok() ? 0 : Fail(s);
+}
+
+// Called by the assembly entry points (arch/x86_64/entry.S) with the caller's FPU state
+// already saved in `xstate`; whatever `xstate` holds on return is loaded into the caller.
+__attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapframe* tf,
+                                                        vextframe* vf, int64_t timeout_ns,
+                                                        void* xstate) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail(vs.status());
+  vkrt::VmspaceRef ref(*vs);
+  if (cmd != VMSPACE_CTL_RUN) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  if (tf == nullptr || vf == nullptr) {
+    errno = EFAULT;
+    return -1;
+  }
+  if (vkrt::x86_64::XstateSize() > 16384 - 64) {
+    errno = EOPNOTSUPP;  // the entry stub reserves 16 KiB for the XSAVE area
+    return -1;
+  }
+  auto exit = (*vs)->Run(*tf, *vf, xstate, timeout_ns);
+  return exit.ok() ? 0 : Fail(exit.status());
+}
+
+void* vmspace_mmap(void* id, void* addr, size_t len, int prot, int flags, int fd, off_t offset) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail<void*>(vs.status(), MAP_FAILED);
+  vkrt::VmspaceRef ref(*vs);
+  auto mapped = (*vs)->Map(reinterpret_cast<uint64_t>(addr), len, prot, flags, fd, offset);
+  if (!mapped.ok()) return Fail<void*>(mapped.status(), MAP_FAILED);
+  return reinterpret_cast<void*>(*mapped);
+}
+
+int vmspace_munmap(void* id, void* addr, size_t len) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail(vs.status());
+  vkrt::VmspaceRef ref(*vs);
+  auto s = (*vs)->Unmap(reinterpret_cast<uint64_t>(addr), len);
+  return s.ok() ? 0 : Fail(s);
+}
+
+int vmspace_mcontrol(void* id, void* addr, size_t len, int behav, off_t value) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail(vs.status());
+  vkrt::VmspaceRef ref(*vs);
+  auto s = (*vs)->Control(reinterpret_cast<uint64_t>(addr), len, behav, value);
+  return s.ok() ? 0 : Fail(s);
+}
+
+ssize_t vmspace_pread(void* id, void* buf, size_t nbyte, int flags, off_t offset) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail<ssize_t>(vs.status());
+  vkrt::VmspaceRef ref(*vs);
+  auto n = (*vs)->Read(buf, nbyte, flags, static_cast<uint64_t>(offset));
+  return n.ok() ? static_cast<ssize_t>(*n) : Fail<ssize_t>(n.status());
+}
+
+ssize_t vmspace_pwrite(void* id, const void* buf, size_t nbyte, int flags, off_t offset) {
+  auto vs = vkrt::Lookup(id);
+  if (!vs.ok()) return Fail<ssize_t>(vs.status());
+  vkrt::VmspaceRef ref(*vs);
+  auto n = (*vs)->Write(buf, nbyte, flags, static_cast<uint64_t>(offset));
+  return n.ok() ? static_cast<ssize_t>(*n) : Fail<ssize_t>(n.status());
+}
+
+int mcontrol(void* addr, size_t len, int behav, off_t value) {
+  (void)value;
+  const uint64_t a = reinterpret_cast<uint64_t>(addr);
+  if (behav < 0 || behav > MADV_SETMAP || a + len < a || a + len > VKRT_VM_MAX_USER_ADDRESS) {
+    errno = EINVAL;
+    return -1;
+  }
+  const uintptr_t start = a & ~uintptr_t{4095};
+  const uintptr_t end = (a + len + 4095) & ~uintptr_t{4095};
+  if (end == start) return 0;
+  int advice;
+  switch (behav) {
+    case MADV_SETMAP:
+      errno = EINVAL;  // no MAP_VPAGETABLE mapping exists in the caller's space
+      return -1;
+    case MADV_INVAL:
+    case MADV_NOSYNC:
+    case MADV_AUTOSYNC:
+      return 0;
+    case VKRT_MADV_FREE: advice = MADV_DONTNEED; break;
+    case MADV_NOCORE: advice = MADV_DONTDUMP; break;
+    case MADV_CORE: advice = MADV_DODUMP; break;
+    default: advice = behav; break;  // 0..4 are Linux's values too
+  }
+  // DragonFly skips holes; Linux reports them as ENOMEM after advising the mapped parts.
+  if (madvise(reinterpret_cast<void*>(start), end - start, advice) != 0 && errno != ENOMEM) {
+    return -1;
+  }
+  return 0;
+}
+
+const char* vkrt_backend_name(void) {
+  auto backend = vkrt::BackendForType(VKRT_TYPE_DEFAULT);
+  if (!backend.ok()) return Fail<const char*>(backend.status(), nullptr);
+  return (*backend)->Name();
+}
+
+int vkrt_set_run_timeout(uint64_t timeout_ns) {
+  vkrt::ThreadState::Current().set_default_timeout_ns(timeout_ns);
+  return 0;
+}
+
+int vkrt_interrupt(pid_t tid) {
+  auto s = vkrt::ThreadState::Interrupt(tid);
+  return s.ok() ? 0 : Fail(s);
+}
+
+int vkrt_kick_signal(void) { return vkrt::ThreadState::KickSignal(); }
+
+const char* vkrt_last_error(void) { return vkrt::last_error.c_str(); }
+
+}  // extern "C"

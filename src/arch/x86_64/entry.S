@@ -1,0 +1,143 @@
+/*
+ * Entry points that must control the FPU and signal state exactly.
+ *
+ * vmspace_ctl / vkrt_vmspace_run: SPEC §3 says the guest starts with the calling thread's
+ * FPU/SSE/AVX state and the caller gets the guest's back. Compiled code between the call
+ * and the backend may use vector registers (struct copies), so the state is captured here,
+ * before any compiled code runs, into a 64-byte aligned XSAVE area on this frame; the
+ * backend reads it as the guest's initial state and overwrites it with the guest's final
+ * state; it is loaded back here after all compiled code has run. PKRU is never loaded.
+ *
+ * vkrt_wait_in_rseq: unblocks signals and waits for the traced guest thread to stop, inside
+ * a restartable-sequence critical section, so that a signal handler that runs during the
+ * wait is noticed even when it was installed with SA_RESTART (see ptrace_backend.cc).
+ */
+#define XSAVE_AREA_MAX 16384  /* AMX makes the standard-format area ~11 KiB */
+
+	.text
+	.globl vmspace_ctl
+	.type vmspace_ctl, @function
+/* int vmspace_ctl(void *id, int cmd, struct trapframe *tf, struct vextframe *vf) */
+vmspace_ctl:
+	mov $-1, %r8                 /* timeout: the thread's setting */
+	jmp .Lctl_common
+	.size vmspace_ctl, .-vmspace_ctl
+
+	.globl vkrt_vmspace_run
+	.type vkrt_vmspace_run, @function
+/* int vkrt_vmspace_run(void *id, struct trapframe *tf, struct vextframe *vf, uint64_t ns) */
+vkrt_vmspace_run:
+	mov %rcx, %r8
+	mov %rdx, %rcx
+	mov %rsi, %rdx
+	mov $1, %esi                 /* VMSPACE_CTL_RUN */
+	test %r8, %r8
+	jnz .Lctl_common
+	mov $-1, %r8
+	jmp .Lctl_common
+	.size vkrt_vmspace_run, .-vkrt_vmspace_run
+
+.Lctl_common:
+	push %rbp
+	mov %rsp, %rbp
+	push %rbx
+	sub $XSAVE_AREA_MAX, %rsp
+	and $-64, %rsp
+	mov %rdx, %r10
+	xor %eax, %eax               /* XSAVE writes XSTATE_BV bits only for saved features */
+	mov %rax, 512(%rsp)
+	mov %rax, 520(%rsp)
+	mov %rax, 528(%rsp)
+	mov %rax, 536(%rsp)
+	mov %rax, 544(%rsp)
+	mov %rax, 552(%rsp)
+	mov %rax, 560(%rsp)
+	mov %rax, 568(%rsp)
+	mov $0x2E7, %eax             /* x87 SSE AVX AVX-512 PKRU: not AMX */
+	xor %edx, %edx
+	xsave64 (%rsp)
+	mov %r10, %rdx
+	mov %rsp, %r9
+	call vkrt_ctl_impl
+	mov %eax, %ebx
+	xor %ecx, %ecx
+	xgetbv
+	and $0xE7, %eax              /* x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM: never PKRU */
+	xor %edx, %edx
+	xrstor64 (%rsp)
+	mov %ebx, %eax
+	mov -8(%rbp), %rbx
+	leave
+	ret
+
+/*
+ * long vkrt_wait_in_rseq(const uint64_t *sigmask, int tid, int *status)
+ *
+ * Precondition: signals are blocked, and this thread's rseq_cs points at vkrt_wait_rseq_cs.
+ * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL). Returns wait4's
+ * result (a pid or -errno), or, when the kernel aborted the critical section:
+ *   -1001  before the mask was set (preemption only: signals were still blocked)
+ *   -1002  after the mask was set, before wait4 was entered (preemption or a signal)
+ *   -1003  wait4 was entered and a signal handler interrupted it (SA_RESTART or not)
+ */
+	.globl vkrt_wait_in_rseq
+	.hidden vkrt_wait_in_rseq
+	.type vkrt_wait_in_rseq, @function
+vkrt_wait_in_rseq:
+	push %r12
+	push %r13
+	push %r14
+	mov %rdi, %r12
+	mov %esi, %r13d
+	mov %rdx, %r14
+	xor %ecx, %ecx               /* rcx tells the abort handler how far we got */
+.Lcs_start:
+	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
+	mov $2, %edi
+	mov %r12, %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+.Lunblock:
+	syscall
+	mov $61, %eax                /* wait4(tid, status, __WALL, NULL) */
+	mov %r13d, %edi
+	mov %r14, %rsi
+	mov $0x40000000, %edx
+	xor %r10d, %r10d
+.Lwait:
+	syscall
+.Lcs_end:
+	pop %r14
+	pop %r13
+	pop %r12
+	ret
+	.long 0x53053053             /* RSEQ_SIG */
+.Lcs_abort:
+	lea .Lwait+2(%rip), %rdx
+	cmp %rdx, %rcx
+	je 1f
+	lea .Lunblock+2(%rip), %rdx
+	cmp %rdx, %rcx
+	je 2f
+	mov $-1001, %rax
+	jmp .Lcs_end
+2:	mov $-1002, %rax
+	jmp .Lcs_end
+1:	mov $-1003, %rax
+	jmp .Lcs_end
+	.size vkrt_wait_in_rseq, .-vkrt_wait_in_rseq
+
+	.section .data.rel.ro, "aw"
+	.p2align 5
+	.globl vkrt_wait_rseq_cs
+	.hidden vkrt_wait_rseq_cs
+	.type vkrt_wait_rseq_cs, @object
+vkrt_wait_rseq_cs:
+	.long 0                      /* version */
+	.long 0                      /* flags */
+	.quad .Lcs_start             /* start_ip */
+	.quad .Lcs_end - .Lcs_start  /* post_commit_offset */
+	.quad .Lcs_abort             /* abort_ip */
+	.size vkrt_wait_rseq_cs, 32
+
+	.section .note.GNU-stack,"",@progbits

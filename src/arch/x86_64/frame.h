@@ -1,0 +1,53 @@
+// Machine-dependent frame handling for x86-64: the DragonFly trapframe ABI checks, frame
+// sanitizing (DragonFly's cpu_sanitize_frame/cpu_sanitize_tls), hardware exception vector
+// to DragonFly trap code mapping, and conversion to and from Linux's user_regs_struct.
+// Everything here is pure: no system calls, testable without a kernel.
+#ifndef VKRT_SRC_ARCH_X86_64_FRAME_H_
+#define VKRT_SRC_ARCH_X86_64_FRAME_H_
+
+#include <stdint.h>
+#include <sys/user.h>
+
+#include "absl/status/status.h"
+#include "vkrt/vmspace.h"
+
+namespace vkrt::x86_64 {
+
+// Linux's user code/data selectors, reported in tf_cs/tf_ss.
+inline constexpr int64_t kUserCs = 0x33;
+inline constexpr int64_t kUserSs = 0x2b;
+
+// RFLAGS bits a guest may set (DragonFly's PSL_USERCHANGE plus RF), and the bits always set.
+inline constexpr uint64_t kRflagsUserChangeable = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 |
+                                                  0x800 | 0x4000 | 0x40000 | 0x200000 | 0x10000;
+inline constexpr uint64_t kRflagsAlwaysSet = 0x2 | 0x200;  // reserved bit 1, IF
+
+// Highest user address + 1 Linux accepts for a segment base set through ptrace.
+inline constexpr uint64_t kLinuxTaskSizeMax = 0x00007FFFFFFFF000ULL;
+
+// True if `va` is canonical for 48-bit virtual addresses (bits 63..47 all equal).
+constexpr bool IsCanonical(uint64_t va) {
+  uint64_t top = va >> 47;
+  return top == 0 || top == 0x1FFFF;
+}
+
+// Checks and normalises a frame before it is loaded into a guest context.
+// EINVAL (and `tf` unchanged) for a non-canonical rip or a TLS base a user thread cannot
+// hold; otherwise forces user selectors and limits rflags to the user-changeable bits plus
+// IF and the reserved bit.
+absl::Status SanitizeFrame(trapframe& tf, uint64_t fs_base, uint64_t gs_base);
+
+// DragonFly trap code (T_*) for an x86 exception vector.
+int TrapCodeForVector(int vector);
+
+// Frame <-> Linux registers. orig_rax is set to -1 so the kernel never treats the loaded
+// state as an interrupted system call to restart.
+void FrameToUserRegs(const trapframe& tf, uint64_t fs_base, uint64_t gs_base,
+                     user_regs_struct& regs);
+// Copies every general register, rip, rsp and rflags; trapno/err/addr are left for the
+// caller; cs/ss are reported as the user selectors.
+void UserRegsToFrame(const user_regs_struct& regs, trapframe& tf);
+
+}  // namespace vkrt::x86_64
+
+#endif  // VKRT_SRC_ARCH_X86_64_FRAME_H_

@@ -1,0 +1,808 @@
+#include "backend/ptrace/ptrace_backend.h"
+
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/rseq.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/stub_layout.h"
+#include "arch/x86_64/xstate.h"
+#include "common/errno_status.h"
+#include "thread_state.h"
+
+extern "C" {
+long vkrt_wait_in_rseq(const uint64_t* sigmask, int tid, int* status);
+extern const struct rseq_cs vkrt_wait_rseq_cs;
+}
+
+namespace vkrt {
+namespace {
+
+using x86_64::kStubBase;
+
+constexpr long kAbortBeforeUnblock = -1001;
+constexpr long kAbortAfterUnblock = -1002;
+constexpr long kAbortInWait = -1003;
+
+pid_t Gettid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
+
+// ---- raw/checked pairs for the kernel calls used on the hot path ---------------------------
+
+absl::Status Ptrace(int request, pid_t tid, uint64_t addr, uint64_t data, const char* name) {
+  if (ptrace(static_cast<__ptrace_request>(request), tid, addr, data) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(%s, %d, %#x, %#x)", name, tid, addr, data));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GetRegs(pid_t tid, user_regs_struct& regs) {
+  if (ptrace(PTRACE_GETREGS, tid, 0, &regs) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(PTRACE_GETREGS, %d)", tid));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetRegs(pid_t tid, const user_regs_struct& regs) {
+  if (ptrace(PTRACE_SETREGS, tid, 0, &regs) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(PTRACE_SETREGS, %d, rip %#llx)", tid, regs.rip));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status XstateTransfer(int request, pid_t tid, void* area) {
+  struct iovec iov = {area, x86_64::XstateSize()};
+  if (ptrace(static_cast<__ptrace_request>(request), tid, NT_X86_XSTATE, &iov) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(%s, %d, NT_X86_XSTATE, %zu bytes)",
+                                        request == PTRACE_GETREGSET ? "PTRACE_GETREGSET"
+                                                                    : "PTRACE_SETREGSET",
+                                        tid, x86_64::XstateSize()));
+  }
+  return absl::OkStatus();
+}
+
+// wait4 for one traced thread, retrying EINTR. Signals may be blocked or not.
+absl::StatusOr<int> WaitTid(pid_t tid) {
+  int status;
+  for (;;) {
+    pid_t r = static_cast<pid_t>(syscall(SYS_wait4, tid, &status, __WALL, nullptr));
+    if (r == tid) return status;
+    if (r < 0 && errno == EINTR) continue;
+    return SyscallError(absl::StrFormat("wait4(%d, __WALL)", tid));
+  }
+}
+
+// ---- process-wide helpers ---------------------------------------------------------------
+
+// A pidfd for this process, inherited by stubs: it polls readable when we are gone.
+int SelfPidfd() {
+  static std::mutex mu;
+  static pid_t owner = 0;
+  static int fd = -1;
+  std::lock_guard<std::mutex> lock(mu);
+  if (owner != getpid()) {  // first use, or we are a fork() child of the process that made it
+    fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+    owner = getpid();
+  }
+  return fd;
+}
+
+// The stub's seccomp filter: system calls are admitted only from the stub's code, only the
+// ones it makes; anything else (the vsyscall page emulation, which Linux performs even
+// under PTRACE_SYSEMU) traps with SIGSYS and is reported to the vkernel as a fault.
+const sock_fprog* StubFilter() {
+  static const std::vector<sock_filter>* filter = [] {
+    auto* f = new std::vector<sock_filter>;
+    constexpr int kAllowed[] = {SYS_read,         SYS_write,          SYS_close,
+                                SYS_poll,         SYS_mmap,           SYS_mprotect,
+                                SYS_munmap,       SYS_rt_sigaction,   SYS_rt_sigprocmask,
+                                SYS_rt_sigreturn, SYS_madvise,        SYS_pause,
+                                SYS_recvmsg,      SYS_clone,          SYS_exit,
+                                SYS_sigaltstack,  SYS_exit_group};
+    constexpr int n = sizeof(kAllowed) / sizeof(kAllowed[0]);
+    const uint32_t ip_lo_start = static_cast<uint32_t>(kStubBase);
+    const uint32_t ip_lo_end = static_cast<uint32_t>(kStubBase + VKRT_STUB_CODE_SIZE);
+    const uint32_t ip_hi = static_cast<uint32_t>(kStubBase >> 32);
+    // Layout: [0..7] checks, [8..8+n) allow list, then KILL, TRAP, ALLOW.
+    const int kill = 8 + n, trap = kill + 1, allow = trap + 1;
+    auto jump = [&](int at, int target) { return static_cast<uint8_t>(target - at - 1); };
+    f->push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));            // 0
+    f->push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, jump(1, kill)));    // 1
+    f->push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, instruction_pointer) + 4));  // 2
+    f->push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ip_hi, 0, jump(3, trap)));                // 3
+    f->push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, instruction_pointer)));  // 4
+    f->push_back(BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, ip_lo_start, 0, jump(5, trap)));          // 5
+    f->push_back(BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, ip_lo_end, jump(6, trap), 0));            // 6
+    f->push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));              // 7
+    for (int i = 0; i < n; ++i) {
+      int at = 8 + i;
+      f->push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(kAllowed[i]),
+                            jump(at, allow), 0));
+    }
+    f->push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+    f->push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP));
+    f->push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    return f;
+  }();
+  static const sock_fprog prog = {static_cast<unsigned short>(filter->size()),
+                                  const_cast<sock_filter*>(filter->data())};
+  return &prog;
+}
+
+absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {
+  std::string path = absl::StrFormat("/proc/%d/task", pid);
+  DIR* dir = opendir(path.c_str());
+  if (dir == nullptr) return SyscallError(absl::StrFormat("opendir(%s)", path));
+  std::vector<pid_t> tids;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(atoi(e->d_name));
+  }
+  closedir(dir);
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+uint64_t SlotBase(int slot) { return x86_64::kStubSlots + slot * x86_64::kStubSlotSize; }
+
+// The rseq area glibc registered for this thread, or nullptr.
+struct rseq* ThreadRseq() {
+  if (__rseq_size == 0) return nullptr;
+  return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
+                                        __rseq_offset);
+}
+
+// ---- the address space ------------------------------------------------------------------
+
+// One guest context: a stub thread traced by one vkernel thread.
+struct Context {
+  std::atomic<pid_t> tracer{0};  // the owning vkernel thread; 0 = slot free
+  pid_t tid = 0;                 // the stub thread
+  // Owned by the tracer thread only:
+  bool pending_event_stop = false;  // a PTRACE_INTERRUPT whose stop was not consumed yet
+};
+
+class PtraceAddressSpace : public AddressSpace {
+ public:
+  PtraceAddressSpace(pid_t pid, int ctl_fd, int fd_sock, int stub_fd_sock, int stub_free_fd)
+      : pid_(pid),
+        ctl_fd_(ctl_fd),
+        fd_sock_(fd_sock),
+        stub_fd_sock_(stub_fd_sock),
+        stub_free_fd_(stub_free_fd) {}
+  ~PtraceAddressSpace() override;
+
+  absl::StatusOr<uint64_t> Map(const MapRequest& request) override;
+  absl::Status Unmap(uint64_t addr, uint64_t len) override;
+  absl::Status Advise(uint64_t addr, uint64_t len, int behav) override;
+  absl::StatusOr<size_t> Read(uint64_t addr, void* buf, size_t len) override;
+  absl::StatusOr<size_t> Write(uint64_t addr, const void* buf, size_t len) override;
+  absl::StatusOr<GuestExit> Run(GuestState& state, const RunLimits& limits) override;
+  void ReleaseCallerContext() override;
+
+  // Creates the calling thread's context (also used right after the fork, to check the
+  // stub booted).
+  absl::StatusOr<Context*> CallerContext();
+
+ private:
+  absl::StatusOr<Context*> CreateContext(pid_t tracer);
+  // Runs one system call in context `c` (stopped) and returns its raw result.
+  absl::StatusOr<long> Inject(Context& c, long nr, uint64_t a0 = 0, uint64_t a1 = 0,
+                              uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
+                              uint64_t a5 = 0);
+  // Waits for the next stop of `c` while guest code runs, noticing signal handlers that
+  // run in the caller. Sets *signalled when one did.
+  absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& old_mask, bool& signalled);
+  absl::StatusOr<GuestExit> Died(Context& c, int status);
+  absl::StatusOr<size_t> Transfer(bool write, uint64_t addr, void* buf, size_t len);
+
+  const pid_t pid_;
+  const int ctl_fd_;
+  const int fd_sock_;
+  const int stub_fd_sock_;  // the stub's end of the fd socket, as numbered in the stub
+  const int stub_free_fd_;  // the fd number a received fd gets in the stub
+  std::atomic<bool> dead_{false};
+  std::mutex contexts_mu_;  // serialises context creation and release
+  std::array<Context, x86_64::kStubMaxSlots> contexts_;
+};
+
+PtraceAddressSpace::~PtraceAddressSpace() {
+  kill(pid_, SIGKILL);
+  for (Context& c : contexts_) {
+    if (c.tid != 0) {
+      int status;
+      // Any thread of the tracer's process may reap a tracee (wait4 walks every thread's
+      // ptraced list), so contexts of other vkernel threads are reaped here too.
+      while (syscall(SYS_wait4, c.tid, &status, __WALL, nullptr) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  int status;
+  while (syscall(SYS_wait4, pid_, &status, __WALL, nullptr) < 0 && errno == EINTR) {
+  }
+  close(ctl_fd_);
+  close(fd_sock_);
+}
+
+absl::StatusOr<Context*> PtraceAddressSpace::CallerContext() {
+  const pid_t me = Gettid();
+  for (Context& c : contexts_) {
+    if (c.tracer.load(std::memory_order_acquire) == me) return &c;
+  }
+  return CreateContext(me);
+}
+
+absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
+  if (dead_.load()) return ErrnoError(EFAULT, "the guest address space's stub died");
+  std::lock_guard<std::mutex> lock(contexts_mu_);
+  int slot = -1;
+  for (int i = 0; i < x86_64::kStubMaxSlots; ++i) {
+    if (contexts_[i].tracer.load(std::memory_order_relaxed) == 0 && contexts_[i].tid == 0) {
+      slot = i;
+      break;
+    }
+  }
+  if (slot < 0) {
+    return ErrnoError(EAGAIN, absl::StrFormat("vmspace: more than %d vkernel threads use it",
+                                              x86_64::kStubMaxSlots));
+  }
+  auto before = ListTasks(pid_);
+  if (!before.ok()) return before.status();
+  uint32_t request = static_cast<uint32_t>(slot);
+  if (send(ctl_fd_, &request, sizeof(request), MSG_NOSIGNAL) != sizeof(request)) {
+    return SyscallError(absl::StrFormat("write(stub %d control socket, slot %d)", pid_, slot));
+  }
+  // The new thread answers once its signal stack and mask are set up.
+  struct pollfd pfd = {ctl_fd_, POLLIN, 0};
+  int ready;
+  do {
+    ready = poll(&pfd, 1, 30000);
+  } while (ready < 0 && errno == EINTR);
+  uint32_t reply = 0;
+  if (ready <= 0 || read(ctl_fd_, &reply, sizeof(reply)) != sizeof(reply)) {
+    dead_.store(true);
+    return ErrnoError(EFAULT, absl::StrFormat("stub %d did not start a context thread", pid_));
+  }
+  auto after = ListTasks(pid_);
+  if (!after.ok()) return after.status();
+  std::vector<pid_t> fresh;
+  std::set_difference(after->begin(), after->end(), before->begin(), before->end(),
+                      std::back_inserter(fresh));
+  if (fresh.size() != 1) {
+    return ErrnoError(EFAULT, absl::StrFormat("stub %d: %zu new threads, expected 1", pid_,
+                                              fresh.size()));
+  }
+  const pid_t tid = fresh[0];
+  if (auto s = Ptrace(PTRACE_SEIZE, tid, 0,
+                      PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL, "PTRACE_SEIZE");
+      !s.ok()) {
+    return s;
+  }
+  if (auto s = Ptrace(PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT"); !s.ok()) return s;
+  for (;;) {
+    auto status = WaitTid(tid);
+    if (!status.ok()) return status.status();
+    if (!WIFSTOPPED(*status)) return ErrnoError(EFAULT, "stub context thread died at start");
+    if ((*status >> 16) == PTRACE_EVENT_STOP) break;
+    // A signal-delivery stop cannot happen (all asynchronous signals are blocked); be safe.
+    (void)Ptrace(PTRACE_CONT, tid, 0, 0, "PTRACE_CONT");
+  }
+  // Keep the guest on the CPUs its vkernel thread may use: a wakeup across CPUs costs
+  // several times a same-CPU one (docs/performance.md).
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) {
+    sched_setaffinity(tid, sizeof(cpus), &cpus);
+  }
+  Context& c = contexts_[slot];
+  c.tid = tid;
+  c.pending_event_stop = false;
+  c.tracer.store(tracer, std::memory_order_release);
+  return &c;
+}
+
+void PtraceAddressSpace::ReleaseCallerContext() {
+  const pid_t me = Gettid();
+  std::lock_guard<std::mutex> lock(contexts_mu_);
+  for (Context& c : contexts_) {
+    if (c.tracer.load(std::memory_order_relaxed) != me) continue;
+    // The thread leaves by itself: exit(0) through the injection gadget.
+    (void)Inject(c, SYS_exit, 0);
+    c.tracer.store(0, std::memory_order_release);
+    c.tid = 0;
+  }
+}
+
+absl::StatusOr<long> PtraceAddressSpace::Inject(Context& c, long nr, uint64_t a0, uint64_t a1,
+                                                uint64_t a2, uint64_t a3, uint64_t a4,
+                                                uint64_t a5) {
+  user_regs_struct regs = {};
+  regs.rip = kStubBase + x86_64::vkrt_stub_offsets.inject_syscall;
+  regs.rax = static_cast<unsigned long long>(nr);
+  regs.rdi = a0;
+  regs.rsi = a1;
+  regs.rdx = a2;
+  regs.r10 = a3;
+  regs.r8 = a4;
+  regs.r9 = a5;
+  regs.rsp = SlotBase(static_cast<int>(&c - contexts_.data())) + x86_64::kStubSlotSize - 64;
+  regs.eflags = 0x202;
+  regs.cs = x86_64::kUserCs;
+  regs.ss = x86_64::kUserSs;
+  regs.orig_rax = static_cast<unsigned long long>(-1);
+  if (auto s = SetRegs(c.tid, regs); !s.ok()) return s;
+  if (auto s = Ptrace(PTRACE_CONT, c.tid, 0, 0, "PTRACE_CONT"); !s.ok()) return s;
+  for (;;) {
+    auto status = WaitTid(c.tid);
+    if (!status.ok()) return status.status();
+    if (!WIFSTOPPED(*status)) {
+      if (nr == SYS_exit) return 0;
+      dead_.store(true);
+      return ErrnoError(EFAULT, absl::StrFormat("stub thread %d died in system call %ld",
+                                                c.tid, nr));
+    }
+    if ((*status >> 16) == PTRACE_EVENT_STOP) {
+      c.pending_event_stop = false;
+    } else if (WSTOPSIG(*status) == SIGTRAP) {
+      break;
+    }
+    if (auto s = Ptrace(PTRACE_CONT, c.tid, 0, 0, "PTRACE_CONT"); !s.ok()) return s;
+  }
+  if (auto s = GetRegs(c.tid, regs); !s.ok()) return s;
+  return static_cast<long>(regs.rax);
+}
+
+absl::StatusOr<uint64_t> PtraceAddressSpace::Map(const MapRequest& r) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  Context& c = **ctx;
+  int flags = r.flags & ~MAP_VPAGETABLE;
+  int fd = -1;
+  if (r.fd >= 0) {
+    // Hand the vkernel's file to the stub over its fd socket (SCM_RIGHTS): the stub gets
+    // the same open file description, uses it for mmap and closes it at once.
+    char byte = 'F';
+    struct iovec iov = {&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    struct msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &r.fd, sizeof(int));
+    if (sendmsg(fd_sock_, &msg, MSG_NOSIGNAL) != 1) {
+      return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", r.fd, pid_));
+    }
+    // The stub's msghdr lives in the context's slot scratch page.
+    const uint64_t base = SlotBase(static_cast<int>(&c - contexts_.data())) + 0x100;
+    struct {
+      struct msghdr msg;
+      char pad0[64 - sizeof(struct msghdr)];
+      struct iovec iov;
+      char pad1[32 - sizeof(struct iovec)];
+      char byte[32];
+      char control[64];
+    } remote = {};
+    static_assert(sizeof(struct msghdr) <= 64 && sizeof(remote) == 192);
+    remote.msg.msg_iov = reinterpret_cast<struct iovec*>(base + 64);
+    remote.msg.msg_iovlen = 1;
+    remote.msg.msg_control = reinterpret_cast<void*>(base + 128);
+    remote.msg.msg_controllen = 64;
+    remote.iov.iov_base = reinterpret_cast<void*>(base + 96);
+    remote.iov.iov_len = 1;
+    auto written = Transfer(true, base, &remote, sizeof(remote));
+    if (!written.ok() || *written != sizeof(remote)) {
+      return ErrnoError(EFAULT, "vmspace_mmap: could not prepare the stub's fd message");
+    }
+    auto got = Inject(c, SYS_recvmsg, static_cast<uint64_t>(stub_fd_sock_), base,
+                      MSG_CMSG_CLOEXEC);
+    if (!got.ok()) return got.status();
+    if (*got != 1) {
+      return ErrnoError(*got < 0 ? static_cast<int>(-*got) : EIO,
+                        absl::StrFormat("recvmsg(SCM_RIGHTS) in stub %d", pid_));
+    }
+    fd = stub_free_fd_;
+  }
+  auto result = Inject(c, SYS_mmap, r.addr, r.len, static_cast<uint64_t>(r.prot),
+                       static_cast<uint64_t>(flags), static_cast<uint64_t>(fd),
+                       static_cast<uint64_t>(r.offset));
+  if (fd >= 0) {
+    auto closed = Inject(c, SYS_close, static_cast<uint64_t>(fd));
+    if (!closed.ok()) return closed.status();
+  }
+  if (!result.ok()) return result.status();
+  if (*result < 0 && *result > -4096) {
+    return ErrnoError(static_cast<int>(-*result),
+                      absl::StrFormat("mmap(%#x, %#x, %#x, %#x, %d, %d) in stub %d", r.addr,
+                                      r.len, r.prot, flags, fd, static_cast<long long>(r.offset),
+                                      pid_));
+  }
+  return static_cast<uint64_t>(*result);
+}
+
+absl::Status PtraceAddressSpace::Unmap(uint64_t addr, uint64_t len) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  auto result = Inject(**ctx, SYS_munmap, addr, len);
+  if (!result.ok()) return result.status();
+  if (*result < 0) {
+    return ErrnoError(static_cast<int>(-*result),
+                      absl::StrFormat("munmap(%#x, %#x) in stub %d", addr, len, pid_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PtraceAddressSpace::Advise(uint64_t addr, uint64_t len, int behav) {
+  int advice;
+  switch (behav) {
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
+    case MADV_DONTNEED:
+      advice = behav;  // DragonFly and Linux agree on 0..4
+      break;
+    case VKRT_MADV_FREE: advice = MADV_DONTNEED; break;
+    case MADV_NOCORE: advice = MADV_DONTDUMP; break;
+    case MADV_CORE: advice = MADV_DODUMP; break;
+    default: return absl::OkStatus();  // NOSYNC, AUTOSYNC: nothing to do on Linux
+  }
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  auto result = Inject(**ctx, SYS_madvise, addr, len, static_cast<uint64_t>(advice));
+  if (!result.ok()) return result.status();
+  // Hints the host refuses (e.g. on a shared mapping) are ignored, as the contract allows.
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> PtraceAddressSpace::Transfer(bool write, uint64_t addr, void* buf,
+                                                    size_t len) {
+  struct iovec local = {buf, len};
+  struct iovec remote = {reinterpret_cast<void*>(addr), len};
+  ssize_t n = write ? process_vm_writev(pid_, &local, 1, &remote, 1, 0)
+                    : process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+  if (n < 0) {
+    int err = errno == ESRCH ? EFAULT : errno;
+    return ErrnoError(err, absl::StrFormat("%s(stub %d, %#x, %zu)",
+                                           write ? "process_vm_writev" : "process_vm_readv",
+                                           pid_, addr, len));
+  }
+  return static_cast<size_t>(n);
+}
+
+absl::StatusOr<size_t> PtraceAddressSpace::Read(uint64_t addr, void* buf, size_t len) {
+  return Transfer(false, addr, buf, len);
+}
+
+absl::StatusOr<size_t> PtraceAddressSpace::Write(uint64_t addr, const void* buf, size_t len) {
+  return Transfer(true, addr, const_cast<void*>(buf), len);
+}
+
+absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
+  (void)status;
+  dead_.store(true);
+  c.tracer.store(0);
+  c.tid = 0;
+  return ErrnoError(EFAULT, absl::StrFormat("the guest address space (stub %d) died", pid_));
+}
+
+// Waits for the guest to stop. The difficulty is noticing a signal handler that runs in
+// this thread meanwhile: with SA_RESTART the kernel restarts wait4 and nobody would know.
+// So the wait runs inside a restartable sequence: a signal delivered while the thread is
+// at or in wait4 moves it to the abort handler instead of restarting the call. Signals
+// are blocked on entry; vkrt_wait_in_rseq unblocks them inside the sequence, so a signal
+// that arrived earlier is delivered there too. Without rseq (glibc did not register it),
+// signals without SA_RESTART are still noticed (EINTR) and kicks always are.
+absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& old_mask,
+                                                  bool& signalled) {
+  static const uint64_t kAllSignals = ~uint64_t{0};
+  struct rseq* rs = ThreadRseq();
+  for (;;) {
+    int status = 0;
+    long r;
+    if (rs != nullptr) {
+      uint64_t pending = 0;
+      syscall(SYS_rt_sigpending, &pending, 8);
+      const bool deliverable = (pending & ~old_mask) != 0;
+      __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_wait_rseq_cs),
+                       __ATOMIC_RELAXED);
+      r = vkrt_wait_in_rseq(&old_mask, c.tid, &status);
+      __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
+      if (r == kAbortBeforeUnblock) continue;
+      if (r == kAbortAfterUnblock) {
+        if (deliverable) {
+          signalled = true;
+          return -1;
+        }
+        // Preempted between unblocking and wait4: block again and retry.
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+        continue;
+      }
+      if (r == kAbortInWait) {
+        signalled = true;
+        return -1;
+      }
+    } else {
+      syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
+      r = syscall(SYS_wait4, c.tid, &status, __WALL, nullptr);
+      if (r < 0) r = -errno;
+    }
+    if (r == c.tid) return status;
+    if (r == -EINTR) {
+      signalled = true;
+      return -1;
+    }
+    return ErrnoError(static_cast<int>(-r), absl::StrFormat("wait4(%d, __WALL)", c.tid));
+  }
+}
+
+absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLimits& limits) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  Context& c = **ctx;
+  ThreadState& ts = ThreadState::Current();
+  const pid_t tid = c.tid;
+
+  static const uint64_t kAllSignals = ~uint64_t{0};
+  uint64_t old_mask = 0;
+  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
+  bool blocked = true;
+  struct Cleanup {
+    std::function<void()> fn;
+    ~Cleanup() { fn(); }
+  };
+  bool timer_armed = false;
+  Cleanup cleanup{[&] {
+    if (timer_armed) ts.DisarmTimer();
+    if (blocked) syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
+  }};
+
+  if (ts.TakeInterrupt()) {
+    GuestExit exit;
+    exit.kind = GuestExit::Kind::kInterrupted;
+    return exit;
+  }
+  if (limits.timeout_ns != 0) {
+    if (auto s = ts.ArmTimer(limits.timeout_ns); !s.ok()) return s;
+    timer_armed = true;
+  }
+
+  user_regs_struct regs;
+  x86_64::FrameToUserRegs(*state.tf, state.fs_base, state.gs_base, regs);
+  if (auto s = SetRegs(tid, regs); !s.ok()) return s;
+  if (auto s = XstateTransfer(PTRACE_SETREGSET, tid, state.xstate); !s.ok()) return s;
+  if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
+
+  bool stopping = false;           // we sent PTRACE_INTERRUPT for this RUN
+  bool awaiting_report = false;    // a fault signal was delivered to the stub's handler
+  user_regs_struct fault_regs;     // guest registers at that fault
+  for (;;) {
+    int status;
+    if (!stopping) {
+      bool signalled = false;
+      auto waited = WaitGuest(c, old_mask, signalled);
+      blocked = false;
+      if (!waited.ok()) return waited.status();
+      if (signalled) {
+        // A handler ran in this thread (a signal, the timeout or vkrt_interrupt): stop the
+        // guest and report its state with tf_trapno = 0.
+        (void)ts.TakeInterrupt();
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+        blocked = true;
+        if (auto s = Ptrace(PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT"); !s.ok()) return s;
+        c.pending_event_stop = true;
+        stopping = true;
+        continue;
+      }
+      status = *waited;
+    } else {
+      auto waited = WaitTid(tid);
+      if (!waited.ok()) return waited.status();
+      status = *waited;
+    }
+    if (!WIFSTOPPED(status)) return Died(c, status);
+    const int sig = WSTOPSIG(status);
+    const int event = status >> 16;
+    GuestExit exit;
+
+    if (event == PTRACE_EVENT_STOP) {
+      c.pending_event_stop = false;
+      if (stopping && !awaiting_report) {
+        if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+        x86_64::UserRegsToFrame(regs, *state.tf);
+        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        exit.kind = GuestExit::Kind::kInterrupted;
+        return exit;
+      }
+      // A stale interrupt or a group stop somebody else caused: keep going.
+      if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
+      continue;
+    }
+
+    if (sig == (SIGTRAP | 0x80)) {  // system call entry (PTRACE_O_TRACESYSGOOD)
+      if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+      if (awaiting_report &&
+          regs.rip == kStubBase + x86_64::vkrt_stub_offsets.fault_report_end) {
+        // The stub's handler reports (vector, error code, fault address) of the fault.
+        const int vector = static_cast<int>(regs.rdi);
+        exit.trapno = x86_64::TrapCodeForVector(vector);
+        exit.kind = GuestExit::Kind::kException;
+        exit.err = regs.rsi;
+        if (exit.trapno == T_PAGEFLT) {
+          exit.kind = GuestExit::Kind::kPageFault;
+          exit.addr = regs.rdx;
+          exit.err = (regs.rsi & (PGEX_P | PGEX_W | PGEX_RSV | PGEX_I)) | PGEX_U;
+        }
+        x86_64::UserRegsToFrame(fault_regs, *state.tf);
+        return exit;  // state.xstate was read at the fault
+      }
+      x86_64::UserRegsToFrame(regs, *state.tf);
+      state.tf->tf_rax = static_cast<int64_t>(regs.orig_rax);
+      exit.err = 2;
+      exit.kind = GuestExit::Kind::kSyscall;
+      exit.trapno = T_FAST_SYSCALL;
+      // `syscall` loads rcx with the return address and r11 with rflags; `int $0x80`
+      // leaves them alone. Look at the instruction only when they say it was not `syscall`.
+      if (regs.rcx != regs.rip || regs.r11 != regs.eflags) {
+        errno = 0;
+        long word = ptrace(PTRACE_PEEKTEXT, tid, regs.rip - 2, 0);
+        const unsigned opcode = static_cast<unsigned>(word) & 0xFFFF;
+        if (errno == 0 && opcode == 0x80CD) {
+          exit.kind = GuestExit::Kind::kSyscall80;
+          exit.trapno = T_SYSCALL80;
+        } else if (errno == 0 && opcode == 0x340F) {  // sysenter (Intel): refuse it
+          exit.kind = GuestExit::Kind::kException;
+          exit.trapno = T_PRIVINFLT;
+          exit.err = 0;
+          state.tf->tf_rip = static_cast<int64_t>(regs.rip - 2);
+        }
+      }
+      if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+      return exit;
+    }
+
+    switch (sig) {
+      case SIGSEGV:
+      case SIGBUS:
+      case SIGFPE:
+        if (awaiting_report) {
+          // The stub's handler itself faulted (its signal stack was destroyed by the
+          // guest): this address space cannot go on.
+          kill(pid_, SIGKILL);
+          continue;
+        }
+        // Let the stub's handler read the hardware trap number and error code.
+        if (auto s = GetRegs(tid, fault_regs); !s.ok()) return s;
+        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        awaiting_report = true;
+        if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, static_cast<uint64_t>(sig), "PTRACE_SYSEMU");
+            !s.ok()) {
+          return s;
+        }
+        continue;
+      case SIGILL:
+      case SIGTRAP:
+      case SIGSYS: {
+        if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+        x86_64::UserRegsToFrame(regs, *state.tf);
+        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        exit.kind = GuestExit::Kind::kException;
+        if (sig == SIGILL) {
+          exit.trapno = T_PRIVINFLT;
+        } else if (sig == SIGTRAP) {
+          siginfo_t si = {};
+          ptrace(PTRACE_GETSIGINFO, tid, 0, &si);
+          exit.trapno = si.si_code == TRAP_TRACE ? T_TRCTRAP : T_BPTFLT;
+        } else {
+          // The seccomp filter trapped a call into the vsyscall page: to the guest, an
+          // instruction fetch from a page that is not there.
+          exit.kind = GuestExit::Kind::kPageFault;
+          exit.trapno = T_PAGEFLT;
+          exit.addr = regs.rip;
+          exit.err = PGEX_U | PGEX_I;
+        }
+        return exit;
+      }
+      default:
+        // A signal somebody else sent to the stub: not the guest's business.
+        if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
+        continue;
+    }
+  }
+}
+
+}  // namespace
+
+PtraceBackend* PtraceBackend::Get() {
+  static auto* backend = new PtraceBackend();
+  return backend;
+}
+
+const char* PtraceBackend::Unavailable() { return nullptr; }
+
+absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace() {
+  int ctl[2], fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0) {
+    return SyscallError("socketpair(AF_UNIX, SOCK_STREAM) for the stub control socket");
+  }
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    absl::Status s = SyscallError("socketpair(AF_UNIX, SOCK_STREAM) for the stub fd socket");
+    close(ctl[0]);
+    close(ctl[1]);
+    return s;
+  }
+  const int pidfd = SelfPidfd();
+  if (pidfd < 0) {
+    absl::Status s = ErrnoError(errno, absl::StrFormat("pidfd_open(%d)", getpid()));
+    close(ctl[0]); close(ctl[1]); close(fds[0]); close(fds[1]);
+    return s;
+  }
+  const sock_fprog* prog = StubFilter();
+  // The stub's fds keep their numbers; a received fd takes the lowest free one.
+  int keep[3] = {ctl[1], pidfd, fds[1]};
+  std::sort(keep, keep + 3);
+  int free_fd = 0;
+  while (free_fd == keep[0] || free_fd == keep[1] || free_fd == keep[2]) ++free_fd;
+
+  // fork() without running atfork handlers, with no exit signal (the stub's death must not
+  // disturb the vkernel's SIGCHLD handling; it is reaped with __WALL).
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, 0, 0, 0, 0, 0));
+  if (pid == 0) {
+    // Child: only raw system calls from here on (another thread may hold any lock).
+    int last = -1;
+    for (int fd : keep) {
+      if (fd > last + 1) syscall(SYS_close_range, last + 1, fd - 1, 0);
+      last = fd;
+    }
+    syscall(SYS_close_range, last + 1, ~0U, 0);
+    syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    // The rseq area glibc registered lives in memory the stub is about to unmap; the
+    // kernel would raise SIGSEGV at the next preemption.
+    if (struct rseq* rs = ThreadRseq()) {
+      if (syscall(SYS_rseq, rs, __rseq_size, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) != 0) {
+        syscall(SYS_rseq, rs, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
+      }
+    }
+    uint64_t all = ~uint64_t{0};
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, nullptr, 8);
+    x86_64::vkrt_stub_boot(ctl[1], pidfd, prog);
+  }
+  const int clone_errno = errno;
+  close(ctl[1]);
+  close(fds[1]);
+  if (pid < 0) {
+    close(ctl[0]);
+    close(fds[0]);
+    return ErrnoError(clone_errno, "clone() of a stub process");
+  }
+  auto space = std::make_unique<PtraceAddressSpace>(pid, ctl[0], fds[0], fds[1], free_fd);
+  // Create the creator's context now: it proves the stub booted.
+  if (auto c = space->CallerContext(); !c.ok()) return c.status();
+  return std::unique_ptr<AddressSpace>(std::move(space));
+}
+
+}  // namespace vkrt

@@ -1,0 +1,197 @@
+// The machine-independent rules of SPEC §2-§4: argument checks and errno choices made
+// before anything reaches a backend, and the mapping table they consult.
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "absl/strings/str_format.h"
+#include "arch/x86_64/frame.h"
+#include "common/errno_status.h"
+#include "registry.h"
+#include "thread_state.h"
+
+namespace vkrt {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kTop = VKRT_VM_MAX_USER_ADDRESS;
+
+uint64_t MmapMinAddr() {
+  static const uint64_t value = [] {
+    uint64_t v = 65536;
+    if (FILE* f = fopen("/proc/sys/vm/mmap_min_addr", "r")) {
+      unsigned long long x;
+      if (fscanf(f, "%llu", &x) == 1) v = x;
+      fclose(f);
+    }
+    return (v + kPage - 1) & ~(kPage - 1);
+  }();
+  return value;
+}
+
+// A [addr, addr+len) range check shared by munmap/mcontrol: EINVAL on wrap or beyond top.
+absl::Status CheckRange(const char* call, uint64_t addr, uint64_t len) {
+  if (addr + len < addr) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s(%#x, %#x): range wraps", call, addr, len));
+  }
+  if (addr + len > kTop) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s(%#x, %#x): range ends above %#x", call,
+                                              addr, len, kTop));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Vmspace::Vmspace(void* id, std::unique_ptr<AddressSpace> space)
+    : id_(id), space_(std::move(space)) {}
+
+absl::StatusOr<uint64_t> Vmspace::Map(uint64_t addr, uint64_t len, int prot, int flags, int fd,
+                                      off_t offset) {
+  const auto what = [&] {
+    return absl::StrFormat("vmspace_mmap(%p, %#x, %#x, prot %#x, flags %#x, fd %d, off %d)",
+                           id_, addr, len, prot, flags, fd, static_cast<long long>(offset));
+  };
+  if (len == 0) return ErrnoError(EINVAL, what() + ": zero length");
+  if (flags & MAP_VPAGETABLE) {
+    if ((prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE)) {
+      return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE needs PROT_READ|PROT_WRITE");
+    }
+    if (flags & MAP_STACK) return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE with MAP_STACK");
+    return ErrnoError(EOPNOTSUPP, what() + ": MAP_VPAGETABLE translation is not built yet");
+  }
+  const int type = flags & MAP_SHARED_VALIDATE;
+  if (type == 0) return ErrnoError(EINVAL, what() + ": neither MAP_SHARED nor MAP_PRIVATE");
+  const bool anon = (flags & MAP_ANONYMOUS) != 0;
+  if (anon && fd != -1) return ErrnoError(EINVAL, what() + ": MAP_ANONYMOUS with an fd");
+  if (offset < 0 || (static_cast<uint64_t>(offset) & (kPage - 1)) != 0) {
+    return ErrnoError(EINVAL, what() + ": offset is not a page multiple");
+  }
+  if (len > kTop) return ErrnoError(ENOMEM, what() + ": longer than the address space");
+  const uint64_t rlen = (len + kPage - 1) & ~(kPage - 1);
+  const bool fixed = (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) != 0;
+  if (fixed) {
+    if (addr & (kPage - 1)) return ErrnoError(EINVAL, what() + ": MAP_FIXED address not aligned");
+    if (addr + rlen < addr || addr + rlen > kTop) {
+      return ErrnoError(EINVAL, what() + ": range ends above the vmspace's top");
+    }
+    if (addr < MmapMinAddr()) {
+      return ErrnoError(EPERM, what() + absl::StrFormat(": below vm.mmap_min_addr (%#x)",
+                                                        MmapMinAddr()));
+    }
+  } else if (addr + rlen < addr || addr + rlen > kTop) {
+    addr = 0;  // an unusable hint is ignored, as mmap(2) does
+  }
+  if (!anon) {
+    if (fcntl(fd, F_GETFL) < 0) return ErrnoError(EBADF, what() + ": bad file descriptor");
+  }
+  MapRequest request;
+  request.addr = addr & ~(kPage - 1);
+  request.len = rlen;
+  request.prot = prot;
+  request.flags = flags;
+  request.fd = anon ? -1 : fd;
+  request.offset = offset;
+  std::lock_guard<std::mutex> lock(admin_mu_);
+  if ((flags & MAP_FIXED_NOREPLACE) && !(flags & MAP_FIXED) && !maps_.Pieces(addr, rlen).empty()) {
+    return ErrnoError(EEXIST, what() + ": MAP_FIXED_NOREPLACE over an existing mapping");
+  }
+  auto mapped = space_->Map(request);
+  if (!mapped.ok()) return mapped.status();
+  if (*mapped + rlen > kTop) {
+    (void)space_->Unmap(*mapped, rlen);
+    return ErrnoError(ENOMEM, what() + ": no room below the vmspace's top");
+  }
+  maps_.Insert(*mapped, rlen, prot, flags);
+  return *mapped;
+}
+
+absl::Status Vmspace::Unmap(uint64_t addr, uint64_t len) {
+  if (len == 0) return absl::OkStatus();
+  if (addr & (kPage - 1)) {
+    return ErrnoError(EINVAL, absl::StrFormat("vmspace_munmap(%#x): address not aligned", addr));
+  }
+  if (auto s = CheckRange("vmspace_munmap", addr, len); !s.ok()) return s;
+  const uint64_t rlen = (len + kPage - 1) & ~(kPage - 1);
+  if (auto s = CheckRange("vmspace_munmap", addr, rlen); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(admin_mu_);
+  if (!maps_.FullyMapped(addr, rlen)) {
+    return ErrnoError(EINVAL, absl::StrFormat(
+        "vmspace_munmap(%#x, %#x): part of the range is not mapped", addr, len));
+  }
+  if (auto s = space_->Unmap(addr, rlen); !s.ok()) return s;
+  maps_.Remove(addr, rlen);
+  return absl::OkStatus();
+}
+
+absl::Status Vmspace::Control(uint64_t addr, uint64_t len, int behav, off_t value) {
+  (void)value;
+  if (behav < 0 || behav > MADV_SETMAP) {
+    return ErrnoError(EINVAL, absl::StrFormat("vmspace_mcontrol: behav %d is not 0..11", behav));
+  }
+  if (auto s = CheckRange("vmspace_mcontrol", addr, len); !s.ok()) return s;
+  const uint64_t start = addr & ~(kPage - 1);
+  const uint64_t end = (addr + len + kPage - 1) & ~(kPage - 1);
+  if (end > kTop) {
+    return ErrnoError(EINVAL, absl::StrFormat("vmspace_mcontrol(%#x, %#x): beyond the top", addr, len));
+  }
+  std::lock_guard<std::mutex> lock(admin_mu_);
+  const auto pieces = maps_.Pieces(start, end - start);
+  if (behav == MADV_SETMAP) {
+    // Only a MAP_VPAGETABLE mapping has a page-table root to set.
+    return ErrnoError(EINVAL, absl::StrFormat(
+        "vmspace_mcontrol(%#x, %#x, MADV_SETMAP): not a MAP_VPAGETABLE mapping", addr, len));
+  }
+  if (behav == MADV_INVAL) return absl::OkStatus();  // nothing cached for ordinary mappings
+  for (const auto& piece : pieces) {
+    if (auto s = space_->Advise(piece.start, piece.end - piece.start, behav); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> Vmspace::Read(void* buf, size_t len, int flags, uint64_t addr) {
+  if (flags != 0) return ErrnoError(EINVAL, absl::StrFormat("vmspace_pread: flags %#x", flags));
+  if (len == 0) return 0;
+  if (addr >= kTop) {
+    return ErrnoError(EFAULT, absl::StrFormat("vmspace_pread(%#x): above the vmspace's top", addr));
+  }
+  if (len > kTop - addr) len = kTop - addr;
+  return space_->Read(addr, buf, len);
+}
+
+absl::StatusOr<size_t> Vmspace::Write(const void* buf, size_t len, int flags, uint64_t addr) {
+  if (flags != 0) return ErrnoError(EINVAL, absl::StrFormat("vmspace_pwrite: flags %#x", flags));
+  if (len == 0) return 0;
+  if (addr >= kTop) {
+    return ErrnoError(EFAULT, absl::StrFormat("vmspace_pwrite(%#x): above the vmspace's top", addr));
+  }
+  if (len > kTop - addr) len = kTop - addr;
+  return space_->Write(addr, buf, len);
+}
+
+absl::StatusOr<GuestExit> Vmspace::Run(trapframe& tf, const vextframe& vf, void* xstate,
+                                       int64_t timeout_ns) {
+  trapframe frame = tf;
+  const uint64_t fs = reinterpret_cast<uint64_t>(vf.vx_tls.info[0].base);
+  const uint64_t gs = reinterpret_cast<uint64_t>(vf.vx_tls.info[1].base);
+  if (auto s = x86_64::SanitizeFrame(frame, fs, gs); !s.ok()) return s;
+  RunLimits limits;
+  limits.timeout_ns = timeout_ns < 0 ? ThreadState::Current().default_timeout_ns()
+                                     : static_cast<uint64_t>(timeout_ns);
+  GuestState state{&frame, fs, gs, xstate};
+  auto exit = space_->Run(state, limits);
+  if (!exit.ok()) return exit.status();
+  frame.tf_trapno = exit->trapno;
+  frame.tf_err = static_cast<int64_t>(exit->err);
+  frame.tf_addr = static_cast<int64_t>(exit->addr);
+  frame.tf_xflags = 0;
+  frame.tf_flags = 0;
+  if (exit->kind == GuestExit::Kind::kSyscall || exit->kind == GuestExit::Kind::kSyscall80) {
+    frame.tf_rcx = frame.tf_r10;  // DragonFly stores r10 there (the 4th argument)
+  }
+  tf = frame;
+  return exit;
+}
+
+}  // namespace vkrt

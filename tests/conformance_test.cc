@@ -1,0 +1,1831 @@
+// Conformance suite for the vkrt C API (the contract: SPEC.md sections 1-4), run against every
+// backend. Each test creates its own vmspace with vmspace_create(id, GetParam(), NULL), loads a
+// tiny guest from guest_code.h and checks exact results. MAP_VPAGETABLE translation is not
+// covered here; only its argument checks are.
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+#include <vkrt/vmspace.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "guest_code.h"
+
+// ---- FPU pass-through helpers -------------------------------------------------------------
+//
+// These call vmspace_ctl(id, VMSPACE_CTL_RUN, tf, vf) with xmm0/ymm0 loaded from `in` and store
+// xmm1/ymm1 to `out` immediately after it returns. They are written in assembly so that no
+// compiler-generated code can touch the vector registers between the load, the call and the
+// store.
+extern "C" {
+int VkrtTestRunWithXmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* xmm0_in,
+                       void* xmm1_out);
+int VkrtTestRunWithYmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* ymm0_in,
+                       void* ymm1_out);
+}
+
+static_assert(VMSPACE_CTL_RUN == 1, "the helpers below pass cmd 1");
+
+asm(R"(
+        .text
+        .p2align 4
+        .globl VkrtTestRunWithXmm
+        .hidden VkrtTestRunWithXmm
+        .type VkrtTestRunWithXmm, @function
+VkrtTestRunWithXmm:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        movdqu (%rcx), %xmm0
+        movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        movdqu %xmm1, (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunWithXmm, .-VkrtTestRunWithXmm
+
+        .p2align 4
+        .globl VkrtTestRunWithYmm
+        .hidden VkrtTestRunWithYmm
+        .type VkrtTestRunWithYmm, @function
+VkrtTestRunWithYmm:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        vmovdqu (%rcx), %ymm0
+        movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        vmovdqu %ymm1, (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunWithYmm, .-VkrtTestRunWithYmm
+)");
+
+namespace {
+
+// ---- Layout of the guests' address space ----------------------------------------------------
+
+constexpr uint64_t kPage = 0x1000;
+constexpr uint64_t kCodeAddr = 0x400000;
+constexpr uint64_t kDataAddr = 0x500000;
+constexpr uint64_t kTlsAddr = 0x600000;
+constexpr uint64_t kFlagAddr = 0x680000;
+constexpr uint64_t kStackBase = 0x7000000;
+constexpr uint64_t kStackSize = 0x10000;
+constexpr uint64_t kStackTop = kStackBase + kStackSize;
+constexpr uint64_t kTop = VKRT_VM_MAX_USER_ADDRESS;
+constexpr uint64_t kUnmappedAddr = 0x12345678;  // never mapped by any test
+constexpr int64_t kUserCs = 0x33;
+constexpr int64_t kUserSs = 0x2b;
+constexpr int64_t kRflagsIf = 0x200;
+constexpr int64_t kRflagsReserved = 0x2;
+constexpr int64_t kRflagsTf = 0x100;
+constexpr int64_t kRflagsIopl = 0x3000;
+
+constexpr int kRw = PROT_READ | PROT_WRITE;
+constexpr int kRwx = PROT_READ | PROT_WRITE | PROT_EXEC;
+constexpr int kAnonFixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+
+constexpr auto kWaitLimit = std::chrono::seconds(60);
+constexpr auto kTestLimit = std::chrono::seconds(300);
+constexpr uint64_t kMillisecond = 1000 * 1000;  // in nanoseconds
+
+uint64_t AsU64(int64_t v) { return static_cast<uint64_t>(v); }
+void* AsPtr(uint64_t addr) { return reinterpret_cast<void*>(addr); }
+
+pid_t CurrentTid() { return static_cast<pid_t>(gettid()); }
+
+// errno must be read right after the call, before anything else can change it.
+#define EXPECT_FAILS_WITH(expected_errno, call)                                      \
+  do {                                                                               \
+    errno = 0;                                                                       \
+    const auto vkrt_rc = (call);                                                     \
+    const int vkrt_err = errno;                                                      \
+    EXPECT_EQ(-1, vkrt_rc) << #call;                                                 \
+    EXPECT_EQ(expected_errno, vkrt_err) << #call << ": got " << strerror(vkrt_err); \
+  } while (0)
+
+#define EXPECT_MMAP_FAILS_WITH(expected_errno, call)                                 \
+  do {                                                                               \
+    errno = 0;                                                                       \
+    void* const vkrt_p = (call);                                                     \
+    const int vkrt_err = errno;                                                      \
+    EXPECT_EQ(MAP_FAILED, vkrt_p) << #call;                                          \
+    EXPECT_EQ(expected_errno, vkrt_err) << #call << ": got " << strerror(vkrt_err); \
+  } while (0)
+
+const char* BackendName(int type) {
+  switch (type) {
+    case VKRT_TYPE_PTRACE:
+      return "ptrace";
+    case VKRT_TYPE_SECCOMP:
+      return "seccomp";
+    case VKRT_TYPE_KVM:
+      return "kvm";
+    default:
+      return "unknown";
+  }
+}
+
+std::string Hex(uint64_t v) {
+  char buf[32];
+  snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string Describe(const trapframe& tf) {
+  std::string s = "trapframe{trapno=" + Hex(AsU64(tf.tf_trapno)) + " err=" + Hex(AsU64(tf.tf_err)) +
+                  " addr=" + Hex(AsU64(tf.tf_addr)) + " rip=" + Hex(AsU64(tf.tf_rip)) +
+                  " rsp=" + Hex(AsU64(tf.tf_rsp)) + " rflags=" + Hex(AsU64(tf.tf_rflags)) +
+                  " rax=" + Hex(AsU64(tf.tf_rax)) + " rdi=" + Hex(AsU64(tf.tf_rdi)) +
+                  " rsi=" + Hex(AsU64(tf.tf_rsi)) + " rdx=" + Hex(AsU64(tf.tf_rdx)) +
+                  " cs=" + Hex(AsU64(tf.tf_cs)) + " ss=" + Hex(AsU64(tf.tf_ss)) + "}";
+  return s;
+}
+
+// ---- Threads, waits and watchdogs -----------------------------------------------------------
+
+// Starts `fn` on a thread that blocks every signal, so that no signal meant for a thread that
+// runs a guest can land on it.
+std::thread SpawnWithSignalsBlocked(std::function<void()> fn) {
+  sigset_t all;
+  sigset_t old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread t(std::move(fn));
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
+
+// Aborts the process with a message unless destroyed within `limit`.
+class Watchdog {
+ public:
+  Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
+    thread_ = SpawnWithSignalsBlocked([this, limit] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+        fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
+                static_cast<long long>(limit.count()));
+        fflush(stderr);
+        abort();
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// Spins until `ready()` is true; aborts with a message after kWaitLimit.
+void WaitUntil(const std::function<bool()>& ready, const char* what) {
+  const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      fprintf(stderr, "WATCHDOG: gave up waiting for %s after %lld s; aborting\n", what,
+              static_cast<long long>(kWaitLimit.count()));
+      fflush(stderr);
+      abort();
+    }
+    sched_yield();
+  }
+}
+
+// ---- Resources ------------------------------------------------------------------------------
+
+// A vmspace whose id is, unless given, the address of this object. Destroyed at scope exit
+// (that destroy must succeed).
+class ScopedVmspace {
+ public:
+  explicit ScopedVmspace(int type, void* id = nullptr)
+      : type_(type), id_(id != nullptr ? id : this) {
+    Create();
+  }
+  ~ScopedVmspace() {
+    if (live_) {
+      errno = 0;
+      const int rc = vmspace_destroy(id_);
+      const int err = errno;
+      EXPECT_EQ(0, rc) << "vmspace_destroy at scope exit: " << strerror(err);
+    }
+  }
+  ScopedVmspace(const ScopedVmspace&) = delete;
+  ScopedVmspace& operator=(const ScopedVmspace&) = delete;
+
+  int Create() {
+    errno = 0;
+    const int rc = vmspace_create(id_, type_, nullptr);
+    create_errno_ = errno;
+    if (rc == 0) live_ = true;
+    return rc;
+  }
+  int Destroy() {
+    const int rc = vmspace_destroy(id_);
+    if (rc == 0) live_ = false;
+    return rc;
+  }
+  ::testing::AssertionResult Live() const {
+    if (live_) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << "vmspace_create(" << id_ << ", " << type_ << ", NULL): " << strerror(create_errno_);
+  }
+  void* id() const { return id_; }
+
+ private:
+  int type_;
+  void* id_;
+  bool live_ = false;
+  int create_errno_ = 0;
+};
+
+// A memfd of `size` bytes, also mapped shared into this process.
+class SharedMemfd {
+ public:
+  explicit SharedMemfd(size_t size) : size_(size) {
+    fd_ = memfd_create("vkrt-conformance", MFD_CLOEXEC);
+    if (fd_ < 0 || ftruncate(fd_, static_cast<off_t>(size)) != 0) return;
+    void* p = mmap(nullptr, size, kRw, MAP_SHARED, fd_, 0);
+    if (p != MAP_FAILED) words_ = static_cast<uint64_t*>(p);
+  }
+  ~SharedMemfd() {
+    if (words_ != nullptr) munmap(words_, size_);
+    if (fd_ >= 0) close(fd_);
+  }
+  SharedMemfd(const SharedMemfd&) = delete;
+  SharedMemfd& operator=(const SharedMemfd&) = delete;
+
+  bool ok() const { return words_ != nullptr; }
+  int fd() const { return fd_; }
+  uint64_t Load(size_t byte_offset) const {
+    return __atomic_load_n(&words_[byte_offset / 8], __ATOMIC_ACQUIRE);
+  }
+  void Store(size_t byte_offset, uint64_t v) {
+    __atomic_store_n(&words_[byte_offset / 8], v, __ATOMIC_RELEASE);
+  }
+
+ private:
+  size_t size_;
+  int fd_ = -1;
+  uint64_t* words_ = nullptr;
+};
+
+// An unlinked temporary regular file, opened read-write.
+class TempFile {
+ public:
+  TempFile() {
+    const char* dir = getenv("TMPDIR");
+    std::string path = std::string(dir != nullptr && *dir != '\0' ? dir : "/tmp") +
+                       "/vkrt-conformance-XXXXXX";
+    fd_ = mkstemp(path.data());
+    if (fd_ >= 0) unlink(path.c_str());
+  }
+  ~TempFile() {
+    if (fd_ >= 0) close(fd_);
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+
+  int fd() const { return fd_; }
+  // Opens the same file again with `flags` (O_RDONLY, O_WRONLY...).
+  int Reopen(int flags) const {
+    return open(("/proc/self/fd/" + std::to_string(fd_)).c_str(), flags | O_CLOEXEC);
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+class ScopedFd {
+ public:
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ~ScopedFd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// ---- Guest memory and frames ----------------------------------------------------------------
+
+void MapAnon(void* id, uint64_t addr, uint64_t len, int prot) {
+  errno = 0;
+  void* p = vmspace_mmap(id, AsPtr(addr), len, prot, kAnonFixed, -1, 0);
+  const int err = errno;
+  ASSERT_EQ(AsPtr(addr), p) << "vmspace_mmap(" << Hex(addr) << ", " << Hex(len)
+                            << ", prot " << prot << "): " << strerror(err);
+}
+
+void MapFd(void* id, uint64_t addr, uint64_t len, int prot, int flags, int fd, off_t offset) {
+  errno = 0;
+  void* p = vmspace_mmap(id, AsPtr(addr), len, prot, flags | MAP_FIXED, fd, offset);
+  const int err = errno;
+  ASSERT_EQ(AsPtr(addr), p) << "vmspace_mmap(" << Hex(addr) << ", fd " << fd << "): "
+                            << strerror(err);
+}
+
+void Poke(void* id, uint64_t addr, const void* buf, size_t len) {
+  errno = 0;
+  const ssize_t n = vmspace_pwrite(id, buf, len, 0, static_cast<off_t>(addr));
+  const int err = errno;
+  ASSERT_EQ(static_cast<ssize_t>(len), n) << "vmspace_pwrite(" << Hex(addr) << "): "
+                                          << strerror(err);
+}
+
+void Poke64(void* id, uint64_t addr, uint64_t v) { Poke(id, addr, &v, sizeof(v)); }
+
+void Peek(void* id, uint64_t addr, void* buf, size_t len) {
+  errno = 0;
+  const ssize_t n = vmspace_pread(id, buf, len, 0, static_cast<off_t>(addr));
+  const int err = errno;
+  ASSERT_EQ(static_cast<ssize_t>(len), n) << "vmspace_pread(" << Hex(addr) << "): "
+                                          << strerror(err);
+}
+
+uint64_t Peek64(void* id, uint64_t addr) {
+  uint64_t v = 0;
+  Peek(id, addr, &v, sizeof(v));
+  return v;
+}
+
+template <size_t N>
+void PokeCode(void* id, uint64_t addr, const unsigned char (&code)[N]) {
+  Poke(id, addr, code, N);
+}
+
+// Maps the code page (RWX) at kCodeAddr with `code` at its start, and the stack.
+template <size_t N>
+void Boot(void* id, const unsigned char (&code)[N]) {
+  ASSERT_NO_FATAL_FAILURE(MapAnon(id, kCodeAddr, kPage, kRwx));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(id, kCodeAddr, code));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(id, kStackBase, kStackSize, kRw));
+}
+
+trapframe Frame(uint64_t rip = kCodeAddr, uint64_t rsp = kStackTop) {
+  trapframe tf = {};
+  tf.tf_rip = static_cast<int64_t>(rip);
+  tf.tf_rsp = static_cast<int64_t>(rsp);
+  tf.tf_rflags = kRflagsIf | kRflagsReserved;
+  return tf;
+}
+
+int RunGuest(void* id, trapframe* tf) {
+  vextframe vf = {};
+  return vmspace_ctl(id, VMSPACE_CTL_RUN, tf, &vf);
+}
+
+// RUN that restores this thread's x87 control word and MXCSR afterwards and empties the x87
+// stack: a guest that unmasked FP exceptions hands its FPU state back to this thread.
+__attribute__((noinline)) int RunRestoringFpuControl(void* id, trapframe* tf) {
+  uint16_t fcw = 0;
+  uint32_t mxcsr = 0;
+  asm volatile("fnstcw %0" : "=m"(fcw));
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  vextframe vf = {};
+  const int rc = vmspace_ctl(id, VMSPACE_CTL_RUN, tf, &vf);
+  asm volatile("fninit\n\tfldcw %0\n\tldmxcsr %1" : : "m"(fcw), "m"(mxcsr) : "memory");
+  return rc;
+}
+
+// Runs the guest at tf's rip; expects RUN to return 0 and the guest to stop with `trapno`.
+void RunExpectTrap(void* id, trapframe* tf, int64_t trapno) {
+  errno = 0;
+  const int rc = RunGuest(id, tf);
+  const int err = errno;
+  ASSERT_EQ(0, rc) << "vmspace_ctl(RUN): " << strerror(err);
+  ASSERT_EQ(trapno, tf->tf_trapno) << Describe(*tf);
+  EXPECT_EQ(kUserCs, tf->tf_cs) << Describe(*tf);
+  EXPECT_EQ(kUserSs, tf->tf_ss) << Describe(*tf);
+}
+
+// ---- The fixture ------------------------------------------------------------------------------
+
+class Conformance : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    const char* name = BackendName(GetParam());
+    const char* why = nullptr;
+    errno = 0;
+    if (vkrt_backend_available(name, &why) != 0) {
+      GTEST_SKIP() << "backend " << name << " is not available here: "
+                   << (why != nullptr ? why : strerror(errno));
+    }
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    watchdog_ = std::make_unique<Watchdog>(
+        std::string(info->test_suite_name()) + "." + info->name(), kTestLimit);
+  }
+  void TearDown() override { watchdog_.reset(); }
+
+  // Expects a guest page fault at `addr` with exactly `err` from the guest `code` started with
+  // rdi = `rdi`, rsi = 1, faulting at `fault_rip`.
+  template <size_t N>
+  void ExpectFault(void* id, const unsigned char (&code)[N], uint64_t rdi, uint64_t addr,
+                   int64_t err, uint64_t fault_rip) {
+    ASSERT_NO_FATAL_FAILURE(PokeCode(id, kCodeAddr, code));
+    trapframe tf = Frame();
+    tf.tf_rdi = static_cast<int64_t>(rdi);
+    tf.tf_rsi = 1;
+    ASSERT_NO_FATAL_FAILURE(RunExpectTrap(id, &tf, T_PAGEFLT));
+    EXPECT_EQ(err, tf.tf_err) << Describe(tf);
+    EXPECT_EQ(addr, AsU64(tf.tf_addr)) << Describe(tf);
+    EXPECT_EQ(fault_rip, AsU64(tf.tf_rip)) << Describe(tf);
+  }
+
+  void ExpectTlsBaseUsed(int which, const unsigned char* code, size_t len);
+
+  enum class Kick { kTimer, kPthreadKill };
+  void ExpectSignalEndsRun(Kick kick, bool restart);
+
+ private:
+  std::unique_ptr<Watchdog> watchdog_;
+};
+
+// ---- Lifetime and errno -------------------------------------------------------------------
+
+TEST_P(Conformance, CreateTwiceIsEexist) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  EXPECT_FAILS_WITH(EEXIST, vmspace_create(vm.id(), GetParam(), nullptr));
+}
+
+TEST_P(Conformance, DestroyUnknownIdIsEnoent) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  static char unknown;
+  EXPECT_FAILS_WITH(ENOENT, vmspace_destroy(&unknown));
+}
+
+TEST_P(Conformance, CallsOnUnknownIdAreEnoent) {
+  ScopedVmspace vm(GetParam());  // keeps the process's vkernel state alive
+  ASSERT_TRUE(vm.Live());
+  static char unknown_object;
+  void* const unknown = &unknown_object;
+  trapframe tf = Frame();
+  vextframe vf = {};
+  char buf[16] = {};
+  EXPECT_FAILS_WITH(ENOENT, vmspace_ctl(unknown, VMSPACE_CTL_RUN, &tf, &vf));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_ctl(unknown, 2, &tf, &vf));
+  EXPECT_MMAP_FAILS_WITH(ENOENT, vmspace_mmap(unknown, AsPtr(kDataAddr), kPage, kRw, kAnonFixed,
+                                              -1, 0));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_munmap(unknown, AsPtr(kDataAddr), kPage));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_mcontrol(unknown, AsPtr(kDataAddr), kPage, MADV_WILLNEED, 0));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_pread(unknown, buf, sizeof(buf), 0, kDataAddr));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_pwrite(unknown, buf, sizeof(buf), 0, kDataAddr));
+}
+
+TEST_P(Conformance, UnknownCtlCommandIsEopnotsupp) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame();
+  vextframe vf = {};
+  EXPECT_FAILS_WITH(EOPNOTSUPP, vmspace_ctl(vm.id(), 2, &tf, &vf));
+  EXPECT_FAILS_WITH(EOPNOTSUPP, vmspace_ctl(vm.id(), 0, &tf, &vf));
+}
+
+TEST_P(Conformance, UnknownTypeIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  static char id;
+  EXPECT_FAILS_WITH(EINVAL, vmspace_create(&id, 99, nullptr));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_create(&id, -1, nullptr));
+  // Nothing was registered under the id.
+  EXPECT_FAILS_WITH(ENOENT, vmspace_destroy(&id));
+}
+
+TEST_P(Conformance, NewVmspaceIsEmpty) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  char buf[8];
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), buf, sizeof(buf), 0, kCodeAddr));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kCodeAddr), kPage));
+  // Running it faults on the first instruction fetch.
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_PAGEFLT));
+  EXPECT_EQ(PGEX_U | PGEX_I, tf.tf_err) << Describe(tf);
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_addr)) << Describe(tf);
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip)) << Describe(tf);
+}
+
+TEST_P(Conformance, IdIsFreeAfterDestroy) {
+  ScopedVmspace keeper(GetParam());  // keeps the process's vkernel state alive
+  ASSERT_TRUE(keeper.Live());
+  static char id_object;
+  ScopedVmspace vm(GetParam(), &id_object);
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame();
+  // RUN caches the vmspace in this thread; the cache must not outlive the destroy.
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  ASSERT_EQ(0, vm.Destroy()) << strerror(errno);
+
+  tf = Frame();
+  vextframe vf = {};
+  EXPECT_FAILS_WITH(ENOENT, vmspace_ctl(vm.id(), VMSPACE_CTL_RUN, &tf, &vf));
+  EXPECT_FAILS_WITH(ENOENT, vmspace_destroy(vm.id()));
+
+  ASSERT_EQ(0, vm.Create()) << strerror(errno);
+  // The old mappings went away with the old vmspace.
+  char buf[8];
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), buf, sizeof(buf), 0, kCodeAddr));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+}
+
+// ---- vmspace_mmap ---------------------------------------------------------------------------
+
+TEST_P(Conformance, MmapLengthZeroIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kDataAddr), 0, kRw, kAnonFixed, -1,
+                                              0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), nullptr, 0, kRw,
+                                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+}
+
+TEST_P(Conformance, MmapFixedMisalignedIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kDataAddr + 0x10), kPage, kRw,
+                                              kAnonFixed, -1, 0));
+}
+
+TEST_P(Conformance, MmapFixedBeyondTopIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kTop - kPage), 2 * kPage, kRw,
+                                              kAnonFixed, -1, 0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kTop), kPage, kRw, kAnonFixed, -1,
+                                              0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(0x0000800000000000ULL), kPage, kRw,
+                                              kAnonFixed, -1, 0));
+}
+
+TEST_P(Conformance, MmapAnonymousWithFdIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd memfd(kPage);
+  ASSERT_TRUE(memfd.ok()) << strerror(errno);
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, kRw, kAnonFixed,
+                                              memfd.fd(), 0));
+}
+
+TEST_P(Conformance, MmapBadFdIsEbadf) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  constexpr int kBadFd = 987654;  // above any descriptor this process opens
+  EXPECT_MMAP_FAILS_WITH(EBADF, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, kRw,
+                                             MAP_SHARED | MAP_FIXED, kBadFd, 0));
+  EXPECT_MMAP_FAILS_WITH(EBADF, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, PROT_READ,
+                                             MAP_PRIVATE | MAP_FIXED, kBadFd, 0));
+}
+
+TEST_P(Conformance, MmapWriteOnlyFdIsEacces) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  TempFile file;
+  ASSERT_GE(file.fd(), 0) << strerror(errno);
+  ASSERT_EQ(0, ftruncate(file.fd(), kPage));
+  ScopedFd wronly(file.Reopen(O_WRONLY));
+  ASSERT_GE(wronly.get(), 0) << strerror(errno);
+  EXPECT_MMAP_FAILS_WITH(EACCES, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, PROT_READ,
+                                              MAP_SHARED | MAP_FIXED, wronly.get(), 0));
+}
+
+TEST_P(Conformance, MmapSharedWritableOnReadOnlyFdIsEacces) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  TempFile file;
+  ASSERT_GE(file.fd(), 0) << strerror(errno);
+  ASSERT_EQ(0, ftruncate(file.fd(), kPage));
+  ScopedFd rdonly(file.Reopen(O_RDONLY));
+  ASSERT_GE(rdonly.get(), 0) << strerror(errno);
+  EXPECT_MMAP_FAILS_WITH(EACCES, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, kRw,
+                                              MAP_SHARED | MAP_FIXED, rdonly.get(), 0));
+  // A private writable mapping of a read-only fd is fine, as with mmap(2).
+  EXPECT_EQ(AsPtr(kDataAddr), vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, kRw,
+                                           MAP_PRIVATE | MAP_FIXED, rdonly.get(), 0))
+      << strerror(errno);
+}
+
+TEST_P(Conformance, MmapLargerThanTheSpaceIsEnomem) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  // No placement can satisfy these: they exceed the whole guest range [0, kTop).
+  EXPECT_MMAP_FAILS_WITH(ENOMEM, vmspace_mmap(vm.id(), nullptr, 1ULL << 47, kRw,
+                                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  EXPECT_MMAP_FAILS_WITH(ENOMEM, vmspace_mmap(vm.id(), nullptr, kTop + kPage, PROT_NONE,
+                                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+}
+
+TEST_P(Conformance, MmapVpagetableArgumentErrors) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd memfd(16 * kPage);
+  ASSERT_TRUE(memfd.ok()) << strerror(errno);
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kDataAddr), 16 * kPage, PROT_READ,
+                                              MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE,
+                                              memfd.fd(), 0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kDataAddr), 16 * kPage, PROT_WRITE,
+                                              MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE,
+                                              memfd.fd(), 0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL,
+                         vmspace_mmap(vm.id(), AsPtr(kDataAddr), 16 * kPage, kRw,
+                                      MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE | MAP_STACK,
+                                      memfd.fd(), 0));
+}
+
+TEST_P(Conformance, MmapWithoutFixedReturnsUsableRange) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  for (void* hint : {static_cast<void*>(nullptr), AsPtr(kDataAddr)}) {
+    errno = 0;
+    void* p = vmspace_mmap(vm.id(), hint, 2 * kPage, kRw, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(MAP_FAILED, p) << strerror(errno);
+    const uint64_t addr = reinterpret_cast<uint64_t>(p);
+    EXPECT_EQ(0u, addr % kPage);
+    EXPECT_LE(addr + 2 * kPage, kTop);
+    const uint64_t value = 0x5a5a000000000000ULL | addr;
+    ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), addr + kPage + 8, value));
+    EXPECT_EQ(value, Peek64(vm.id(), addr + kPage + 8));
+    trapframe tf = Frame();
+    tf.tf_rdi = static_cast<int64_t>(addr + kPage + 8);
+    ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+    EXPECT_EQ(value, AsU64(tf.tf_rax));
+    EXPECT_EQ(0, vmspace_munmap(vm.id(), p, 2 * kPage)) << strerror(errno);
+  }
+}
+
+TEST_P(Conformance, LastPageBelowTopIsUsable) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kTop - kPage, kPage, kRw));
+  constexpr uint64_t kValue = 0x0123456789abcdefULL;
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kTop - 8, kValue));
+  trapframe tf = Frame();
+  tf.tf_rdi = static_cast<int64_t>(kTop - 8);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kValue, AsU64(tf.tf_rax));
+}
+
+TEST_P(Conformance, MmapFixedReplacesExistingMapping) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, 2 * kPage, kRw));
+  std::vector<unsigned char> pattern(2 * kPage, 0xab);
+  ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, pattern.data(), pattern.size()));
+
+  // Replace the first page only.
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  std::vector<unsigned char> got(2 * kPage, 0x11);
+  ASSERT_NO_FATAL_FAILURE(Peek(vm.id(), kDataAddr, got.data(), got.size()));
+  EXPECT_EQ(std::vector<unsigned char>(kPage, 0), std::vector<unsigned char>(
+                                                      got.begin(), got.begin() + kPage));
+  EXPECT_EQ(std::vector<unsigned char>(kPage, 0xab),
+            std::vector<unsigned char>(got.begin() + kPage, got.end()));
+
+  // The replacement's protection applies too.
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + kPage, kPage, PROT_READ));
+  const uint64_t one = 1;
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pwrite(vm.id(), &one, sizeof(one), 0, kDataAddr + kPage));
+  EXPECT_EQ(0u, Peek64(vm.id(), kDataAddr + kPage));
+}
+
+TEST_P(Conformance, MemfdSharedMappingIsCoherentBothWays) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr + 0x100, kGuestStore));
+  SharedMemfd memfd(2 * kPage);
+  ASSERT_TRUE(memfd.ok()) << strerror(errno);
+  memfd.Store(0x10, 0x1122334455667788ULL);
+  ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kDataAddr, 2 * kPage, kRw, MAP_SHARED, memfd.fd(), 0));
+  // The second page again, through a non-zero offset.
+  ASSERT_NO_FATAL_FAILURE(
+      MapFd(vm.id(), kDataAddr + 0x10000, kPage, kRw, MAP_SHARED, memfd.fd(), kPage));
+
+  // The vkernel writes, the guest reads.
+  trapframe tf = Frame(kCodeAddr);
+  tf.tf_rdi = kDataAddr + 0x10;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0x1122334455667788ULL, AsU64(tf.tf_rax));
+  memfd.Store(0x10, 0x99aabbccddeeff00ULL);
+  tf = Frame(kCodeAddr);
+  tf.tf_rdi = kDataAddr + 0x10;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0x99aabbccddeeff00ULL, AsU64(tf.tf_rax));
+
+  // The guest writes, the vkernel reads (its own mapping, and the offset mapping).
+  tf = Frame(kCodeAddr + 0x100);
+  tf.tf_rdi = kDataAddr + kPage + 8;
+  tf.tf_rsi = static_cast<int64_t>(0xfeedfacecafebeefULL);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0xfeedfacecafebeefULL, memfd.Load(kPage + 8));
+  EXPECT_EQ(0xfeedfacecafebeefULL, Peek64(vm.id(), kDataAddr + 0x10000 + 8));
+}
+
+TEST_P(Conformance, SharedMappingOutlivesTheFd) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  {
+    SharedMemfd memfd(kPage);
+    ASSERT_TRUE(memfd.ok()) << strerror(errno);
+    memfd.Store(0x20, 0x0badc0de0badc0deULL);
+    ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kDataAddr, kPage, kRw, MAP_SHARED, memfd.fd(), 0));
+  }  // closes the fd and the vkernel's own mapping
+  trapframe tf = Frame();
+  tf.tf_rdi = kDataAddr + 0x20;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0x0badc0de0badc0deULL, AsU64(tf.tf_rax));
+}
+
+TEST_P(Conformance, FilePrivateMappingKeepsGuestWritesPrivate) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr + 0x100, kGuestStore));
+  TempFile file;
+  ASSERT_GE(file.fd(), 0) << strerror(errno);
+  std::vector<uint64_t> contents(kPage / 8);
+  for (size_t i = 0; i < contents.size(); ++i) contents[i] = 0x1000000000000000ULL + i;
+  ASSERT_EQ(static_cast<ssize_t>(kPage), pwrite(file.fd(), contents.data(), kPage, 0));
+  ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kDataAddr, kPage, kRw, MAP_PRIVATE, file.fd(), 0));
+
+  trapframe tf = Frame(kCodeAddr);
+  tf.tf_rdi = kDataAddr + 0x10;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(contents[2], AsU64(tf.tf_rax));
+
+  tf = Frame(kCodeAddr + 0x100);
+  tf.tf_rdi = kDataAddr + 0x18;
+  tf.tf_rsi = 0x7777777777777777;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0x7777777777777777ULL, Peek64(vm.id(), kDataAddr + 0x18));
+  uint64_t in_file = 0;
+  ASSERT_EQ(8, pread(file.fd(), &in_file, 8, 0x18));
+  EXPECT_EQ(contents[3], in_file);
+}
+
+TEST_P(Conformance, FileSharedMappingWritesReachTheFile) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestStore));
+  TempFile file;
+  ASSERT_GE(file.fd(), 0) << strerror(errno);
+  ASSERT_EQ(0, ftruncate(file.fd(), kPage));
+  ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kDataAddr, kPage, kRw, MAP_SHARED, file.fd(), 0));
+  trapframe tf = Frame();
+  tf.tf_rdi = kDataAddr + 0x28;
+  tf.tf_rsi = 0x3141592653589793;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  uint64_t in_file = 0;
+  ASSERT_EQ(8, pread(file.fd(), &in_file, 8, 0x28));
+  EXPECT_EQ(0x3141592653589793ULL, in_file);
+}
+
+// ---- Protection faults ------------------------------------------------------------------------
+
+TEST_P(Conformance, WriteToReadOnlyPageFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestStore));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, PROT_READ));
+  ExpectFault(vm.id(), kGuestStore, kDataAddr + 0x238, kDataAddr + 0x238,
+              PGEX_U | PGEX_P | PGEX_W, kCodeAddr);
+}
+
+TEST_P(Conformance, ReadOfUnmappedAddressFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ExpectFault(vm.id(), kGuestLoad, kUnmappedAddr, kUnmappedAddr, PGEX_U, kCodeAddr);
+}
+
+TEST_P(Conformance, WriteToUnmappedAddressFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestStore));
+  ExpectFault(vm.id(), kGuestStore, kUnmappedAddr, kUnmappedAddr, PGEX_U | PGEX_W, kCodeAddr);
+}
+
+TEST_P(Conformance, JumpToUnmappedAddressFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestJump));
+  constexpr uint64_t kTarget = 0x2345679a;
+  ExpectFault(vm.id(), kGuestJump, kTarget, kTarget, PGEX_U | PGEX_I, kTarget);
+}
+
+TEST_P(Conformance, FetchFromNonExecutablePageFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestJump));
+  // Read-only, and read-write holding valid code: neither may be executed.
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, PROT_READ));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + kPage, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kDataAddr + kPage + 0x10, kGuestSyscallLoop));
+  ExpectFault(vm.id(), kGuestJump, kDataAddr + 0x10, kDataAddr + 0x10, PGEX_U | PGEX_P | PGEX_I,
+              kDataAddr + 0x10);
+  ExpectFault(vm.id(), kGuestJump, kDataAddr + kPage + 0x10, kDataAddr + kPage + 0x10,
+              PGEX_U | PGEX_P | PGEX_I, kDataAddr + kPage + 0x10);
+}
+
+TEST_P(Conformance, ProtNonePageFaults) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, PROT_NONE));
+  ExpectFault(vm.id(), kGuestLoad, kDataAddr + 0x48, kDataAddr + 0x48, PGEX_U | PGEX_P,
+              kCodeAddr);
+  ExpectFault(vm.id(), kGuestStore, kDataAddr + 0x48, kDataAddr + 0x48,
+              PGEX_U | PGEX_P | PGEX_W, kCodeAddr);
+  ExpectFault(vm.id(), kGuestJump, kDataAddr + 0x48, kDataAddr + 0x48, PGEX_U | PGEX_P | PGEX_I,
+              kDataAddr + 0x48);
+}
+
+// ---- vmspace_munmap -------------------------------------------------------------------------
+
+TEST_P(Conformance, MunmapLengthZeroSucceeds) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_EQ(0, vmspace_munmap(vm.id(), AsPtr(kDataAddr), 0)) << strerror(errno);
+  EXPECT_EQ(0, vmspace_munmap(vm.id(), AsPtr(kUnmappedAddr & ~(kPage - 1)), 0))
+      << strerror(errno);
+  // Nothing was unmapped.
+  EXPECT_EQ(0u, Peek64(vm.id(), kDataAddr));
+}
+
+TEST_P(Conformance, MunmapRangeWithHoleIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + 2 * kPage, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kDataAddr, 1));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kDataAddr + 2 * kPage, 2));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr), 3 * kPage));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr + kPage), kPage));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr + 2 * kPage), 2 * kPage));
+  // Nothing was unmapped.
+  EXPECT_EQ(1u, Peek64(vm.id(), kDataAddr));
+  EXPECT_EQ(2u, Peek64(vm.id(), kDataAddr + 2 * kPage));
+}
+
+TEST_P(Conformance, MunmapWrapIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr), 0 - kDataAddr + kPage));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr), SIZE_MAX));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(~(kPage - 1)), 2 * kPage));
+  EXPECT_EQ(0u, Peek64(vm.id(), kDataAddr));
+}
+
+TEST_P(Conformance, MunmapBeyondTopIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kTop - kPage, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kTop - kPage), 2 * kPage));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kTop), kPage));
+  EXPECT_EQ(0u, Peek64(vm.id(), kTop - 8));
+}
+
+TEST_P(Conformance, MunmapRemovesTheMapping) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, 2 * kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kDataAddr + 0x40, 5));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kDataAddr + kPage + 0x40, 6));
+  // The guest touches the page first, so any cached translation must go too.
+  trapframe tf = Frame();
+  tf.tf_rdi = kDataAddr + 0x40;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(5, tf.tf_rax);
+
+  ASSERT_EQ(0, vmspace_munmap(vm.id(), AsPtr(kDataAddr), kPage)) << strerror(errno);
+  uint64_t v;
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), &v, sizeof(v), 0, kDataAddr + 0x40));
+  EXPECT_EQ(6u, Peek64(vm.id(), kDataAddr + kPage + 0x40));
+  ExpectFault(vm.id(), kGuestLoad, kDataAddr + 0x40, kDataAddr + 0x40, PGEX_U, kCodeAddr);
+  // A second munmap of the same range finds nothing there.
+  EXPECT_FAILS_WITH(EINVAL, vmspace_munmap(vm.id(), AsPtr(kDataAddr), kPage));
+}
+
+// ---- vmspace_mcontrol -----------------------------------------------------------------------
+
+TEST_P(Conformance, McontrolBadBehaviourIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kPage, 12, 0));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kPage, -1, 0));
+}
+
+TEST_P(Conformance, McontrolSetmapOnNormalMappingIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kPage, MADV_SETMAP,
+                                             static_cast<off_t>(VPTE_V | VPTE_RW)));
+}
+
+TEST_P(Conformance, McontrolDontneedZeroesAnonymousMemory) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, 2 * kPage, kRw));
+  std::vector<unsigned char> pattern(2 * kPage, 0xcd);
+  ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, pattern.data(), pattern.size()));
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kPage, MADV_DONTNEED, 0))
+      << strerror(errno);
+  std::vector<unsigned char> got(2 * kPage, 0x11);
+  ASSERT_NO_FATAL_FAILURE(Peek(vm.id(), kDataAddr, got.data(), got.size()));
+  EXPECT_EQ(std::vector<unsigned char>(kPage, 0),
+            std::vector<unsigned char>(got.begin(), got.begin() + kPage));
+  EXPECT_EQ(std::vector<unsigned char>(kPage, 0xcd),
+            std::vector<unsigned char>(got.begin() + kPage, got.end()))
+      << "MADV_DONTNEED went beyond its range";
+
+  // The range is rounded out to whole pages.
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr + kPage + 0x10), 0x20, MADV_DONTNEED, 0))
+      << strerror(errno);
+  ASSERT_NO_FATAL_FAILURE(Peek(vm.id(), kDataAddr + kPage, got.data(), kPage));
+  EXPECT_EQ(std::vector<unsigned char>(kPage, 0),
+            std::vector<unsigned char>(got.begin(), got.begin() + kPage));
+}
+
+TEST_P(Conformance, McontrolSkipsHoles) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + 2 * kPage, kPage, kRw));
+  for (int behav : {MADV_NORMAL, MADV_WILLNEED, MADV_SEQUENTIAL}) {
+    EXPECT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), 3 * kPage, behav, 0))
+        << "behav " << behav << ": " << strerror(errno);
+  }
+  // Entirely unmapped is a range of holes too.
+  EXPECT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr + 8 * kPage), kPage, MADV_WILLNEED, 0))
+      << strerror(errno);
+}
+
+TEST_P(Conformance, McontrolWrapOrBeyondTopIsEinval) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), 0 - kDataAddr + kPage,
+                                             MADV_WILLNEED, 0));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kTop - kPage), 2 * kPage,
+                                             MADV_WILLNEED, 0));
+}
+
+// ---- vmspace_pread / vmspace_pwrite ---------------------------------------------------------
+
+TEST_P(Conformance, PwritePreadRoundTrip) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, 3 * kPage, kRw));
+  std::vector<unsigned char> pattern(2 * kPage + 0x123);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<unsigned char>(i * 7 + 3);
+  EXPECT_EQ(static_cast<ssize_t>(pattern.size()),
+            vmspace_pwrite(vm.id(), pattern.data(), pattern.size(), 0, kDataAddr + 0x7f1))
+      << strerror(errno);
+  std::vector<unsigned char> got(pattern.size());
+  EXPECT_EQ(static_cast<ssize_t>(got.size()),
+            vmspace_pread(vm.id(), got.data(), got.size(), 0, kDataAddr + 0x7f1))
+      << strerror(errno);
+  EXPECT_EQ(pattern, got);
+  // Untouched bytes around it stay zero.
+  EXPECT_EQ(0u, Peek64(vm.id(), kDataAddr + 0x7e8));
+}
+
+TEST_P(Conformance, PwriteToReadOnlyPageIsEfault) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, PROT_READ));
+  const uint64_t v = 42;
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pwrite(vm.id(), &v, sizeof(v), 0, kDataAddr + 0x100));
+  EXPECT_EQ(0u, Peek64(vm.id(), kDataAddr + 0x100));
+}
+
+TEST_P(Conformance, CopiesStopAtTheFirstInaccessiblePage) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + 2 * kPage, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr + 3 * kPage, kPage, PROT_READ));
+  unsigned char buf[0x200];
+  memset(buf, 0x5c, sizeof(buf));
+  // Mapped, then unmapped.
+  EXPECT_EQ(0x100, vmspace_pread(vm.id(), buf, sizeof(buf), 0, kDataAddr + kPage - 0x100))
+      << strerror(errno);
+  EXPECT_EQ(0x100, vmspace_pwrite(vm.id(), buf, sizeof(buf), 0, kDataAddr + kPage - 0x100))
+      << strerror(errno);
+  // Writable, then read-only.
+  EXPECT_EQ(0x80, vmspace_pwrite(vm.id(), buf, sizeof(buf), 0, kDataAddr + 3 * kPage - 0x80))
+      << strerror(errno);
+  EXPECT_EQ(0x5c5c5c5c5c5c5c5cULL, Peek64(vm.id(), kDataAddr + 3 * kPage - 8));
+}
+
+TEST_P(Conformance, CopiesFromInaccessibleMemoryAreEfault) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, PROT_NONE));
+  unsigned char buf[64] = {};
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), buf, sizeof(buf), 0, kUnmappedAddr));
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pwrite(vm.id(), buf, sizeof(buf), 0, kUnmappedAddr));
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), buf, sizeof(buf), 0, kDataAddr));
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pwrite(vm.id(), buf, sizeof(buf), 0, kDataAddr));
+}
+
+// ---- RUN: system calls ------------------------------------------------------------------------
+
+TEST_P(Conformance, SyscallReportsTheTrapFrame) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame(kCodeAddr, kStackTop - 0x40);
+  tf.tf_rax = 0x1234;
+  tf.tf_rdi = 0x1111111111111111;
+  tf.tf_rsi = 0x2222222222222222;
+  tf.tf_rdx = 0x3333333333333333;
+  tf.tf_r10 = 0x4444444444444444;
+  tf.tf_r8 = 0x5555555555555555;
+  tf.tf_r9 = 0x6666666666666666;
+  tf.tf_rcx = 0x0dead;
+  tf.tf_r11 = 0x0beef;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(2, tf.tf_err) << Describe(tf);
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+  EXPECT_EQ(0x1234, tf.tf_rax);
+  EXPECT_EQ(0x1111111111111111, tf.tf_rdi);
+  EXPECT_EQ(0x2222222222222222, tf.tf_rsi);
+  EXPECT_EQ(0x3333333333333333, tf.tf_rdx);
+  EXPECT_EQ(0x4444444444444444, tf.tf_r10);
+  EXPECT_EQ(0x5555555555555555, tf.tf_r8);
+  EXPECT_EQ(0x6666666666666666, tf.tf_r9);
+  EXPECT_EQ(tf.tf_r10, tf.tf_rcx);
+  EXPECT_EQ(tf.tf_rflags, tf.tf_r11);
+  EXPECT_EQ(kRflagsIf | kRflagsReserved, tf.tf_r11 & (kRflagsIf | kRflagsReserved));
+  EXPECT_EQ(0, tf.tf_r11 & kRflagsTf);
+  EXPECT_EQ(kStackTop - 0x40, AsU64(tf.tf_rsp));
+
+  // Resuming continues after the syscall: the guest loops back into it.
+  tf.tf_rax = 0x99;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+  EXPECT_EQ(0x99, tf.tf_rax);
+}
+
+TEST_P(Conformance, SyscallRoundTrip) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallAddOne));
+  trapframe tf = Frame();
+  tf.tf_rax = 39;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+  EXPECT_EQ(39, tf.tf_rax);
+  tf.tf_rax = 41;  // the "result"
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 0xb, AsU64(tf.tf_rip));
+  EXPECT_EQ(42, tf.tf_rax);
+  EXPECT_EQ(42, tf.tf_rdi);
+  // rip - tf_err restarts the syscall instruction.
+  tf.tf_rip -= tf.tf_err;
+  tf.tf_rax = 7;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 0xb, AsU64(tf.tf_rip));
+  EXPECT_EQ(7, tf.tf_rax);
+}
+
+TEST_P(Conformance, Int80IsSyscall80) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestInt80));
+  trapframe tf = Frame();
+  tf.tf_rax = 20;
+  tf.tf_rbx = 0x1234;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_SYSCALL80));
+  EXPECT_EQ(kCodeAddr + kGuestInt80AfterOffset, AsU64(tf.tf_rip));
+  EXPECT_EQ(20, tf.tf_rax);
+  EXPECT_EQ(0x1234, tf.tf_rbx);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+  EXPECT_EQ(kCodeAddr + kGuestInt80AfterOffset + 1, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, HostNeverExecutesGuestSyscall) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallThenInt3));
+  trapframe tf = Frame();
+  tf.tf_rax = 231;  // exit_group(0): the guest would vanish if the host ran it
+  tf.tf_rdi = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(231, tf.tf_rax);
+  tf.tf_rax = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+  EXPECT_EQ(kCodeAddr + 3, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, HostNeverExecutesGuestInt80) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestInt80));
+  trapframe tf = Frame();
+  tf.tf_rax = 1;  // i386 exit(0)
+  tf.tf_rbx = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_SYSCALL80));
+  tf.tf_rax = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+}
+
+TEST_P(Conformance, HostNeverExecutesGuestSysenter) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSysenter));
+  trapframe tf = Frame();
+  tf.tf_rax = 1;  // i386 exit(0)
+  tf.tf_rbx = 0;
+  ASSERT_EQ(0, RunGuest(vm.id(), &tf)) << strerror(errno);
+  // Trapped somehow (T_PRIVINFLT on AMD, where sysenter is invalid in long mode).
+  EXPECT_NE(0, tf.tf_trapno) << Describe(tf);
+  // The guest is still alive.
+  tf = Frame(kCodeAddr + kGuestSysenterAfterOffset);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+}
+
+TEST_P(Conformance, VsyscallPageIsNotRunByTheHost) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestCallVsyscall));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  std::vector<unsigned char> pattern(64, 0xa5);
+  ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, pattern.data(), pattern.size()));
+  trapframe tf = Frame();
+  tf.tf_rdi = kDataAddr;  // gettimeofday(tv = kDataAddr, tz = NULL)
+  tf.tf_rsi = 0;
+  ASSERT_EQ(0, RunGuest(vm.id(), &tf)) << strerror(errno);
+  EXPECT_NE(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_NE(T_PRIVINFLT, tf.tf_trapno) << "the host kernel emulated a vsyscall for the guest: "
+                                       << Describe(tf);
+  std::vector<unsigned char> got(pattern.size());
+  ASSERT_NO_FATAL_FAILURE(Peek(vm.id(), kDataAddr, got.data(), got.size()));
+  EXPECT_EQ(pattern, got) << "the host kernel wrote guest memory for a vsyscall";
+}
+
+// ---- RUN: exceptions ------------------------------------------------------------------------
+
+TEST_P(Conformance, Ud2IsPrivinflt) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestUd2));
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_PRIVINFLT));
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, Int3IsBptflt) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestInt3));
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+  EXPECT_EQ(kCodeAddr + kGuestInt3SpinOffset, AsU64(tf.tf_rip));  // int3 is a trap
+}
+
+TEST_P(Conformance, DivideErrorIsDivide) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestDivide));
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_DIVIDE));
+  EXPECT_EQ(kCodeAddr + kGuestDivideFaultOffset, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, PrivilegedInstructionIsProtflt) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestHlt));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr + 0x100, kGuestMovFromCr0));
+  for (uint64_t rip : {kCodeAddr, kCodeAddr + 0x100}) {
+    trapframe tf = Frame(rip);
+    ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_PROTFLT));
+    EXPECT_EQ(rip, AsU64(tf.tf_rip));
+  }
+}
+
+TEST_P(Conformance, TrapFlagIsTrctrap) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestNops));
+  trapframe tf = Frame();
+  tf.tf_rflags |= kRflagsTf;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_TRCTRAP));
+  EXPECT_EQ(kCodeAddr + kGuestNopsSecondOffset, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, SseExceptionIsXmmflt) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSseDivideByZero));
+  trapframe tf = Frame();
+  errno = 0;
+  const int rc = RunRestoringFpuControl(vm.id(), &tf);
+  ASSERT_EQ(0, rc) << strerror(errno);
+  EXPECT_EQ(T_XMMFLT, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr + kGuestSseDivideByZeroFaultOffset, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, X87ExceptionIsArithtrap) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestX87DivideByZero));
+  trapframe tf = Frame();
+  errno = 0;
+  const int rc = RunRestoringFpuControl(vm.id(), &tf);
+  ASSERT_EQ(0, rc) << strerror(errno);
+  EXPECT_EQ(T_ARITHTRAP, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr + kGuestX87DivideByZeroFaultOffset, AsU64(tf.tf_rip));
+}
+
+// ---- RUN: registers ---------------------------------------------------------------------------
+
+TEST_P(Conformance, AllRegistersPassThrough) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame(kCodeAddr, kStackTop - 0x88);
+  tf.tf_rdi = static_cast<int64_t>(0x8101010101010101ULL);
+  tf.tf_rsi = static_cast<int64_t>(0x8202020202020202ULL);
+  tf.tf_rdx = static_cast<int64_t>(0x8303030303030303ULL);
+  tf.tf_rcx = static_cast<int64_t>(0x8404040404040404ULL);
+  tf.tf_r8 = static_cast<int64_t>(0x8505050505050505ULL);
+  tf.tf_r9 = static_cast<int64_t>(0x8606060606060606ULL);
+  tf.tf_rax = static_cast<int64_t>(0x8707070707070707ULL);
+  tf.tf_rbx = static_cast<int64_t>(0x8808080808080808ULL);
+  tf.tf_rbp = static_cast<int64_t>(0x8909090909090909ULL);
+  tf.tf_r10 = static_cast<int64_t>(0x8a0a0a0a0a0a0a0aULL);
+  tf.tf_r11 = static_cast<int64_t>(0x8b0b0b0b0b0b0b0bULL);
+  tf.tf_r12 = static_cast<int64_t>(0x8c0c0c0c0c0c0c0cULL);
+  tf.tf_r13 = static_cast<int64_t>(0x8d0d0d0d0d0d0d0dULL);
+  tf.tf_r14 = static_cast<int64_t>(0x8e0e0e0e0e0e0e0eULL);
+  tf.tf_r15 = static_cast<int64_t>(0x8f0f0f0f0f0f0f0fULL);
+  const trapframe in = tf;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(in.tf_rdi, tf.tf_rdi);
+  EXPECT_EQ(in.tf_rsi, tf.tf_rsi);
+  EXPECT_EQ(in.tf_rdx, tf.tf_rdx);
+  EXPECT_EQ(in.tf_r8, tf.tf_r8);
+  EXPECT_EQ(in.tf_r9, tf.tf_r9);
+  EXPECT_EQ(in.tf_rax, tf.tf_rax);
+  EXPECT_EQ(in.tf_rbx, tf.tf_rbx);
+  EXPECT_EQ(in.tf_rbp, tf.tf_rbp);
+  EXPECT_EQ(in.tf_r10, tf.tf_r10);
+  EXPECT_EQ(in.tf_r12, tf.tf_r12);
+  EXPECT_EQ(in.tf_r13, tf.tf_r13);
+  EXPECT_EQ(in.tf_r14, tf.tf_r14);
+  EXPECT_EQ(in.tf_r15, tf.tf_r15);
+  EXPECT_EQ(in.tf_rsp, tf.tf_rsp);
+  EXPECT_EQ(in.tf_r10, tf.tf_rcx);     // as DragonFly stores it
+  EXPECT_EQ(tf.tf_rflags, tf.tf_r11);  // the syscall instruction's r11
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, GuestRegisterChangesComeBack) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestChangeRegisters));
+  trapframe tf = Frame(kCodeAddr, kStackTop - 0x100);
+  tf.tf_rbx = 0x0b0b0b0b;
+  tf.tf_r12 = 0x0c0c0c0c0c0c;
+  tf.tf_r13 = 0x1300;
+  tf.tf_r14 = 0x00ff00ff00ff00ff;
+  tf.tf_rbp = 0x7000;
+  tf.tf_r15 = static_cast<int64_t>(0xf15f15f15f15f15fULL);
+  tf.tf_r9 = 0x0909090909090909;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0x0c0c0c0c0c0c, tf.tf_rbx);
+  EXPECT_EQ(0x0b0b0b0b, tf.tf_r12);
+  EXPECT_EQ(0x1310, tf.tf_r13);
+  EXPECT_EQ(static_cast<int64_t>(0xff00ff00ff00ff00ULL), tf.tf_r14);
+  EXPECT_EQ(0x7007, tf.tf_rbp);
+  EXPECT_EQ(static_cast<int64_t>(0xf15f15f15f15f15fULL), tf.tf_r8);
+  EXPECT_EQ(0x77, tf.tf_rax);
+  EXPECT_EQ(kStackTop - 0x108, AsU64(tf.tf_rsp));
+  EXPECT_EQ(0x0909090909090909u, Peek64(vm.id(), kStackTop - 0x108));
+  EXPECT_EQ(kCodeAddr + sizeof(kGuestChangeRegisters), AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, RflagsAndSelectorsAreSanitized) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  // CF PF AF ZF SF DF OF are the guest's to set; IOPL is not, IF is always on.
+  constexpr int64_t kArithAndDf = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800;
+  trapframe tf = Frame();
+  tf.tf_rflags = kRflagsIopl | kArithAndDf | kRflagsReserved;
+  tf.tf_cs = 0x8;  // a kernel selector
+  tf.tf_ss = 0x10;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));  // checks cs, ss
+  EXPECT_EQ(kArithAndDf, tf.tf_r11 & kArithAndDf) << Describe(tf);
+  EXPECT_EQ(0, tf.tf_r11 & kRflagsIopl) << Describe(tf);
+  EXPECT_EQ(kRflagsIf | kRflagsReserved, tf.tf_r11 & (kRflagsIf | kRflagsReserved))
+      << Describe(tf);
+}
+
+// ---- RUN: TLS -----------------------------------------------------------------------------------
+
+void Conformance::ExpectTlsBaseUsed(int which, const unsigned char* code, size_t len) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kCodeAddr, kPage, kRwx));
+  ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kCodeAddr, code, len));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kStackBase, kStackSize, kRw));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kTlsAddr, kPage, kRw));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kTlsAddr + 0x10, 0x0123456789abcdefULL));
+  ASSERT_NO_FATAL_FAILURE(Poke64(vm.id(), kTlsAddr + 0x110, 0x7edcba9876543210ULL));
+
+  for (uint64_t base : {kTlsAddr, kTlsAddr + 0x100}) {
+    trapframe tf = Frame();
+    vextframe vf = {};
+    vf.vx_tls.info[which].base = AsPtr(base);
+    const vextframe vf_in = vf;
+    errno = 0;
+    ASSERT_EQ(0, vmspace_ctl(vm.id(), VMSPACE_CTL_RUN, &tf, &vf)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(39, tf.tf_rax);
+    EXPECT_EQ(Peek64(vm.id(), base + 0x10), AsU64(tf.tf_rdi)) << "base " << Hex(base);
+    // The guest's TLS is not copied back.
+    EXPECT_EQ(0, memcmp(&vf_in, &vf, sizeof(vf)));
+  }
+}
+
+TEST_P(Conformance, FsBaseComesFromVextframe) {
+  ExpectTlsBaseUsed(0, kGuestFsLoad, sizeof(kGuestFsLoad));
+}
+
+TEST_P(Conformance, GsBaseComesFromVextframe) {
+  ExpectTlsBaseUsed(1, kGuestGsLoad, sizeof(kGuestGsLoad));
+}
+
+// ---- RUN: FPU state -------------------------------------------------------------------------
+
+TEST_P(Conformance, SseStatePassesBothWays) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSse));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  for (uint64_t seed : {0x1000ULL, 0x2000ULL}) {
+    alignas(16) uint64_t in[2] = {0x0123456789abcdefULL ^ seed, 0xfedcba9876543210ULL ^ seed};
+    const uint64_t guest_value[2] = {0x1122334455667788ULL + seed, 0x99aabbccddeeff00ULL + seed};
+    ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, guest_value, sizeof(guest_value)));
+    alignas(16) uint64_t out[2] = {};
+    trapframe tf = Frame();
+    tf.tf_rbx = kDataAddr;
+    vextframe vf = {};
+    errno = 0;
+    const int rc = VkrtTestRunWithXmm(vm.id(), &tf, &vf, in, out);
+    ASSERT_EQ(0, rc) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    // The guest started with this thread's xmm0 ...
+    EXPECT_EQ(in[0], AsU64(tf.tf_rdi));
+    EXPECT_EQ(in[1], AsU64(tf.tf_rsi));
+    // ... and this thread now holds the guest's xmm1.
+    EXPECT_EQ(guest_value[0], out[0]);
+    EXPECT_EQ(guest_value[1], out[1]);
+  }
+}
+
+TEST_P(Conformance, AvxStatePassesBothWays) {
+  if (!__builtin_cpu_supports("avx")) {
+    GTEST_SKIP() << "this CPU/kernel does not enable AVX";
+  }
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestAvx));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  for (uint64_t seed : {0x1000ULL, 0x2000ULL}) {
+    alignas(32) uint64_t in[4] = {0x0123456789abcdefULL ^ seed, 0xfedcba9876543210ULL ^ seed,
+                                  0x0f1e2d3c4b5a6978ULL ^ seed, 0x8796a5b4c3d2e1f0ULL ^ seed};
+    const uint64_t guest_value[4] = {0x1111111111111111ULL + seed, 0x2222222222222222ULL + seed,
+                                     0x3333333333333333ULL + seed, 0x4444444444444444ULL + seed};
+    ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, guest_value, sizeof(guest_value)));
+    alignas(32) uint64_t out[4] = {};
+    trapframe tf = Frame();
+    tf.tf_rbx = kDataAddr;
+    vextframe vf = {};
+    errno = 0;
+    const int rc = VkrtTestRunWithYmm(vm.id(), &tf, &vf, in, out);
+    ASSERT_EQ(0, rc) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(in[0], AsU64(tf.tf_rdi));
+    EXPECT_EQ(in[1], AsU64(tf.tf_rsi));
+    EXPECT_EQ(in[2], AsU64(tf.tf_rdx)) << "upper half of ymm0 lost on the way in";
+    EXPECT_EQ(in[3], AsU64(tf.tf_r10)) << "upper half of ymm0 lost on the way in";
+    EXPECT_EQ(guest_value[0], out[0]);
+    EXPECT_EQ(guest_value[1], out[1]);
+    EXPECT_EQ(guest_value[2], out[2]) << "upper half of ymm1 lost on the way out";
+    EXPECT_EQ(guest_value[3], out[3]) << "upper half of ymm1 lost on the way out";
+  }
+}
+
+// ---- RUN: refused frames --------------------------------------------------------------------
+
+TEST_P(Conformance, NonCanonicalRipIsRefused) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  for (uint64_t rip : {0x0000800000000000ULL, 0xffff7fffffffffffULL}) {
+    trapframe tf = Frame(rip);
+    tf.tf_rax = 0x5555;
+    const trapframe before = tf;
+    vextframe vf = {};
+    EXPECT_FAILS_WITH(EINVAL, vmspace_ctl(vm.id(), VMSPACE_CTL_RUN, &tf, &vf));
+    EXPECT_EQ(0, memcmp(&before, &tf, sizeof(tf))) << "rip " << Hex(rip) << ": " << Describe(tf);
+  }
+  // The vmspace still runs.
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+}
+
+TEST_P(Conformance, NonCanonicalTlsBaseIsRefused) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  for (int which : {0, 1}) {
+    trapframe tf = Frame();
+    tf.tf_rax = 0x5555;
+    const trapframe before = tf;
+    vextframe vf = {};
+    vf.vx_tls.info[which].base = AsPtr(0x0000900000000000ULL);
+    EXPECT_FAILS_WITH(EINVAL, vmspace_ctl(vm.id(), VMSPACE_CTL_RUN, &tf, &vf));
+    EXPECT_EQ(0, memcmp(&before, &tf, sizeof(tf))) << "info[" << which << "]: " << Describe(tf);
+  }
+}
+
+// ---- RUN: signals, timeouts, interrupts -----------------------------------------------------
+
+std::atomic<int> g_sigalrm_count{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+void CountSigalrm(int) { g_sigalrm_count.fetch_add(1); }
+
+constexpr uint64_t kRunningToken = 0x52554e4e494e4721ULL;  // "RUNNING!"
+
+// Maps a memfd page at kFlagAddr and boots kGuestFlagThenSpin; returns its frame.
+void BootFlagGuest(void* id, const SharedMemfd& flag, trapframe* tf) {
+  ASSERT_NO_FATAL_FAILURE(Boot(id, kGuestFlagThenSpin));
+  ASSERT_NO_FATAL_FAILURE(MapFd(id, kFlagAddr, kPage, kRw, MAP_SHARED, flag.fd(), 0));
+  *tf = Frame();
+  tf->tf_rdi = kFlagAddr;
+  tf->tf_rsi = static_cast<int64_t>(kRunningToken);
+}
+
+void Conformance::ExpectSignalEndsRun(Kick kick, bool restart) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd flag(kPage);
+  ASSERT_TRUE(flag.ok()) << strerror(errno);
+  trapframe tf;
+  ASSERT_NO_FATAL_FAILURE(BootFlagGuest(vm.id(), flag, &tf));
+
+  struct sigaction sa = {};
+  struct sigaction old_sa = {};
+  sa.sa_handler = CountSigalrm;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = restart ? SA_RESTART : 0;
+  ASSERT_EQ(0, sigaction(SIGALRM, &sa, &old_sa));
+  sigset_t alrm;
+  sigset_t old_mask;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &alrm, &old_mask));
+  g_sigalrm_count.store(0);
+
+  // A thread-directed one-shot timer, so SIGALRM cannot land on another thread.
+  timer_t timer{};
+  bool have_timer = false;
+  if (kick == Kick::kTimer) {
+    struct sigevent sev = {};
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGALRM;
+    sev._sigev_un._tid = CurrentTid();
+    ASSERT_EQ(0, timer_create(CLOCK_MONOTONIC, &sev, &timer)) << strerror(errno);
+    have_timer = true;
+  }
+
+  std::atomic<bool> run_returned{false};
+  std::atomic<int> kick_rc{0};
+  const pthread_t runner = pthread_self();
+  std::thread helper = SpawnWithSignalsBlocked([&] {
+    WaitUntil([&] { return flag.Load(0) == kRunningToken || run_returned.load(); },
+              "the guest to start running");
+    if (run_returned.load()) return;  // RUN ended early; the test reports it
+    if (kick == Kick::kTimer) {
+      struct itimerspec its = {};
+      its.it_value.tv_nsec = 50 * 1000 * 1000;
+      kick_rc.store(timer_settime(timer, 0, &its, nullptr));
+    } else {
+      kick_rc.store(pthread_kill(runner, SIGALRM));
+    }
+  });
+  errno = 0;
+  const int rc = RunGuest(vm.id(), &tf);
+  const int err = errno;
+  const int count_at_return = g_sigalrm_count.load();
+  run_returned.store(true);
+  helper.join();
+  if (have_timer) timer_delete(timer);  // disarms it if RUN ended for another reason
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  sigaction(SIGALRM, &old_sa, nullptr);
+
+  EXPECT_EQ(0, kick_rc.load());
+  ASSERT_EQ(0, rc) << strerror(err);
+  EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(1, count_at_return) << "the handler must have run once when RUN returns";
+  EXPECT_EQ(kCodeAddr + kGuestFlagThenSpinLoopOffset, AsU64(tf.tf_rip)) << Describe(tf);
+  EXPECT_EQ(kUserCs, tf.tf_cs);
+  EXPECT_EQ(kUserSs, tf.tf_ss);
+}
+
+TEST_P(Conformance, TimerSignalEndsRun) { ExpectSignalEndsRun(Kick::kTimer, false); }
+
+TEST_P(Conformance, TimerSignalEndsRunWithSaRestart) { ExpectSignalEndsRun(Kick::kTimer, true); }
+
+TEST_P(Conformance, PthreadKillEndsRun) { ExpectSignalEndsRun(Kick::kPthreadKill, false); }
+
+TEST_P(Conformance, PthreadKillEndsRunWithSaRestart) {
+  ExpectSignalEndsRun(Kick::kPthreadKill, true);
+}
+
+TEST_P(Conformance, PerCallRunTimeout) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSpin));
+  trapframe tf = Frame();
+  vextframe vf = {};
+  errno = 0;
+  ASSERT_EQ(0, vkrt_vmspace_run(vm.id(), &tf, &vf, 20 * kMillisecond)) << strerror(errno);
+  EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip));
+  EXPECT_EQ(kUserCs, tf.tf_cs);
+
+  // A timeout does not get in the way of ordinary exits.
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr + 0x100, kGuestSyscallLoop));
+  tf = Frame(kCodeAddr + 0x100);
+  ASSERT_EQ(0, vkrt_vmspace_run(vm.id(), &tf, &vf, 30ULL * 1000 * kMillisecond))
+      << strerror(errno);
+  EXPECT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+}
+
+TEST_P(Conformance, PerThreadRunTimeout) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSpin));
+  ASSERT_EQ(0, vkrt_set_run_timeout(20 * kMillisecond)) << strerror(errno);
+  struct ResetTimeout {
+    ~ResetTimeout() { EXPECT_EQ(0, vkrt_set_run_timeout(0)); }
+  } reset;
+
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, 0));
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip));
+  // vkrt_vmspace_run with 0 uses the thread's setting.
+  tf = Frame();
+  vextframe vf = {};
+  ASSERT_EQ(0, vkrt_vmspace_run(vm.id(), &tf, &vf, 0)) << strerror(errno);
+  EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, InterruptEndsRun) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd flag(kPage);
+  ASSERT_TRUE(flag.ok()) << strerror(errno);
+  trapframe tf;
+  ASSERT_NO_FATAL_FAILURE(BootFlagGuest(vm.id(), flag, &tf));
+  const pid_t runner = CurrentTid();
+  std::atomic<bool> run_returned{false};
+  std::atomic<int> interrupt_rc{0};
+  std::atomic<int> interrupt_errno{0};
+  std::thread helper = SpawnWithSignalsBlocked([&] {
+    WaitUntil([&] { return flag.Load(0) == kRunningToken || run_returned.load(); },
+              "the guest to start running");
+    if (run_returned.load()) return;
+    errno = 0;
+    interrupt_rc.store(vkrt_interrupt(runner));
+    interrupt_errno.store(errno);
+  });
+  errno = 0;
+  const int rc = RunGuest(vm.id(), &tf);
+  const int err = errno;
+  run_returned.store(true);
+  helper.join();
+  EXPECT_EQ(0, interrupt_rc.load()) << strerror(interrupt_errno.load());
+  ASSERT_EQ(0, rc) << strerror(err);
+  EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr + kGuestFlagThenSpinLoopOffset, AsU64(tf.tf_rip)) << Describe(tf);
+}
+
+TEST_P(Conformance, InterruptUnknownTidIsEsrch) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NE(1, getpid()) << "tid 1 is this process; the test needs a foreign tid";
+  EXPECT_FAILS_WITH(ESRCH, vkrt_interrupt(1));
+}
+
+TEST_P(Conformance, InterruptBeforeRunEndsTheNextRunAtOnce) {
+  ScopedVmspace vm(GetParam());  // this thread has now called into vkrt
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  ASSERT_EQ(0, vkrt_interrupt(CurrentTid())) << strerror(errno);
+  trapframe tf = Frame();
+  tf.tf_rax = 0x4242;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, 0));
+  EXPECT_EQ(kCodeAddr, AsU64(tf.tf_rip)) << "the guest ran";
+  EXPECT_EQ(0x4242, tf.tf_rax);
+  // The interrupt was used up.
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+}
+
+TEST_P(Conformance, DestroyWhileRunningIsEbusy) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd flag(kPage);
+  ASSERT_TRUE(flag.ok()) << strerror(errno);
+  trapframe tf;
+  ASSERT_NO_FATAL_FAILURE(BootFlagGuest(vm.id(), flag, &tf));
+
+  std::atomic<pid_t> runner_tid{0};
+  std::atomic<bool> run_returned{false};
+  int run_rc = -2;
+  int run_errno = 0;
+  std::thread runner([&] {
+    runner_tid.store(CurrentTid());
+    errno = 0;
+    run_rc = RunGuest(vm.id(), &tf);
+    run_errno = errno;
+    run_returned.store(true);
+  });
+  WaitUntil([&] { return flag.Load(0) == kRunningToken || run_returned.load(); },
+            "the guest to start running");
+  int destroy_rc = 0;
+  int destroy_errno = 0;
+  int interrupt_rc = 0;
+  if (!run_returned.load()) {
+    errno = 0;
+    destroy_rc = vm.Destroy();
+    destroy_errno = errno;
+    interrupt_rc = vkrt_interrupt(runner_tid.load());
+  }
+  runner.join();
+  ASSERT_EQ(0, run_rc) << strerror(run_errno);
+  ASSERT_EQ(kRunningToken, flag.Load(0)) << "RUN returned before the guest ran: "
+                                         << Describe(tf);
+  EXPECT_EQ(-1, destroy_rc);
+  EXPECT_EQ(EBUSY, destroy_errno) << strerror(destroy_errno);
+  EXPECT_EQ(0, interrupt_rc);
+  EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(0, vm.Destroy()) << strerror(errno);
+}
+
+// ---- RUN: concurrency -----------------------------------------------------------------------
+
+constexpr int kConcurrentThreads = 4;
+constexpr int kCountIterations = 10000;
+
+// Runs kGuestCountLoop to its end, answering every syscall with rax + 1. Returns "" on success,
+// else what went wrong.
+std::string RunCountLoop(void* id, uint64_t stack_top) {
+  trapframe tf = Frame(kCodeAddr, stack_top);
+  tf.tf_rbx = 0;
+  tf.tf_r12 = kCountIterations;
+  for (int64_t expected = 0;; ++expected) {
+    errno = 0;
+    if (RunGuest(id, &tf) != 0) return std::string("RUN failed: ") + strerror(errno);
+    if (tf.tf_trapno == T_BPTFLT) {
+      if (expected != kCountIterations) {
+        return "ended after " + std::to_string(expected) + " syscalls";
+      }
+      if (tf.tf_rbx != kCountIterations) return "final count " + std::to_string(tf.tf_rbx);
+      return "";
+    }
+    if (tf.tf_trapno != T_FAST_SYSCALL) return "unexpected exit: " + Describe(tf);
+    if (tf.tf_rax != expected) {
+      return "syscall " + std::to_string(expected) + " saw rax " + std::to_string(tf.tf_rax);
+    }
+    if (AsU64(tf.tf_rsp) != stack_top) return "wrong stack: " + Describe(tf);
+    tf.tf_rax += 1;
+  }
+}
+
+TEST_P(Conformance, ConcurrentRunsInSeparateVmspaces) {
+  std::vector<std::string> results(kConcurrentThreads, "not run");
+  std::vector<std::thread> threads;
+  const int type = GetParam();
+  for (int i = 0; i < kConcurrentThreads; ++i) {
+    threads.emplace_back([&results, i, type] {
+      ScopedVmspace vm(type);
+      if (!vm.Live()) {
+        results[i] = vm.Live().message();
+        return;
+      }
+      void* p = vmspace_mmap(vm.id(), AsPtr(kCodeAddr), kPage, kRwx, kAnonFixed, -1, 0);
+      if (p != AsPtr(kCodeAddr) ||
+          vmspace_pwrite(vm.id(), kGuestCountLoop, sizeof(kGuestCountLoop), 0, kCodeAddr) !=
+              static_cast<ssize_t>(sizeof(kGuestCountLoop)) ||
+          vmspace_mmap(vm.id(), AsPtr(kStackBase), kStackSize, kRw, kAnonFixed, -1, 0) !=
+              AsPtr(kStackBase)) {
+        results[i] = std::string("setup failed: ") + strerror(errno);
+        return;
+      }
+      results[i] = RunCountLoop(vm.id(), kStackTop);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kConcurrentThreads; ++i) EXPECT_EQ("", results[i]) << "thread " << i;
+}
+
+TEST_P(Conformance, ConcurrentRunsInOneVmspace) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kCodeAddr, kPage, kRwx));
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestCountLoop));
+  for (int i = 0; i < kConcurrentThreads; ++i) {
+    ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kStackBase + i * kStackSize, kStackSize, kRw));
+  }
+  std::vector<std::string> results(kConcurrentThreads, "not run");
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kConcurrentThreads; ++i) {
+    threads.emplace_back([&results, &vm, i] {
+      results[i] = RunCountLoop(vm.id(), kStackBase + (i + 1) * kStackSize);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kConcurrentThreads; ++i) EXPECT_EQ("", results[i]) << "thread " << i;
+}
+
+std::string ParamName(const ::testing::TestParamInfo<int>& info) {
+  return BackendName(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values(VKRT_TYPE_PTRACE), ParamName);
+
+}  // namespace
