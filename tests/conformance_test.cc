@@ -342,6 +342,18 @@ class TempFile {
   int fd_ = -1;
 };
 
+// Runs a function at scope exit.
+class Cleanup {
+ public:
+  explicit Cleanup(std::function<void()> fn) : fn_(std::move(fn)) {}
+  ~Cleanup() { fn_(); }
+  Cleanup(const Cleanup&) = delete;
+  Cleanup& operator=(const Cleanup&) = delete;
+
+ private:
+  std::function<void()> fn_;
+};
+
 class ScopedFd {
  public:
   explicit ScopedFd(int fd) : fd_(fd) {}
@@ -1555,11 +1567,17 @@ void Conformance::ExpectSignalEndsRun(Kick kick, bool restart) {
   sigemptyset(&alrm);
   sigaddset(&alrm, SIGALRM);
   ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &alrm, &old_mask));
-  g_sigalrm_count.store(0);
-
   // A thread-directed one-shot timer, so SIGALRM cannot land on another thread.
   timer_t timer{};
   bool have_timer = false;
+  // Runs last: the timer is gone (timer_delete disarms it) before the handler is restored.
+  Cleanup restore([&] {
+    if (have_timer) timer_delete(timer);
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    sigaction(SIGALRM, &old_sa, nullptr);
+  });
+  g_sigalrm_count.store(0);
+
   if (kick == Kick::kTimer) {
     struct sigevent sev = {};
     sev.sigev_notify = SIGEV_THREAD_ID;
@@ -1590,9 +1608,6 @@ void Conformance::ExpectSignalEndsRun(Kick kick, bool restart) {
   const int count_at_return = g_sigalrm_count.load();
   run_returned.store(true);
   helper.join();
-  if (have_timer) timer_delete(timer);  // disarms it if RUN ended for another reason
-  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  sigaction(SIGALRM, &old_sa, nullptr);
 
   EXPECT_EQ(0, kick_rc.load());
   ASSERT_EQ(0, rc) << strerror(err);

@@ -226,9 +226,11 @@ vkrt_stub_boot:
 	jmp .Lpark
 
 	/* Runs on the context's signal stack for SIGSEGV, SIGBUS and SIGFPE raised by guest
-	 * code, and reports the hardware trap number, error code and fault address to the
-	 * tracing vkernel thread through a system call it intercepts (PTRACE_SYSEMU). */
+	 * code, and reports the hardware trap number (rdi), error code (rsi), fault address
+	 * (rdx) and si_code (r10) to the tracing vkernel thread through a system call it
+	 * intercepts (PTRACE_SYSEMU). */
 .Lfault_handler:
+	movslq 8(%rsi), %r10         /* si_code: SEGV_ACCERR means the page is mapped */
 	mov UC_MCONTEXT+SC_TRAPNO(%rdx), %rdi
 	mov UC_MCONTEXT+SC_ERR(%rdx), %rsi
 	mov UC_MCONTEXT+SC_CR2(%rdx), %rdx

@@ -50,6 +50,11 @@ constexpr long kAbortBeforeUnblock = -1001;
 constexpr long kAbortAfterUnblock = -1002;
 constexpr long kAbortInWait = -1003;
 
+constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
+// Signals the kernel ignores unless a handler is installed.
+constexpr uint64_t kIgnoredByDefault =
+    SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
+
 pid_t Gettid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
 // ---- raw/checked pairs for the kernel calls used on the hot path ---------------------------
@@ -517,7 +522,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
 // are blocked on entry; vkrt_wait_in_rseq unblocks them inside the sequence, so a signal
 // that arrived earlier is delivered there too. Without rseq (glibc did not register it),
 // signals without SA_RESTART are still noticed (EINTR) and kicks always are.
-absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& old_mask,
+absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wait_mask,
                                                   bool& signalled) {
   static const uint64_t kAllSignals = ~uint64_t{0};
   struct rseq* rs = ThreadRseq();
@@ -527,10 +532,10 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& ol
     if (rs != nullptr) {
       uint64_t pending = 0;
       syscall(SYS_rt_sigpending, &pending, 8);
-      const bool deliverable = (pending & ~old_mask) != 0;
+      const bool deliverable = (pending & ~wait_mask) != 0;
       __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_wait_rseq_cs),
                        __ATOMIC_RELAXED);
-      r = vkrt_wait_in_rseq(&old_mask, c.tid, &status);
+      r = vkrt_wait_in_rseq(&wait_mask, c.tid, &status);
       __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
       if (r == kAbortBeforeUnblock) continue;
       if (r == kAbortAfterUnblock) {
@@ -547,7 +552,7 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& ol
         return -1;
       }
     } else {
-      syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
+      syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
       r = syscall(SYS_wait4, c.tid, &status, __WALL, nullptr);
       if (r < 0) r = -errno;
     }
@@ -571,6 +576,10 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
   uint64_t old_mask = 0;
   syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
   bool blocked = true;
+  // While the guest runs, the signals whose default is to be ignored stay blocked: every
+  // ptrace stop of every guest sends SIGCHLD to this process, and an ignored signal would
+  // restart wait4 in a way the rseq abort cannot tell from a handler that ran.
+  const uint64_t wait_mask = old_mask | kIgnoredByDefault;
   struct Cleanup {
     std::function<void()> fn;
     ~Cleanup() { fn(); }
@@ -604,8 +613,8 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
     int status;
     if (!stopping) {
       bool signalled = false;
-      auto waited = WaitGuest(c, old_mask, signalled);
-      blocked = false;
+      auto waited = WaitGuest(c, wait_mask, signalled);
+      blocked = wait_mask != old_mask;  // then old_mask is restored at the end
       if (!waited.ok()) return waited.status();
       if (signalled) {
         // A handler ran in this thread (a signal, the timeout or vkrt_interrupt): stop the
@@ -656,6 +665,10 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
           exit.kind = GuestExit::Kind::kPageFault;
           exit.addr = regs.rdx;
           exit.err = (regs.rsi & (PGEX_P | PGEX_W | PGEX_RSV | PGEX_I)) | PGEX_U;
+          // A page the guest may not access in this way is a protection fault even when
+          // Linux had not populated it yet (the hardware then reports "not present").
+          const int si_code = static_cast<int>(regs.r10);
+          if (si_code == SEGV_ACCERR || si_code == SEGV_PKUERR) exit.err |= PGEX_P;
         }
         x86_64::UserRegsToFrame(fault_regs, *state.tf);
         return exit;  // state.xstate was read at the fault
