@@ -7,13 +7,12 @@
  */
 #define _DEFAULT_SOURCE 1 /* MAP_ANONYMOUS */
 
-#include <vkrt/vmspace.h>
-
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <vkrt/vmspace.h>
 
 #include "guest_code.h"
 
@@ -42,31 +41,31 @@ VKRT_C99_CHECK(madv_setmap, MADV_SETMAP == 11);
 
 static int failures;
 
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-      ++failures;                                                                \
-    }                                                                            \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                              \
+    }                                                                          \
   } while (0)
 
 /* Checks that a call returned `failure` with errno `expected`. */
-#define CHECK_ERRNO(call, failure, expected)                                              \
-  do {                                                                                    \
-    int check_err_;                                                                       \
-    errno = 0;                                                                            \
-    if ((call) != (failure)) {                                                            \
-      fprintf(stderr, "%s:%d: %s did not fail\n", __FILE__, __LINE__, #call);             \
-      ++failures;                                                                         \
-    } else if ((check_err_ = errno) != (expected)) {                                      \
-      fprintf(stderr, "%s:%d: %s: errno %d (%s), want %d\n", __FILE__, __LINE__, #call,   \
-              check_err_, strerror(check_err_), (expected));                              \
-      ++failures;                                                                         \
-    }                                                                                     \
+#define CHECK_ERRNO(call, failure, expected)                                            \
+  do {                                                                                  \
+    int check_err_;                                                                     \
+    errno = 0;                                                                          \
+    if ((call) != (failure)) {                                                          \
+      fprintf(stderr, "%s:%d: %s did not fail\n", __FILE__, __LINE__, #call);           \
+      ++failures;                                                                       \
+    } else if ((check_err_ = errno) != (expected)) {                                    \
+      fprintf(stderr, "%s:%d: %s: errno %d (%s), want %d\n", __FILE__, __LINE__, #call, \
+              check_err_, strerror(check_err_), (expected));                            \
+      ++failures;                                                                       \
+    }                                                                                   \
   } while (0)
 
-static char space_id;      /* the vmspace's id is this object's address */
-static char other_id;      /* never created */
+static char space_id; /* the vmspace's id is this object's address */
+static char other_id; /* never created */
 
 static void check_before_any_vmspace(void) {
   struct trapframe tf;

@@ -13,6 +13,8 @@
 // Unused in a given test file is fine (C warns about unused static const arrays).
 #define VKRT_GUEST_CODE __attribute__((unused)) static const unsigned char
 
+// clang-format off
+
 // `syscall`, then jumps back to it: every RUN ends at the syscall.
 //      0: 0f 05                  syscall
 //      2: eb fc                  jmp    0 <guest>
@@ -247,5 +249,6 @@ VKRT_GUEST_CODE kGuestSpin[] = {
 VKRT_GUEST_CODE kGuestCallVsyscall[] = {
     0x48, 0xc7, 0xc0, 0x00, 0x00, 0x60, 0xff, 0xff, 0xd0, 0x0f, 0x0b,
 };
+// clang-format on
 
 #endif  // VKRT_TESTS_GUEST_CODE_H_

@@ -120,7 +120,8 @@ long StatusField(const std::string& path, const std::string& key) {
   std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
-    if (line.compare(0, key.size(), key) == 0) return strtol(line.c_str() + key.size(), nullptr, 10);
+    if (line.compare(0, key.size(), key) == 0)
+      return strtol(line.c_str() + key.size(), nullptr, 10);
   }
   return -1;
 }
@@ -212,8 +213,8 @@ TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
   const char* why = nullptr;
   errno = 0;
   if (vkrt_backend_available(name, &why) != 0) {
-    GTEST_SKIP() << "backend " << name << " is not available here: "
-                 << (why != nullptr ? why : strerror(errno));
+    GTEST_SKIP() << "backend " << name
+                 << " is not available here: " << (why != nullptr ? why : strerror(errno));
   }
   Watchdog watchdog(std::string("leak test on ") + name, kTestLimit);
 
@@ -228,6 +229,8 @@ TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
   }
   const ProcessCounts after = Snapshot();
 
+  printf("before %d cycles: %s\nafter:  %s\n", kCycles, ToString(before).c_str(),
+         ToString(after).c_str());
   SCOPED_TRACE("before: " + ToString(before));
   SCOPED_TRACE("after:  " + ToString(after));
   EXPECT_EQ(before.fds, after.fds);
@@ -239,9 +242,7 @@ TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
   EXPECT_LT(after.rss_kib - before.rss_kib, kMaxRssGrowthKib);
 }
 
-std::string ParamName(const ::testing::TestParamInfo<int>& info) {
-  return BackendName(info.param);
-}
+std::string ParamName(const ::testing::TestParamInfo<int>& info) { return BackendName(info.param); }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LeakTest, ::testing::Values(VKRT_TYPE_PTRACE), ParamName);
 

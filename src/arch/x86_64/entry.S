@@ -73,13 +73,15 @@ vkrt_vmspace_run:
 /*
  * long vkrt_wait_in_rseq(const uint64_t *sigmask, int tid, int *status)
  *
- * Precondition: signals are blocked, and this thread's rseq_cs points at vkrt_wait_rseq_cs.
- * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL). Returns wait4's
- * result (a pid or -errno), or, when the kernel aborted the critical section:
- *   -1001  before the mask was set (preemption only: signals were still blocked)
- *   -1002  after the mask was set, before wait4 was entered (preemption or a signal)
- *   -1003  wait4 was entered and a signal handler interrupted it (SA_RESTART or not)
+ * Precondition: this thread's rseq_cs points at vkrt_wait_rseq_cs.
+ * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL). The critical section
+ * is the wait4 `syscall` instruction alone: when a signal handler interrupts wait4 and the
+ * kernel would restart it (SA_RESTART), it rewinds rip onto that instruction and rseq sends
+ * the thread to the abort handler instead. Returns wait4's result (a pid or -errno), or
+ *   -1001  aborted before wait4 was entered (preempted on the instruction): retry
+ *   -1003  a signal handler ran while in wait4 (SA_RESTART or not)
  */
+	.text
 	.globl vkrt_wait_in_rseq
 	.hidden vkrt_wait_in_rseq
 	.type vkrt_wait_in_rseq, @function
@@ -90,21 +92,19 @@ vkrt_wait_in_rseq:
 	mov %rdi, %r12
 	mov %esi, %r13d
 	mov %rdx, %r14
-	xor %ecx, %ecx               /* rcx tells the abort handler how far we got */
-.Lcs_start:
 	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
 	mov $2, %edi
 	mov %r12, %rsi
 	xor %edx, %edx
 	mov $8, %r10d
-.Lunblock:
 	syscall
 	mov $61, %eax                /* wait4(tid, status, __WALL, NULL) */
 	mov %r13d, %edi
 	mov %r14, %rsi
 	mov $0x40000000, %edx
 	xor %r10d, %r10d
-.Lwait:
+	xor %ecx, %ecx               /* rcx = rip+2 only once the wait4 syscall has begun */
+.Lcs_start:
 	syscall
 .Lcs_end:
 	pop %r14
@@ -113,15 +113,10 @@ vkrt_wait_in_rseq:
 	ret
 	.long 0x53053053             /* RSEQ_SIG */
 .Lcs_abort:
-	lea .Lwait+2(%rip), %rdx
+	lea .Lcs_end(%rip), %rdx
 	cmp %rdx, %rcx
 	je 1f
-	lea .Lunblock+2(%rip), %rdx
-	cmp %rdx, %rcx
-	je 2f
 	mov $-1001, %rax
-	jmp .Lcs_end
-2:	mov $-1002, %rax
 	jmp .Lcs_end
 1:	mov $-1003, %rax
 	jmp .Lcs_end

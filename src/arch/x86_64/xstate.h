@@ -14,6 +14,15 @@ namespace vkrt::x86_64 {
 // the life of the process; ptrace's NT_X86_XSTATE transfers exactly this many bytes.
 size_t XstateSize();
 
+// Bytes of the standard-format area that hold what passes between vkernel and guest:
+// x87, SSE, AVX, AVX-512 and PKRU (not AMX). A prefix of XstateSize(); ptrace can read just
+// this much, which costs a quarter of reading the whole area where AMX is enabled.
+size_t GuestXstateSize();
+
+// True if two standard-format areas hold the same guest-visible state (the components of
+// GuestXstateSize()). A false "different" is harmless (the state is transferred again).
+bool SameGuestXstate(const void* a, const void* b);
+
 }  // namespace vkrt::x86_64
 
 #endif  // VKRT_SRC_ARCH_X86_64_XSTATE_H_

@@ -46,8 +46,8 @@ namespace {
 
 using x86_64::kStubBase;
 
-constexpr long kAbortBeforeUnblock = -1001;
-constexpr long kAbortAfterUnblock = -1002;
+// vkrt_wait_in_rseq's results besides wait4's own (entry.S).
+constexpr long kAbortBeforeWait = -1001;
 constexpr long kAbortInWait = -1003;
 
 constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
@@ -55,7 +55,10 @@ constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 constexpr uint64_t kIgnoredByDefault =
     SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
 
-pid_t Gettid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
+pid_t Gettid() {
+  thread_local const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+  return tid;
+}
 
 // ---- raw/checked pairs for the kernel calls used on the hot path ---------------------------
 
@@ -80,12 +83,22 @@ absl::Status SetRegs(pid_t tid, const user_regs_struct& regs) {
   return absl::OkStatus();
 }
 
-absl::Status XstateTransfer(int request, pid_t tid, void* area) {
+// Reads the guest-visible part of the thread's FPU state (a prefix of the area: reading
+// the whole area, ~11 KiB with AMX, costs several microseconds per RUN).
+absl::Status GetXstate(pid_t tid, void* area) {
+  struct iovec iov = {area, x86_64::GuestXstateSize()};
+  if (ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, &iov) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(PTRACE_GETREGSET, %d, NT_X86_XSTATE, %zu bytes)",
+                                        tid, x86_64::GuestXstateSize()));
+  }
+  return absl::OkStatus();
+}
+
+// Loads the thread's FPU state; Linux takes only the whole standard-format area.
+absl::Status SetXstate(pid_t tid, void* area) {
   struct iovec iov = {area, x86_64::XstateSize()};
-  if (ptrace(static_cast<__ptrace_request>(request), tid, NT_X86_XSTATE, &iov) == -1) {
-    return SyscallError(absl::StrFormat("ptrace(%s, %d, NT_X86_XSTATE, %zu bytes)",
-                                        request == PTRACE_GETREGSET ? "PTRACE_GETREGSET"
-                                                                    : "PTRACE_SETREGSET",
+  if (ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, &iov) == -1) {
+    return SyscallError(absl::StrFormat("ptrace(PTRACE_SETREGSET, %d, NT_X86_XSTATE, %zu bytes)",
                                         tid, x86_64::XstateSize()));
   }
   return absl::OkStatus();
@@ -189,7 +202,16 @@ struct Context {
   pid_t tid = 0;                 // the stub thread
   // Owned by the tracer thread only:
   bool pending_event_stop = false;  // a PTRACE_INTERRUPT whose stop was not consumed yet
+  // The FPU state the stub thread holds, when known (GuestXstateSize() bytes).
+  bool xstate_known = false;
+  std::unique_ptr<unsigned char[]> xstate;
 };
+
+// Records that the stub thread of `c` holds the FPU state in `area`.
+void RememberXstate(Context& c, const void* area) {
+  memcpy(c.xstate.get(), area, x86_64::GuestXstateSize());
+  c.xstate_known = true;
+}
 
 class PtraceAddressSpace : public AddressSpace {
  public:
@@ -325,6 +347,8 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   Context& c = contexts_[slot];
   c.tid = tid;
   c.pending_event_stop = false;
+  c.xstate_known = false;
+  if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
 }
@@ -517,36 +541,32 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
 
 // Waits for the guest to stop. The difficulty is noticing a signal handler that runs in
 // this thread meanwhile: with SA_RESTART the kernel restarts wait4 and nobody would know.
-// So the wait runs inside a restartable sequence: a signal delivered while the thread is
-// at or in wait4 moves it to the abort handler instead of restarting the call. Signals
-// are blocked on entry; vkrt_wait_in_rseq unblocks them inside the sequence, so a signal
-// that arrived earlier is delivered there too. Without rseq (glibc did not register it),
-// signals without SA_RESTART are still noticed (EINTR) and kicks always are.
+// Signals are blocked on entry (since the start of RUN). A signal that arrived since then is
+// pending: it is delivered by unblocking, and that alone ends the wait. Otherwise the wait4
+// instruction runs inside a restartable sequence: a handler that interrupts wait4 sends the
+// thread to the abort handler instead of restarting the call (entry.S). Without rseq (glibc
+// did not register it) handlers without SA_RESTART and vkrt's own kicks are still noticed.
+// What remains unnoticed is a signal arriving in the few instructions between the pending
+// check and wait4; it is seen at the guest's next stop.
 absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wait_mask,
                                                   bool& signalled) {
-  static const uint64_t kAllSignals = ~uint64_t{0};
+  uint64_t pending = 0;
+  syscall(SYS_rt_sigpending, &pending, 8);
+  if ((pending & ~wait_mask) != 0) {
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);  // handlers run here
+    signalled = true;
+    return -1;
+  }
   struct rseq* rs = ThreadRseq();
   for (;;) {
     int status = 0;
     long r;
     if (rs != nullptr) {
-      uint64_t pending = 0;
-      syscall(SYS_rt_sigpending, &pending, 8);
-      const bool deliverable = (pending & ~wait_mask) != 0;
       __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_wait_rseq_cs),
                        __ATOMIC_RELAXED);
       r = vkrt_wait_in_rseq(&wait_mask, c.tid, &status);
       __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
-      if (r == kAbortBeforeUnblock) continue;
-      if (r == kAbortAfterUnblock) {
-        if (deliverable) {
-          signalled = true;
-          return -1;
-        }
-        // Preempted between unblocking and wait4: block again and retry.
-        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
-        continue;
-      }
+      if (r == kAbortBeforeWait) continue;
       if (r == kAbortInWait) {
         signalled = true;
         return -1;
@@ -603,7 +623,12 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
   user_regs_struct regs;
   x86_64::FrameToUserRegs(*state.tf, state.fs_base, state.gs_base, regs);
   if (auto s = SetRegs(tid, regs); !s.ok()) return s;
-  if (auto s = XstateTransfer(PTRACE_SETREGSET, tid, state.xstate); !s.ok()) return s;
+  // The context usually still holds the state the caller got back from the last RUN; load
+  // it only if the caller's differs.
+  if (!c.xstate_known || !x86_64::SameGuestXstate(c.xstate.get(), state.xstate)) {
+    if (auto s = SetXstate(tid, state.xstate); !s.ok()) return s;
+  }
+  c.xstate_known = false;  // set again once the guest's state has been read at the exit
   if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
 
   bool stopping = false;           // we sent PTRACE_INTERRUPT for this RUN
@@ -643,7 +668,8 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       if (stopping && !awaiting_report) {
         if (auto s = GetRegs(tid, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
-        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+        RememberXstate(c, state.xstate);
         exit.kind = GuestExit::Kind::kInterrupted;
         return exit;
       }
@@ -680,21 +706,25 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       exit.trapno = T_FAST_SYSCALL;
       // `syscall` loads rcx with the return address and r11 with rflags; `int $0x80`
       // leaves them alone. Look at the instruction only when they say it was not `syscall`.
-      if (regs.rcx != regs.rip || regs.r11 != regs.eflags) {
+      if (regs.rcx != regs.rip || regs.r11 != regs.eflags || regs.rip > kStubBase) {
         errno = 0;
         long word = ptrace(PTRACE_PEEKTEXT, tid, regs.rip - 2, 0);
-        const unsigned opcode = static_cast<unsigned>(word) & 0xFFFF;
-        if (errno == 0 && opcode == 0x80CD) {
+        const unsigned opcode = errno == 0 ? static_cast<unsigned>(word) & 0xFFFF : 0;
+        if (opcode == 0x80CD) {
           exit.kind = GuestExit::Kind::kSyscall80;
           exit.trapno = T_SYSCALL80;
-        } else if (errno == 0 && opcode == 0x340F) {  // sysenter (Intel): refuse it
+        } else if (opcode != 0x050F) {
+          // Neither `syscall` nor `int $0x80`: sysenter, which Linux runs as a 32-bit
+          // system call where the CPU allows it in long mode. The CPU does not save rip;
+          // Linux points it at its vDSO landing pad. Refused as AMD refuses it.
           exit.kind = GuestExit::Kind::kException;
           exit.trapno = T_PRIVINFLT;
           exit.err = 0;
-          state.tf->tf_rip = static_cast<int64_t>(regs.rip - 2);
+          state.tf->tf_rax = static_cast<int64_t>(regs.orig_rax);
         }
       }
-      if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+      if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+      RememberXstate(c, state.xstate);
       return exit;
     }
 
@@ -710,7 +740,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
         }
         // Let the stub's handler read the hardware trap number and error code.
         if (auto s = GetRegs(tid, fault_regs); !s.ok()) return s;
-        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
         awaiting_report = true;
         if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, static_cast<uint64_t>(sig), "PTRACE_SYSEMU");
             !s.ok()) {
@@ -722,7 +752,8 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       case SIGSYS: {
         if (auto s = GetRegs(tid, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
-        if (auto s = XstateTransfer(PTRACE_GETREGSET, tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+        RememberXstate(c, state.xstate);
         exit.kind = GuestExit::Kind::kException;
         if (sig == SIGILL) {
           exit.trapno = T_PRIVINFLT;
@@ -732,11 +763,19 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
           exit.trapno = si.si_code == TRAP_TRACE ? T_TRCTRAP : T_BPTFLT;
         } else {
           // The seccomp filter trapped a call into the vsyscall page: to the guest, an
-          // instruction fetch from a page that is not there.
+          // instruction fetch from a page that is not there. Linux has already emulated
+          // the `ret` (rip = return address, rsp popped); undo it.
+          siginfo_t si = {};
+          ptrace(PTRACE_GETSIGINFO, tid, 0, &si);
+          const uint64_t target = reinterpret_cast<uint64_t>(si.si_call_addr);
           exit.kind = GuestExit::Kind::kPageFault;
           exit.trapno = T_PAGEFLT;
-          exit.addr = regs.rip;
           exit.err = PGEX_U | PGEX_I;
+          exit.addr = target != 0 ? target : regs.rip;
+          if (target != 0 && target != regs.rip) {
+            state.tf->tf_rip = static_cast<int64_t>(target);
+            state.tf->tf_rsp -= 8;
+          }
         }
         return exit;
       }
