@@ -205,7 +205,61 @@ struct Context {
   // The FPU state the stub thread holds, when known (GuestXstateSize() bytes).
   bool xstate_known = false;
   std::unique_ptr<unsigned char[]> xstate;
+  // The registers the stub thread holds, when known: RUN then writes only what changed
+  // (one PTRACE_POKEUSER costs a third of a PTRACE_SETREGS here).
+  bool regs_known = false;
+  user_regs_struct regs = {};
+  // After a system call exit tf_rcx reports r10 (DragonFly); if the vkernel leaves it so,
+  // the guest keeps the rcx the `syscall` instruction left (the return address).
+  bool rcx_reported_as_r10 = false;
 };
+
+// Loads `want` into the stopped stub thread of `c`, writing only the registers that differ
+// from what it holds when that is known.
+absl::Status LoadRegs(Context& c, user_regs_struct& want) {
+  if (c.rcx_reported_as_r10 && want.rcx == want.r10) want.rcx = c.regs.rcx;
+  c.rcx_reported_as_r10 = false;
+  if (c.regs_known) {
+    // orig_rax >= 0 with rax in -ERESTART* would make the kernel restart a system call on
+    // the way back to the guest; any other rax is safe with a stale orig_rax.
+    const auto rax = static_cast<long long>(want.rax);
+    if (rax < -516 || rax > -512) want.orig_rax = c.regs.orig_rax;
+    constexpr int kWords = sizeof(user_regs_struct) / sizeof(unsigned long long);
+    const auto* have = reinterpret_cast<const unsigned long long*>(&c.regs);
+    const auto* next = reinterpret_cast<const unsigned long long*>(&want);
+    int changed[3];
+    int n = 0;
+    for (int i = 0; i < kWords && n <= 2; ++i) {
+      if (have[i] != next[i]) changed[n < 3 ? n : 2] = i, ++n;
+    }
+    if (n <= 2) {
+      for (int k = 0; k < n; ++k) {
+        const uint64_t offset = changed[k] * sizeof(unsigned long long);
+        if (ptrace(PTRACE_POKEUSER, c.tid, offset, next[changed[k]]) == -1) {
+          c.regs_known = false;
+          return SyscallError(absl::StrFormat("ptrace(PTRACE_POKEUSER, %d, %#x, %#llx)", c.tid,
+                                              offset, next[changed[k]]));
+        }
+      }
+      c.regs = want;
+      return absl::OkStatus();
+    }
+  }
+  c.regs_known = false;
+  if (auto s = SetRegs(c.tid, want); !s.ok()) return s;
+  c.regs = want;
+  c.regs_known = true;
+  return absl::OkStatus();
+}
+
+// Reads the stopped stub thread's registers and remembers them.
+absl::Status ReadRegs(Context& c, user_regs_struct& regs) {
+  c.regs_known = false;
+  if (auto s = GetRegs(c.tid, regs); !s.ok()) return s;
+  c.regs = regs;
+  c.regs_known = true;
+  return absl::OkStatus();
+}
 
 // Records that the stub thread of `c` holds the FPU state in `area`.
 void RememberXstate(Context& c, const void* area) {
@@ -348,6 +402,8 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   c.tid = tid;
   c.pending_event_stop = false;
   c.xstate_known = false;
+  c.regs_known = false;
+  c.rcx_reported_as_r10 = false;
   if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
@@ -382,6 +438,8 @@ absl::StatusOr<long> PtraceAddressSpace::Inject(Context& c, long nr, uint64_t a0
   regs.cs = x86_64::kUserCs;
   regs.ss = x86_64::kUserSs;
   regs.orig_rax = static_cast<unsigned long long>(-1);
+  c.regs_known = false;
+  c.rcx_reported_as_r10 = false;
   if (auto s = SetRegs(c.tid, regs); !s.ok()) return s;
   if (auto s = Ptrace(PTRACE_CONT, c.tid, 0, 0, "PTRACE_CONT"); !s.ok()) return s;
   for (;;) {
@@ -622,7 +680,8 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
 
   user_regs_struct regs;
   x86_64::FrameToUserRegs(*state.tf, state.fs_base, state.gs_base, regs);
-  if (auto s = SetRegs(tid, regs); !s.ok()) return s;
+  if (auto s = LoadRegs(c, regs); !s.ok()) return s;
+  c.regs_known = false;  // until the stop is read
   // The context usually still holds the state the caller got back from the last RUN; load
   // it only if the caller's differs.
   if (!c.xstate_known || !x86_64::SameGuestXstate(c.xstate.get(), state.xstate)) {
@@ -666,7 +725,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
     if (event == PTRACE_EVENT_STOP) {
       c.pending_event_stop = false;
       if (stopping && !awaiting_report) {
-        if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+        if (auto s = ReadRegs(c, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
         if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
         RememberXstate(c, state.xstate);
@@ -679,7 +738,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
     }
 
     if (sig == (SIGTRAP | 0x80)) {  // system call entry (PTRACE_O_TRACESYSGOOD)
-      if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+      if (auto s = ReadRegs(c, regs); !s.ok()) return s;
       if (awaiting_report &&
           regs.rip == kStubBase + x86_64::vkrt_stub_offsets.fault_report_end) {
         // The stub's handler reports (vector, error code, fault address) of the fault.
@@ -697,6 +756,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
           if (si_code == SEGV_ACCERR || si_code == SEGV_PKUERR) exit.err |= PGEX_P;
         }
         x86_64::UserRegsToFrame(fault_regs, *state.tf);
+        c.regs_known = false;  // the thread holds the handler's registers
         return exit;  // state.xstate was read at the fault
       }
       x86_64::UserRegsToFrame(regs, *state.tf);
@@ -725,6 +785,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       }
       if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
       RememberXstate(c, state.xstate);
+      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
       return exit;
     }
 
@@ -750,7 +811,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       case SIGILL:
       case SIGTRAP:
       case SIGSYS: {
-        if (auto s = GetRegs(tid, regs); !s.ok()) return s;
+        if (auto s = ReadRegs(c, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
         if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
         RememberXstate(c, state.xstate);
