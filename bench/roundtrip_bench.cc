@@ -35,6 +35,7 @@
 #include <sys/syscall.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -42,7 +43,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #ifndef VKRT_FLOOR_ONLY
 #include <vkrt/vmspace.h>
@@ -115,65 +118,79 @@ void KillChild(pid_t pid) {
   }
 }
 
-void BM_FloorPtraceSysemu(benchmark::State& state) {
-  constexpr int kSyscallStop = SIGTRAP | 0x80;  // with PTRACE_O_TRACESYSGOOD
-  pid_t pid = fork();
-  if (pid < 0) {
-    state.SkipWithError(Errno("fork").c_str());
-    return;
+// The floor's tracee: a forked child under PTRACE_SYSEMU, stopped at its first syscall.
+class FloorTracee {
+ public:
+  // "" or an error; on error nothing is left running.
+  std::string Start() {
+    pid_ = fork();
+    if (pid_ < 0) return Errno("fork");
+    if (pid_ == 0) FloorChild();
+    std::string err;
+    if (!WaitStop(pid_, SIGSTOP)) {
+      err = "child did not stop with SIGSTOP";
+    } else if (ptrace(PTRACE_SETOPTIONS, pid_, nullptr,
+                      reinterpret_cast<void*>(PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)) != 0) {
+      err = Errno("PTRACE_SETOPTIONS");
+    } else if (ptrace(PTRACE_SYSEMU, pid_, nullptr, nullptr) != 0) {
+      err = Errno("PTRACE_SYSEMU");
+    } else if (!WaitStop(pid_, kSyscallStop)) {
+      err = "no syscall stop after the first PTRACE_SYSEMU";
+    } else if (ptrace(PTRACE_GETREGS, pid_, nullptr, &regs_) != 0) {
+      err = Errno("PTRACE_GETREGS");
+    } else if (regs_.orig_rax != SYS_getpid || regs_.rdi != 0) {
+      err = "unexpected first syscall";
+    } else {
+      regs_.rax = regs_.rdi + 1;
+      if (ptrace(PTRACE_SETREGS, pid_, nullptr, &regs_) != 0) err = Errno("PTRACE_SETREGS");
+    }
+    if (!err.empty()) Stop();
+    return err;
   }
-  if (pid == 0) FloorChild();
 
-  // Setup, outside the timed loop: the SIGSTOP stop, options, and the first syscall stop.
-  struct user_regs_struct regs;
-  std::string err;
-  if (!WaitStop(pid, SIGSTOP)) {
-    err = "child did not stop with SIGSTOP";
-  } else if (ptrace(PTRACE_SETOPTIONS, pid, nullptr,
-                    reinterpret_cast<void*>(PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)) != 0) {
-    err = Errno("PTRACE_SETOPTIONS");
-  } else if (ptrace(PTRACE_SYSEMU, pid, nullptr, nullptr) != 0) {
-    err = Errno("PTRACE_SYSEMU");
-  } else if (!WaitStop(pid, kSyscallStop)) {
-    err = "no syscall stop after the first PTRACE_SYSEMU";
-  } else if (ptrace(PTRACE_GETREGS, pid, nullptr, &regs) != 0) {
-    err = Errno("PTRACE_GETREGS");
-  } else if (regs.orig_rax != SYS_getpid || regs.rdi != 0) {
-    err = "unexpected first syscall";
-  } else {
-    regs.rax = regs.rdi + 1;
-    if (ptrace(PTRACE_SETREGS, pid, nullptr, &regs) != 0) err = Errno("PTRACE_SETREGS");
+  // One round trip: resume, the next syscall stop, read the registers, emulate, write them.
+  std::string RoundTrip() {
+    if (ptrace(PTRACE_SYSEMU, pid_, nullptr, nullptr) != 0) return Errno("PTRACE_SYSEMU");
+    if (!WaitStop(pid_, kSyscallStop)) return "expected a syscall stop";
+    if (ptrace(PTRACE_GETREGS, pid_, nullptr, &regs_) != 0) return Errno("PTRACE_GETREGS");
+    if (regs_.orig_rax != SYS_getpid || regs_.rdi != expect_) {
+      return "wrong syscall or the emulated result did not reach the child";
+    }
+    regs_.rax = regs_.rdi + 1;
+    if (ptrace(PTRACE_SETREGS, pid_, nullptr, &regs_) != 0) return Errno("PTRACE_SETREGS");
+    ++expect_;
+    return "";
   }
+
+  void Stop() {
+    if (pid_ > 0) KillChild(pid_);
+    pid_ = -1;
+  }
+
+ private:
+  static constexpr int kSyscallStop = SIGTRAP | 0x80;  // with PTRACE_O_TRACESYSGOOD
+  pid_t pid_ = -1;
+  struct user_regs_struct regs_ = {};
+  unsigned long long expect_ = 1;  // the rdi of the next stop
+};
+
+void BM_FloorPtraceSysemu(benchmark::State& state) {
+  FloorTracee floor;
+  std::string err = floor.Start();
   if (!err.empty()) {
-    KillChild(pid);
     state.SkipWithError(err.c_str());
     return;
   }
-
-  unsigned long long expect = 1;  // the rdi of the next stop
   for (auto _ : state) {
-    if (ptrace(PTRACE_SYSEMU, pid, nullptr, nullptr) != 0) {
-      err = Errno("PTRACE_SYSEMU");
-    } else if (!WaitStop(pid, kSyscallStop)) {
-      err = "expected a syscall stop";
-    } else if (ptrace(PTRACE_GETREGS, pid, nullptr, &regs) != 0) {
-      err = Errno("PTRACE_GETREGS");
-    } else if (regs.orig_rax != SYS_getpid || regs.rdi != expect) {
-      err = "wrong syscall or the emulated result did not reach the child";
-    } else {
-      regs.rax = regs.rdi + 1;
-      if (ptrace(PTRACE_SETREGS, pid, nullptr, &regs) != 0) err = Errno("PTRACE_SETREGS");
-    }
+    err = floor.RoundTrip();
     if (!err.empty()) {
       state.SkipWithError(err.c_str());
       break;
     }
-    ++expect;
   }
-  KillChild(pid);
+  floor.Stop();
   if (err.empty()) SetRoundTripCounter(state);
 }
-
 #ifndef VKRT_FLOOR_ONLY
 
 // ---- vkrt benchmarks --------------------------------------------------------------------------
@@ -283,6 +300,68 @@ void BM_VkrtSyscallRoundTrip(benchmark::State& state) {
   if (err.empty()) SetRoundTripCounter(state);
 }
 
+// ---- the ratio to the floor, measured in alternating batches ----
+//
+// This machine's speed drifts by tens of percent within a minute, so the floor and vkrt
+// measured one after the other can disagree by more than their difference. Here every
+// iteration times a batch of floor round trips and then a batch of vkrt round trips; the
+// counters are the medians over batches of each per-round-trip time and of their ratio.
+
+double NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+void BM_PairedSyscallRatio(benchmark::State& state) {
+  constexpr int kBatch = 200;
+  void* id = &g_ids[3];
+  struct trapframe tf;
+  struct vextframe vf;
+  FloorTracee floor;
+  std::string err = floor.Start();
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
+  if (!err.empty()) {
+    floor.Stop();
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+  std::vector<double> floor_ns, vkrt_ns, ratio;
+  for (auto _ : state) {
+    if (!err.empty()) break;
+    const double t0 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) err = floor.RoundTrip();
+    const double t1 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) {
+      tf.tf_rax = tf.tf_rdi + 1;
+      err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+    }
+    const double t2 = NowNs();
+    floor_ns.push_back((t1 - t0) / kBatch);
+    vkrt_ns.push_back((t2 - t1) / kBatch);
+    ratio.push_back((t2 - t1) / (t1 - t0));
+  }
+  floor.Stop();
+  if (vmspace_destroy(id) != 0 && err.empty()) err = Errno("vmspace_destroy");
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  state.counters["floor_us"] = Median(floor_ns) / 1000;
+  state.counters["vkrt_us"] = Median(vkrt_ns) / 1000;
+  state.counters["ratio"] = Median(ratio);
+}
+
 // ---- 3. page fault round trip ----
 
 void BM_VkrtFaultRoundTrip(benchmark::State& state) {
@@ -365,6 +444,7 @@ BENCHMARK(BM_VkrtSyscallRoundTrip)->Apply([](auto* b) { Configure(b, 20000); });
 BENCHMARK(BM_VkrtFaultRoundTrip)->Apply([](auto* b) { Configure(b, 10000); });
 BENCHMARK(BM_VkrtCreateDestroy)->Apply([](auto* b) { Configure(b, 100); });
 BENCHMARK(BM_VkrtCreateMapRunDestroy)->Apply([](auto* b) { Configure(b, 100); });
+BENCHMARK(BM_PairedSyscallRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 
 int main(int argc, char** argv) {

@@ -239,7 +239,13 @@ TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
   EXPECT_EQ(0, after.zombie_children);
   EXPECT_EQ(before.traced, after.traced);
   EXPECT_LT(after.maps - before.maps, kMaxMapsGrowth);
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default), so RSS says
+  // nothing here; LeakSanitizer checks at exit that nothing was leaked.
+  printf("RSS growth not checked under AddressSanitizer (quarantine); LeakSanitizer runs at exit\n");
+#else
   EXPECT_LT(after.rss_kib - before.rss_kib, kMaxRssGrowthKib);
+#endif
 }
 
 std::string ParamName(const ::testing::TestParamInfo<int>& info) { return BackendName(info.param); }
