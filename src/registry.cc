@@ -1,9 +1,13 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <pthread.h>
+
+#include <new>
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
+#include "thread_state.h"
 
 namespace vkrt {
 namespace {
@@ -11,11 +15,27 @@ namespace {
 // DragonFly's ve_cache: the entry this thread looked up last, holding a cache ref.
 thread_local Vmspace* ve_cache = nullptr;
 
+void AtForkChild() {
+  Registry::Get().ForgetAfterFork();
+  ThreadState::ForgetAfterFork();
+}
+
 }  // namespace
+
+// Registered when the library loads, before any thread can use vkrt.
+[[maybe_unused]] const bool kAtForkRegistered = pthread_atfork(nullptr, nullptr, AtForkChild) == 0;
 
 Registry& Registry::Get() {
   static Registry* registry = new Registry();
   return *registry;
+}
+
+void Registry::ForgetAfterFork() {
+  // The entries (and their sockets, which close when the child exits or execs: they are
+  // close-on-exec) are left alone: destroying them here would kill the parent's guests.
+  new (&token_) std::shared_mutex;
+  new (&tree_) absl::flat_hash_map<void*, Vmspace*>;
+  ve_cache = nullptr;
 }
 
 absl::Status Registry::Create(void* id, int type, void* data) {

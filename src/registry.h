@@ -83,6 +83,10 @@ class Registry {
   // The calling thread is exiting: releases its guest contexts and its lookup cache.
   void ReleaseThread();
 
+  // In the child of fork(): the parent's vmspaces are the parent's (their guest threads
+  // are traced by the parent's threads); the child starts with none of them.
+  void ForgetAfterFork();
+
  private:
   Registry() = default;
   void CacheDrop(Vmspace* vs);

@@ -53,10 +53,24 @@ struct Holder {
   }
 };
 thread_local Holder holder;
+thread_local pid_t cached_tid = 0;
 
 }  // namespace
 
-ThreadState::ThreadState() : tid_(static_cast<pid_t>(syscall(SYS_gettid))) {}
+pid_t ThreadState::CurrentTid() {
+  if (cached_tid == 0) cached_tid = static_cast<pid_t>(syscall(SYS_gettid));
+  return cached_tid;
+}
+
+void ThreadState::ForgetAfterFork() {
+  // Only the forking thread exists in the child; its state names the parent's thread.
+  cached_tid = 0;
+  (void)holder.state.release();  // its timer and table entry belong to the parent
+  new (&TableMutex()) std::mutex;
+  Table().clear();
+}
+
+ThreadState::ThreadState() : tid_(CurrentTid()) {}
 
 ThreadState::~ThreadState() {
   if (have_timer_) timer_delete(timer_);

@@ -27,6 +27,12 @@ class ThreadState {
   // the wait of a RUN.
   static int KickSignal();
 
+  // gettid() of the calling thread, cached (glibc does not cache it).
+  static pid_t CurrentTid();
+
+  // In the child of fork(): forgets the parent's threads (called by the atfork handler).
+  static void ForgetAfterFork();
+
   pid_t tid() const { return tid_; }
 
   // Consumes a pending interrupt request: true if there was one.

@@ -3,6 +3,7 @@
 // tiny guest from guest_code.h and checks exact results. MAP_VPAGETABLE translation is not
 // covered here; only its argument checks are.
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -13,16 +14,19 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <vkrt/vmspace.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -1841,6 +1845,138 @@ TEST_P(Conformance, DestroyWhileRunningIsEbusy) {
   EXPECT_EQ(0, interrupt_rc);
   EXPECT_EQ(0, tf.tf_trapno) << Describe(tf);
   EXPECT_EQ(0, vm.Destroy()) << strerror(errno);
+}
+
+// ---- Lifetime: threads and processes ---------------------------------------------------------
+
+// Processes whose parent is `parent`, from /proc.
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> out;
+  DIR* dir = opendir("/proc");
+  if (dir == nullptr) return out;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    const std::string path = std::string("/proc/") + e->d_name + "/stat";
+    FILE* f = fopen(path.c_str(), "r");
+    if (f == nullptr) continue;
+    char buf[512] = {};
+    const size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    const char* close_paren = strrchr(buf, ')');
+    if (n == 0 || close_paren == nullptr) continue;
+    char state = 0;
+    int ppid = 0;
+    if (sscanf(close_paren + 1, " %c %d", &state, &ppid) == 2 && ppid == parent) {
+      out.push_back(static_cast<pid_t>(atoi(e->d_name)));
+    }
+  }
+  closedir(dir);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int TaskCount(pid_t pid) {
+  int n = 0;
+  const std::string path = "/proc/" + std::to_string(pid) + "/task";
+  if (DIR* dir = opendir(path.c_str())) {
+    while (dirent* e = readdir(dir)) n += e->d_name[0] >= '0' && e->d_name[0] <= '9';
+    closedir(dir);
+  }
+  return n;
+}
+
+// True while `pid` exists and is not a zombie.
+bool Alive(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  FILE* f = fopen(path.c_str(), "r");
+  if (f == nullptr) return false;
+  char buf[512] = {};
+  const size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  const char* close_paren = strrchr(buf, ')');
+  return n > 0 && close_paren != nullptr && close_paren[2] != 'Z' && close_paren[2] != 'X';
+}
+
+// The stub process a vmspace_create() call made: the one new child of this process.
+pid_t NewChild(const std::vector<pid_t>& before) {
+  std::vector<pid_t> fresh;
+  const std::vector<pid_t> after = ChildrenOf(getpid());
+  std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
+                      std::back_inserter(fresh));
+  return fresh.size() == 1 ? fresh[0] : -1;
+}
+
+TEST_P(Conformance, ThreadExitReleasesItsGuestContext) {
+  const std::vector<pid_t> before = ChildrenOf(getpid());
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  const pid_t stub = NewChild(before);
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame();
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  const int tasks_before = stub > 0 ? TaskCount(stub) : -1;
+  // Another thread runs the same vmspace (it gets its own guest context), then exits.
+  std::string thread_error;
+  std::thread other([&] {
+    trapframe t = Frame();
+    vextframe vf = {};
+    if (vmspace_ctl(vm.id(), VMSPACE_CTL_RUN, &t, &vf) != 0 || t.tf_trapno != T_FAST_SYSCALL) {
+      thread_error = "RUN in the second thread: " + Describe(t);
+    }
+  });
+  other.join();
+  EXPECT_EQ("", thread_error);
+  // Its context left with it; the vmspace still works for this thread and is destroyable.
+  if (stub > 0) {
+    WaitUntil([&] { return TaskCount(stub) == tasks_before; }, "the exited thread's context");
+    EXPECT_EQ(tasks_before, TaskCount(stub));
+  }
+  tf.tf_rax = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+}
+
+TEST_P(Conformance, SigkillOfTheVkernelKillsEveryGuest) {
+  // A separate vkernel process with two vmspaces: one running a spinning guest, one idle.
+  int report[2];
+  ASSERT_EQ(0, pipe(report));
+  const pid_t vkernel = fork();
+  ASSERT_GE(vkernel, 0);
+  if (vkernel == 0) {
+    close(report[0]);
+    static char ids[2];
+    pid_t stubs[2];
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<pid_t> before = ChildrenOf(getpid());
+      if (vmspace_create(&ids[i], GetParam(), nullptr) != 0) _exit(10 + i);
+      stubs[i] = NewChild(before);
+    }
+    if (vmspace_mmap(&ids[0], AsPtr(kCodeAddr), kPage, kRwx, kAnonFixed, -1, 0) == MAP_FAILED ||
+        vmspace_pwrite(&ids[0], kGuestSpin, sizeof(kGuestSpin), 0, kCodeAddr) !=
+            static_cast<ssize_t>(sizeof(kGuestSpin))) {
+      _exit(12);
+    }
+    if (write(report[1], stubs, sizeof(stubs)) != sizeof(stubs)) _exit(13);
+    trapframe tf = Frame();
+    vextframe vf = {};
+    for (;;) vmspace_ctl(&ids[0], VMSPACE_CTL_RUN, &tf, &vf);  // spins until killed
+  }
+  close(report[1]);
+  pid_t stubs[2] = {-1, -1};
+  const ssize_t got = read(report[0], stubs, sizeof(stubs));
+  close(report[0]);
+  ASSERT_EQ(static_cast<ssize_t>(sizeof(stubs)), got) << "the vkernel child failed early";
+  ASSERT_GT(stubs[0], 0);
+  ASSERT_GT(stubs[1], 0);
+  EXPECT_TRUE(Alive(stubs[0]));
+  EXPECT_TRUE(Alive(stubs[1]));
+  ASSERT_EQ(0, kill(vkernel, SIGKILL));
+  int status = 0;
+  ASSERT_EQ(vkernel, waitpid(vkernel, &status, 0));
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  WaitUntil([&] { return !Alive(stubs[0]) && !Alive(stubs[1]); },
+            "the guests of a SIGKILLed vkernel to die");
+  EXPECT_FALSE(Alive(stubs[0]));
+  EXPECT_FALSE(Alive(stubs[1]));
 }
 
 // ---- RUN: concurrency -----------------------------------------------------------------------

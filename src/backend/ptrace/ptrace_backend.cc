@@ -55,10 +55,7 @@ constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 constexpr uint64_t kIgnoredByDefault =
     SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
 
-pid_t Gettid() {
-  thread_local const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
-  return tid;
-}
+pid_t Gettid() { return ThreadState::CurrentTid(); }
 
 // ---- raw/checked pairs for the kernel calls used on the hot path ---------------------------
 
