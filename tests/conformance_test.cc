@@ -1935,6 +1935,25 @@ TEST_P(Conformance, ThreadExitReleasesItsGuestContext) {
   ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
 }
 
+TEST_P(Conformance, VmspaceOutlivesTheThreadThatCreatedIt) {
+  static char id;
+  std::string thread_error;
+  std::thread creator([&] {
+    if (vmspace_create(&id, GetParam(), nullptr) != 0) {
+      thread_error = std::string("vmspace_create: ") + strerror(errno);
+    } else if (vmspace_mmap(&id, AsPtr(kCodeAddr), kPage, kRwx, kAnonFixed, -1, 0) ==
+               MAP_FAILED) {
+      thread_error = std::string("vmspace_mmap: ") + strerror(errno);
+    }
+  });
+  creator.join();
+  ASSERT_EQ("", thread_error);
+  ASSERT_NO_FATAL_FAILURE(PokeCode(&id, kCodeAddr, kGuestSyscallLoop));
+  trapframe tf = Frame();
+  EXPECT_NO_FATAL_FAILURE(RunExpectTrap(&id, &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(0, vmspace_destroy(&id)) << strerror(errno);
+}
+
 TEST_P(Conformance, SigkillOfTheVkernelKillsEveryGuest) {
   // A separate vkernel process with two vmspaces: one running a spinning guest, one idle.
   int report[2];

@@ -336,6 +336,9 @@ absl::StatusOr<Context*> PtraceAddressSpace::CallerContext() {
 
 absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   if (dead_.load()) return ErrnoError(EFAULT, "the guest address space's stub died");
+  // The tracer must release its contexts when it exits (PTRACE_O_EXITKILL would otherwise
+  // kill the whole stub): its ThreadState's exit hook does that.
+  (void)ThreadState::Current();
   std::lock_guard<std::mutex> lock(contexts_mu_);
   int slot = -1;
   for (int i = 0; i < x86_64::kStubMaxSlots; ++i) {
