@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "watchdog.h"
 #include "guest_code.h"
 
 // ---- FPU pass-through helpers -------------------------------------------------------------
@@ -184,50 +185,8 @@ std::string Describe(const trapframe& tf) {
 
 // ---- Threads, waits and watchdogs -----------------------------------------------------------
 
-// Starts `fn` on a thread that blocks every signal, so that no signal meant for a thread that
-// runs a guest can land on it.
-std::thread SpawnWithSignalsBlocked(std::function<void()> fn) {
-  sigset_t all;
-  sigset_t old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  std::thread t(std::move(fn));
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return t;
-}
-
-// Aborts the process with a message unless destroyed within `limit`.
-class Watchdog {
- public:
-  Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
-    thread_ = SpawnWithSignalsBlocked([this, limit] {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-        fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
-                static_cast<long long>(limit.count()));
-        fflush(stderr);
-        abort();
-      }
-    });
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::string what_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+using vkrt_test::SpawnWithSignalsBlocked;
+using vkrt_test::Watchdog;
 
 // Spins until `ready()` is true; aborts with a message after kWaitLimit.
 void WaitUntil(const std::function<bool()>& ready, const char* what) {

@@ -24,6 +24,7 @@
 #include <utility>
 
 #include "gtest/gtest.h"
+#include "watchdog.h"
 #include "guest_code.h"
 
 namespace {
@@ -49,43 +50,7 @@ const char* BackendName(int type) {
   }
 }
 
-// Aborts the process with a message unless destroyed within `limit`.
-class Watchdog {
- public:
-  Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
-    sigset_t all;
-    sigset_t old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    thread_ = std::thread([this, limit] {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-        fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
-                static_cast<long long>(limit.count()));
-        fflush(stderr);
-        abort();
-      }
-    });
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::string what_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+using vkrt_test::Watchdog;
 
 struct ProcessCounts {
   long fds = 0;

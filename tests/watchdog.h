@@ -1,0 +1,67 @@
+// Test helpers shared by the suites: a watchdog instead of a hang, and threads that never
+// take the test's signals.
+#ifndef VKRT_TESTS_WATCHDOG_H_
+#define VKRT_TESTS_WATCHDOG_H_
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace vkrt_test {
+
+// A thread with every signal blocked, so signals aimed at the process reach the test thread.
+inline std::thread SpawnWithSignalsBlocked(std::function<void()> fn) {
+  sigset_t all;
+  sigset_t old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread t(std::move(fn));
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
+
+// Aborts the process with a message unless destroyed within `limit`.
+class Watchdog {
+ public:
+  Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
+    thread_ = SpawnWithSignalsBlocked([this, limit] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+        fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
+                static_cast<long long>(limit.count()));
+        fflush(stderr);
+        abort();
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+}  // namespace vkrt_test
+
+#endif  // VKRT_TESTS_WATCHDOG_H_
