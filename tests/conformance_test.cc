@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "watchdog.h"
+#include "test_support.h"
 #include "guest_code.h"
 
 // ---- FPU pass-through helpers -------------------------------------------------------------
@@ -154,19 +154,6 @@ pid_t CurrentTid() { return static_cast<pid_t>(gettid()); }
     EXPECT_EQ(expected_errno, vkrt_err) << #call << ": got " << strerror(vkrt_err); \
   } while (0)
 
-const char* BackendName(int type) {
-  switch (type) {
-    case VKRT_TYPE_PTRACE:
-      return "ptrace";
-    case VKRT_TYPE_SECCOMP:
-      return "seccomp";
-    case VKRT_TYPE_KVM:
-      return "kvm";
-    default:
-      return "unknown";
-  }
-}
-
 std::string Hex(uint64_t v) {
   char buf[32];
   snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
@@ -186,6 +173,7 @@ std::string Describe(const trapframe& tf) {
 // ---- Threads, waits and watchdogs -----------------------------------------------------------
 
 using vkrt_test::SpawnWithSignalsBlocked;
+using vkrt_test::BackendName;
 using vkrt_test::Watchdog;
 
 // Spins until `ready()` is true; aborts with a message after kWaitLimit.

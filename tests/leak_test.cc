@@ -24,7 +24,7 @@
 #include <utility>
 
 #include "gtest/gtest.h"
-#include "watchdog.h"
+#include "test_support.h"
 #include "guest_code.h"
 
 namespace {
@@ -37,19 +37,7 @@ constexpr long kMaxRssGrowthKib = 8 * 1024;
 constexpr long kMaxMapsGrowth = 64;
 constexpr auto kTestLimit = std::chrono::seconds(1100);
 
-const char* BackendName(int type) {
-  switch (type) {
-    case VKRT_TYPE_PTRACE:
-      return "ptrace";
-    case VKRT_TYPE_SECCOMP:
-      return "seccomp";
-    case VKRT_TYPE_KVM:
-      return "kvm";
-    default:
-      return "unknown";
-  }
-}
-
+using vkrt_test::BackendName;
 using vkrt_test::Watchdog;
 
 struct ProcessCounts {

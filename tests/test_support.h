@@ -1,7 +1,7 @@
-// Test helpers shared by the suites: a watchdog instead of a hang, and threads that never
-// take the test's signals.
-#ifndef VKRT_TESTS_WATCHDOG_H_
-#define VKRT_TESTS_WATCHDOG_H_
+// Test helpers shared by the suites: backend names for parameterised tests, a watchdog
+// instead of a hang, and threads that never take the test's signals.
+#ifndef VKRT_TESTS_TEST_SUPPORT_H_
+#define VKRT_TESTS_TEST_SUPPORT_H_
 
 #include <pthread.h>
 #include <signal.h>
@@ -16,7 +16,23 @@
 #include <thread>
 #include <utility>
 
+#include <vkrt/vmspace.h>
+
 namespace vkrt_test {
+
+// The name a parameterised test instance carries for a VKRT_TYPE_* backend.
+inline const char* BackendName(int type) {
+  switch (type) {
+    case VKRT_TYPE_PTRACE:
+      return "ptrace";
+    case VKRT_TYPE_SECCOMP:
+      return "seccomp";
+    case VKRT_TYPE_KVM:
+      return "kvm";
+    default:
+      return "unknown";
+  }
+}
 
 // A thread with every signal blocked, so signals aimed at the process reach the test thread.
 inline std::thread SpawnWithSignalsBlocked(std::function<void()> fn) {
@@ -64,4 +80,4 @@ class Watchdog {
 
 }  // namespace vkrt_test
 
-#endif  // VKRT_TESTS_WATCHDOG_H_
+#endif  // VKRT_TESTS_TEST_SUPPORT_H_
