@@ -34,7 +34,8 @@ static const unsigned char kGuest[] = {
 #define GUEST_CODE 0x400000UL
 
 static int die(const char *what) {
-  fprintf(stderr, "hello: %s: %s (%s)\n", what, strerror(errno), vkrt_last_error());
+  const char *why = vkrt_last_error();
+  fprintf(stderr, "hello: %s: %s\n", what, why[0] != '\0' ? why : strerror(errno));
   return 1;
 }
 

@@ -54,16 +54,13 @@ __attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapf
   if (!vs.ok()) return Fail(vs.status());
   vkrt::VmspaceRef ref(*vs);
   if (cmd != VMSPACE_CTL_RUN) {
-    errno = EOPNOTSUPP;
-    return -1;
+    return Fail(vkrt::ErrnoError(EOPNOTSUPP, "vmspace_ctl: the only command is VMSPACE_CTL_RUN"));
   }
   if (tf == nullptr || vf == nullptr) {
-    errno = EFAULT;
-    return -1;
+    return Fail(vkrt::ErrnoError(EFAULT, "vmspace_ctl(RUN): NULL trapframe or vextframe"));
   }
-  if (vkrt::x86_64::XstateSize() > 16384 - 64) {
-    errno = EOPNOTSUPP;  // the entry stub reserves 16 KiB for the XSAVE area
-    return -1;
+  if (vkrt::x86_64::XstateSize() > 16384 - 64) {  // the entry stub reserves 16 KiB for it
+    return Fail(vkrt::ErrnoError(EOPNOTSUPP, "vmspace_ctl(RUN): XSAVE area larger than 16 KiB"));
   }
   auto exit = (*vs)->Run(*tf, *vf, xstate, timeout_ns);
   return exit.ok() ? 0 : Fail(exit.status());
@@ -114,17 +111,16 @@ int mcontrol(void* addr, size_t len, int behav, off_t value) {
   (void)value;
   const uint64_t a = reinterpret_cast<uint64_t>(addr);
   if (behav < 0 || behav > MADV_SETMAP || a + len < a || a + len > VKRT_VM_MAX_USER_ADDRESS) {
-    errno = EINVAL;
-    return -1;
+    return Fail(vkrt::ErrnoError(EINVAL, "mcontrol: behav outside 0..11, or the range wraps or "
+                                         "ends above the top"));
   }
   const uintptr_t start = a & ~uintptr_t{4095};
   const uintptr_t end = (a + len + 4095) & ~uintptr_t{4095};
   if (end == start) return 0;
   int advice;
   switch (behav) {
-    case MADV_SETMAP:
-      errno = EINVAL;  // no MAP_VPAGETABLE mapping exists in the caller's space
-      return -1;
+    case MADV_SETMAP:  // no MAP_VPAGETABLE mapping exists in the caller's space
+      return Fail(vkrt::ErrnoError(EINVAL, "mcontrol(MADV_SETMAP): not a MAP_VPAGETABLE mapping"));
     case MADV_INVAL:
     case MADV_NOSYNC:
     case MADV_AUTOSYNC:
@@ -136,7 +132,7 @@ int mcontrol(void* addr, size_t len, int behav, off_t value) {
   }
   // DragonFly skips holes; Linux reports them as ENOMEM after advising the mapped parts.
   if (madvise(reinterpret_cast<void*>(start), end - start, advice) != 0 && errno != ENOMEM) {
-    return -1;
+    return Fail(vkrt::SyscallError("mcontrol: madvise"));
   }
   return 0;
 }
@@ -145,6 +141,19 @@ const char* vkrt_backend_name(void) {
   auto backend = vkrt::BackendForType(VKRT_TYPE_DEFAULT);
   if (!backend.ok()) return Fail<const char*>(backend.status(), nullptr);
   return (*backend)->Name();
+}
+
+int vkrt_set_backend(const char* name) {
+  auto s = vkrt::SetDefaultBackend(name);
+  return s.ok() ? 0 : Fail(s);
+}
+
+int vkrt_backend_available(const char* name, const char** why) {
+  const int type = vkrt::BackendTypeForName(name);
+  const char* reason = type < 0 ? "unknown backend name" : vkrt::BackendUnavailable(type);
+  if (reason == nullptr) return 0;
+  if (why != nullptr) *why = reason;
+  return Fail(vkrt::ErrnoError(type < 0 ? EINVAL : EOPNOTSUPP, reason));
 }
 
 int vkrt_set_run_timeout(uint64_t timeout_ns) {

@@ -132,6 +132,10 @@ absl::StatusOr<Backend*> BackendForType(int type);
 // Type for a name ("ptrace", "seccomp", "kvm"); -1 if unknown.
 int BackendTypeForName(const char* name);
 const char* BackendNameForType(int type);
+// Why backend `type` cannot run on this machine, or nullptr if it can.
+const char* BackendUnavailable(int type);
+// The process default for VKRT_TYPE_DEFAULT (VKRT_BACKEND in the environment wins).
+absl::Status SetDefaultBackend(const char* name);
 
 }  // namespace vkrt
 

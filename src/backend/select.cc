@@ -18,8 +18,9 @@ constexpr const char* kNames[] = {nullptr, "ptrace", "seccomp", "kvm"};
 // The process default set by vkrt_set_backend(); 0 = not set.
 std::atomic<int> api_default{0};
 
-// Why a backend cannot run here, or nullptr if it can.
-const char* Unavailable(int type) {
+}  // namespace
+
+const char* BackendUnavailable(int type) {
   switch (type) {
     case VKRT_TYPE_PTRACE: return PtraceBackend::Unavailable();
     case VKRT_TYPE_SECCOMP: return "the seccomp backend is not part of this build yet";
@@ -28,6 +29,8 @@ const char* Unavailable(int type) {
   }
 }
 
+namespace {
+
 int DefaultType() {
   if (const char* env = getenv("VKRT_BACKEND"); env != nullptr && *env != '\0') {
     return BackendTypeForName(env);
@@ -35,7 +38,7 @@ int DefaultType() {
   if (int t = api_default.load(std::memory_order_acquire); t != 0) return t;
   // Best available first, once faster backends exist.
   for (int t : {VKRT_TYPE_KVM, VKRT_TYPE_SECCOMP, VKRT_TYPE_PTRACE}) {
-    if (Unavailable(t) == nullptr) return t;
+    if (BackendUnavailable(t) == nullptr) return t;
   }
   return VKRT_TYPE_PTRACE;
 }
@@ -48,6 +51,19 @@ int BackendTypeForName(const char* name) {
     if (strcmp(name, kNames[t]) == 0) return t;
   }
   return -1;
+}
+
+absl::Status SetDefaultBackend(const char* name) {
+  const int type = BackendTypeForName(name);
+  if (type < 0) {
+    return ErrnoError(EINVAL, absl::StrFormat("vkrt_set_backend(%s): not ptrace, seccomp or kvm",
+                                              name == nullptr ? "NULL" : name));
+  }
+  if (const char* why = BackendUnavailable(type)) {
+    return ErrnoError(EOPNOTSUPP, absl::StrFormat("vkrt_set_backend(%s): %s", name, why));
+  }
+  api_default.store(type, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 const char* BackendNameForType(int type) {
@@ -65,37 +81,10 @@ absl::StatusOr<Backend*> BackendForType(int type) {
   if (type < VKRT_TYPE_PTRACE || type > VKRT_TYPE_KVM) {
     return ErrnoError(EINVAL, absl::StrFormat("vmspace_create: unknown type %d", type));
   }
-  if (const char* why = Unavailable(type)) {
+  if (const char* why = BackendUnavailable(type)) {
     return ErrnoError(EOPNOTSUPP, absl::StrFormat("backend %s: %s", kNames[type], why));
   }
   return PtraceBackend::Get();
 }
 
 }  // namespace vkrt
-
-extern "C" {
-
-int vkrt_set_backend(const char* name) {
-  int type = vkrt::BackendTypeForName(name);
-  if (type < 0) {
-    errno = EINVAL;
-    return -1;
-  }
-  if (vkrt::Unavailable(type) != nullptr) {
-    errno = EOPNOTSUPP;
-    return -1;
-  }
-  vkrt::api_default.store(type, std::memory_order_release);
-  return 0;
-}
-
-int vkrt_backend_available(const char* name, const char** why) {
-  int type = vkrt::BackendTypeForName(name);
-  const char* reason = type < 0 ? "unknown backend name" : vkrt::Unavailable(type);
-  if (reason == nullptr) return 0;
-  if (why != nullptr) *why = reason;
-  errno = type < 0 ? EINVAL : EOPNOTSUPP;
-  return -1;
-}
-
-}  // extern "C"

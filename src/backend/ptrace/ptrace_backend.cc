@@ -855,7 +855,24 @@ PtraceBackend* PtraceBackend::Get() {
   return backend;
 }
 
-const char* PtraceBackend::Unavailable() { return nullptr; }
+const char* PtraceBackend::Unavailable() {
+  static const char* const reason = []() -> const char* {
+    if (FILE* f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r")) {
+      int scope = 0;
+      const bool read = fscanf(f, "%d", &scope) == 1;
+      fclose(f);
+      if (read && scope >= 3) return "ptrace is disabled (kernel.yama.ptrace_scope = 3)";
+    }
+    // Asking about a thread we do not trace answers ESRCH when ptrace itself is allowed;
+    // a seccomp policy (containers) answers EPERM or ENOSYS.
+    unsigned long msg = 0;
+    if (syscall(SYS_ptrace, PTRACE_GETEVENTMSG, getpid(), 0, &msg) == -1 && errno != ESRCH) {
+      return "the ptrace system call is refused here (a seccomp policy?)";
+    }
+    return nullptr;
+  }();
+  return reason;
+}
 
 absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace() {
   int ctl[2], fds[2];
