@@ -1234,6 +1234,25 @@ TEST_P(Conformance, HostNeverExecutesGuestSysenter) {
   }
 }
 
+TEST_P(Conformance, JumpIntoRuntimeCodeNeverRunsAHostSystemCall) {
+  // Whatever a backend keeps above VKRT_VM_MAX_USER_ADDRESS, a guest that jumps there either
+  // traps to the vkernel at once or runs code whose system calls trap; RUN returns every
+  // time, and the vmspace stays usable.
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestJumpAboveTop));
+  trapframe tf = Frame();
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_EQ(0, RunGuest(vm.id(), &tf)) << strerror(errno);
+    ASSERT_NE(0, tf.tf_trapno) << Describe(tf);
+    if (tf.tf_trapno != T_FAST_SYSCALL && tf.tf_trapno != T_SYSCALL80) break;
+    tf.tf_rax = -38;  // ENOSYS, and keep going
+  }
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestSyscallLoop));
+  tf = Frame();
+  EXPECT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+}
+
 TEST_P(Conformance, VsyscallPageIsNotRunByTheHost) {
   ScopedVmspace vm(GetParam());
   ASSERT_TRUE(vm.Live());

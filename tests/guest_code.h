@@ -235,6 +235,14 @@ VKRT_GUEST_CODE kGuestFlagThenSpin[] = {
 };
 enum { kGuestFlagThenSpinLoopOffset = 0x3 };
 
+// Jumps to the first byte above the guest's range, where vkrt's own code lives.
+//      0: 48 b8 00 00 e0 ff ff   movabs $0x7fffffe00000,%rax
+//      7: 7f 00 00
+//      a: ff e0                  jmp    *%rax
+VKRT_GUEST_CODE kGuestJumpAboveTop[] = {
+    0x48, 0xb8, 0x00, 0x00, 0xe0, 0xff, 0xff, 0x7f, 0x00, 0x00, 0xff, 0xe0,
+};
+
 // Spins forever.
 //      0: eb fe                  jmp    0 <guest>
 VKRT_GUEST_CODE kGuestSpin[] = {
