@@ -25,10 +25,10 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <functional>
 #include <mutex>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "arch/x86_64/frame.h"
 #include "arch/x86_64/stub_layout.h"
@@ -224,12 +224,15 @@ absl::Status LoadRegs(Context& c, user_regs_struct& want) {
     constexpr int kWords = sizeof(user_regs_struct) / sizeof(unsigned long long);
     const auto* have = reinterpret_cast<const unsigned long long*>(&c.regs);
     const auto* next = reinterpret_cast<const unsigned long long*>(&want);
-    int changed[3];
+    constexpr int kMaxPokes = 2;  // beyond that one PTRACE_SETREGS is cheaper
+    int changed[kMaxPokes];
     int n = 0;
-    for (int i = 0; i < kWords && n <= 2; ++i) {
-      if (have[i] != next[i]) changed[n < 3 ? n : 2] = i, ++n;
+    for (int i = 0; i < kWords && n <= kMaxPokes; ++i) {
+      if (have[i] == next[i]) continue;
+      if (n < kMaxPokes) changed[n] = i;
+      ++n;
     }
-    if (n <= 2) {
+    if (n <= kMaxPokes) {
       for (int k = 0; k < n; ++k) {
         const uint64_t offset = changed[k] * sizeof(unsigned long long);
         if (ptrace(PTRACE_POKEUSER, c.tid, offset, next[changed[k]]) == -1) {
@@ -294,7 +297,7 @@ class PtraceAddressSpace : public AddressSpace {
                               uint64_t a5 = 0);
   // Waits for the next stop of `c` while guest code runs, noticing signal handlers that
   // run in the caller. Sets *signalled when one did.
-  absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& old_mask, bool& signalled);
+  absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& wait_mask, bool& signalled);
   absl::StatusOr<GuestExit> Died(Context& c, int status);
   absl::StatusOr<size_t> Transfer(bool write, uint64_t addr, void* buf, size_t len);
 
@@ -355,7 +358,7 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   if (!before.ok()) return before.status();
   uint32_t request = static_cast<uint32_t>(slot);
   if (send(ctl_fd_, &request, sizeof(request), MSG_NOSIGNAL) != sizeof(request)) {
-    return SyscallError(absl::StrFormat("write(stub %d control socket, slot %d)", pid_, slot));
+    return SyscallError(absl::StrFormat("send(stub %d control socket, slot %d)", pid_, slot));
   }
   // The new thread answers once its signal stack and mask are set up.
   struct pollfd pfd = {ctl_fd_, POLLIN, 0};
@@ -658,15 +661,11 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
   // ptrace stop of every guest sends SIGCHLD to this process, and an ignored signal would
   // restart wait4 in a way the rseq abort cannot tell from a handler that ran.
   const uint64_t wait_mask = old_mask | kIgnoredByDefault;
-  struct Cleanup {
-    std::function<void()> fn;
-    ~Cleanup() { fn(); }
-  };
   bool timer_armed = false;
-  Cleanup cleanup{[&] {
+  absl::Cleanup cleanup = [&] {  // no allocation: the RUN path allocates nothing
     if (timer_armed) ts.DisarmTimer();
     if (blocked) syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
-  }};
+  };
 
   if (ts.TakeInterrupt()) {
     GuestExit exit;
