@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1674,11 +1675,26 @@ void Conformance::ExpectSignalEndsRun(Kick kick, bool restart) {
 
 TEST_P(Conformance, TimerSignalEndsRun) { ExpectSignalEndsRun(Kick::kTimer, false); }
 
-TEST_P(Conformance, TimerSignalEndsRunWithSaRestart) { ExpectSignalEndsRun(Kick::kTimer, true); }
+// A handler installed with SA_RESTART ends RUN only where the kernel has rseq
+// (docs/design.md; Linux 4.18 and later).
+bool KernelHasRseq() {
+  errno = 0;
+  syscall(SYS_rseq, nullptr, 0, 0, 0);  // EINVAL if rseq exists, ENOSYS if not
+  return errno != ENOSYS;
+}
+#define SKIP_WITHOUT_RSEQ()                                                                 \
+  if (!KernelHasRseq())                                                                     \
+  GTEST_SKIP() << "this kernel has no rseq system call: SA_RESTART handlers cannot end RUN"
+
+TEST_P(Conformance, TimerSignalEndsRunWithSaRestart) {
+  SKIP_WITHOUT_RSEQ();
+  ExpectSignalEndsRun(Kick::kTimer, true);
+}
 
 TEST_P(Conformance, PthreadKillEndsRun) { ExpectSignalEndsRun(Kick::kPthreadKill, false); }
 
 TEST_P(Conformance, PthreadKillEndsRunWithSaRestart) {
+  SKIP_WITHOUT_RSEQ();
   ExpectSignalEndsRun(Kick::kPthreadKill, true);
 }
 

@@ -184,11 +184,25 @@ absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {
 
 uint64_t SlotBase(int slot) { return x86_64::kStubSlots + slot * x86_64::kStubSlotSize; }
 
-// The rseq area glibc registered for this thread, or nullptr.
-struct rseq* ThreadRseq() {
-  if (__rseq_size == 0) return nullptr;
-  return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
-                                        __rseq_offset);
+// This thread's registered rseq area: glibc's, or, where glibc did not register one
+// (GLIBC_TUNABLES=glibc.pthread.rseq=0), vkrt's own, registered on first use. nullptr if the
+// kernel has no rseq or somebody else registered an area glibc does not know about.
+// `register_own` false: never registers, only reports.
+struct rseq* ThreadRseq(bool register_own = true) {
+  if (__rseq_size != 0) {
+    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
+                                          __rseq_offset);
+  }
+  struct alignas(32) OwnRseq {
+    struct rseq area;
+  };
+  thread_local OwnRseq own = {};
+  thread_local int state = 0;  // 0 = not tried, 1 = registered, -1 = unavailable
+  if (state == 0 && register_own) {
+    own.area.cpu_id = RSEQ_CPU_ID_UNINITIALIZED;
+    state = syscall(SYS_rseq, &own.area, 32, 0, RSEQ_SIG) == 0 ? 1 : -1;
+  }
+  return state == 1 ? &own.area : nullptr;
 }
 
 // ---- the address space ------------------------------------------------------------------
@@ -911,7 +925,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace(
     syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     // The rseq area glibc registered lives in memory the stub is about to unmap; the
     // kernel would raise SIGSEGV at the next preemption.
-    if (struct rseq* rs = ThreadRseq()) {
+    if (struct rseq* rs = ThreadRseq(/*register_own=*/false)) {
       if (syscall(SYS_rseq, rs, __rseq_size, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) != 0) {
         syscall(SYS_rseq, rs, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
       }
