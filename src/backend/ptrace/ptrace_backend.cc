@@ -223,7 +223,11 @@ struct Context {
   // After a system call exit tf_rcx reports r10 (DragonFly); if the vkernel leaves it so,
   // the guest keeps the rcx the `syscall` instruction left (the return address).
   bool rcx_reported_as_r10 = false;
+  // RUNs left before WaitGuest tries a yield again (see there).
+  int spin_backoff = 0;
 };
+
+constexpr int kSpinBackoff = 32;
 
 // Loads `want` into the stopped stub thread of `c`, writing only the registers that differ
 // from what it holds when that is known.
@@ -311,7 +315,8 @@ class PtraceAddressSpace : public AddressSpace {
                               uint64_t a5 = 0);
   // Waits for the next stop of `c` while guest code runs, noticing signal handlers that
   // run in the caller. Sets *signalled when one did.
-  absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& wait_mask, bool& signalled);
+  absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& wait_mask, bool& signalled,
+                                bool& unblocked);
   absl::StatusOr<GuestExit> Died(Context& c, int status);
   absl::StatusOr<size_t> Transfer(bool write, uint64_t addr, void* buf, size_t len);
 
@@ -421,6 +426,7 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   c.xstate_known = false;
   c.regs_known = false;
   c.rcx_reported_as_r10 = false;
+  c.spin_backoff = 0;
   if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
@@ -623,8 +629,25 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
 // did not register it) handlers without SA_RESTART and vkrt's own kicks are still noticed.
 // What remains unnoticed is a signal arriving in the few instructions between the pending
 // check and wait4; it is seen at the guest's next stop.
+//
+// First, while signals are still blocked, one sched_yield() and a non-blocking wait: when
+// the guest shares this thread's CPU, the yield runs it to its next stop and no wakeup is
+// needed (a round trip ~15% cheaper here). A signal that arrives meanwhile stays pending and
+// is handled as above if the guest is still running, or when RUN returns if it stopped.
+// Where the guest runs elsewhere the yield returns at once; after a miss the next
+// kSpinBackoff RUNs skip it.
 absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wait_mask,
-                                                  bool& signalled) {
+                                                  bool& signalled, bool& unblocked) {
+  unblocked = false;
+  if (c.spin_backoff > 0) {
+    --c.spin_backoff;
+  } else {
+    sched_yield();
+    int status = 0;
+    if (syscall(SYS_wait4, c.tid, &status, __WALL | WNOHANG, nullptr) == c.tid) return status;
+    c.spin_backoff = kSpinBackoff;
+  }
+  unblocked = true;
   uint64_t pending = 0;
   syscall(SYS_rt_sigpending, &pending, 8);
   if ((pending & ~wait_mask) != 0) {
@@ -710,8 +733,10 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
     int status;
     if (!stopping) {
       bool signalled = false;
-      auto waited = WaitGuest(c, wait_mask, signalled);
-      blocked = wait_mask != old_mask;  // then old_mask is restored at the end
+      bool unblocked = false;
+      auto waited = WaitGuest(c, wait_mask, signalled, unblocked);
+      // Restore old_mask at the end unless the wait already left exactly that in place.
+      blocked = !unblocked || wait_mask != old_mask;
       if (!waited.ok()) return waited.status();
       if (signalled) {
         // A handler ran in this thread (a signal, the timeout or vkrt_interrupt): stop the
