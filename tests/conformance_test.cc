@@ -50,6 +50,8 @@ int VkrtTestRunWithXmm(void* id, struct trapframe* tf, struct vextframe* vf, con
                        void* xmm1_out);
 int VkrtTestRunWithYmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* ymm0_in,
                        void* ymm1_out);
+int VkrtTestRunWithZmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* zmm0_in,
+                       void* zmm1_out);
 }
 
 static_assert(VMSPACE_CTL_RUN == 1, "the helpers below pass cmd 1");
@@ -99,6 +101,28 @@ VkrtTestRunWithYmm:
         ret
         .cfi_endproc
         .size VkrtTestRunWithYmm, .-VkrtTestRunWithYmm
+
+        .p2align 4
+        .globl VkrtTestRunWithZmm
+        .hidden VkrtTestRunWithZmm
+        .type VkrtTestRunWithZmm, @function
+VkrtTestRunWithZmm:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        vmovdqu64 (%rcx), %zmm0
+        movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        vmovdqu64 %zmm1, (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunWithZmm, .-VkrtTestRunWithZmm
 )");
 
 namespace {
@@ -1538,6 +1562,30 @@ TEST_P(Conformance, AvxStatePassesBothWays) {
 }
 
 // ---- RUN: refused frames --------------------------------------------------------------------
+
+TEST_P(Conformance, Avx512StatePassesBothWays) {
+  if (!__builtin_cpu_supports("avx512f")) {
+    GTEST_SKIP() << "this CPU has no AVX-512F";
+  }
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestNotZmm0IntoZmm1));
+  alignas(64) uint64_t in[8];
+  alignas(64) uint64_t out[8] = {};
+  for (int i = 0; i < 8; ++i) in[i] = 0x0123456789abcdefULL * (i + 1);
+  trapframe tf = Frame();
+  vextframe vf = {};
+  ASSERT_EQ(0, VkrtTestRunWithZmm(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+  ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(~in[i], out[i]) << "qword " << i << " of zmm1";
+  // Twice more: the second RUN starts from a context that already holds AVX-512 state.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 8; ++i) in[i] ^= 0xff00ff00ff00ff00ULL + round;
+    tf = Frame();
+    ASSERT_EQ(0, VkrtTestRunWithZmm(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(~in[i], out[i]) << "round " << round << " qword " << i;
+  }
+}
 
 TEST_P(Conformance, NonCanonicalRipIsRefused) {
   ScopedVmspace vm(GetParam());

@@ -243,6 +243,13 @@ VKRT_GUEST_CODE kGuestJumpAboveTop[] = {
     0x48, 0xb8, 0x00, 0x00, 0xe0, 0xff, 0xff, 0x7f, 0x00, 0x00, 0xff, 0xe0,
 };
 
+// zmm1 = NOT zmm0 (all 512 bits), then syscall: AVX-512 state in both directions.
+//      0: 62 f3 7d 48 25 c8 33   vpternlogd $0x33,%zmm0,%zmm0,%zmm1
+//      7: 0f 05                  syscall
+VKRT_GUEST_CODE kGuestNotZmm0IntoZmm1[] = {
+    0x62, 0xf3, 0x7d, 0x48, 0x25, 0xc8, 0x33, 0x0f, 0x05,
+};
+
 // Spins forever.
 //      0: eb fe                  jmp    0 <guest>
 VKRT_GUEST_CODE kGuestSpin[] = {

@@ -3,7 +3,7 @@
 #include <cpuid.h>
 #include <string.h>
 
-#include <utility>
+#include <algorithm>
 #include <vector>
 
 namespace vkrt::x86_64 {
@@ -19,45 +19,76 @@ size_t XstateSize() {
 
 namespace {
 
-// Components that pass between vkernel and guest: x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM PKRU.
-constexpr int kGuestComponents[] = {2, 5, 6, 7, 9};
+// Components that pass between vkernel and guest: x87+SSE (the legacy area), AVX, opmask,
+// ZMM_Hi256, Hi16_ZMM. Not PKRU (the vkernel never takes the guest's) and not AMX.
+constexpr int kAvx = 2;
+constexpr int kAvx512Components[] = {5, 6, 7};
+constexpr uint64_t kAvx512Bits = (1u << 5) | (1u << 6) | (1u << 7);
+constexpr size_t kXstateBvOffset = 512;
+
+struct Component {
+  int index;
+  size_t offset;
+  size_t size;
+};
 
 struct Layout {
-  size_t guest_size = 576;                          // legacy area + header
-  std::vector<std::pair<size_t, size_t>> compared;  // (offset, size) ranges to compare
+  size_t avx_size = 576;    // legacy area + header (+ AVX when enabled)
+  size_t guest_size = 576;  // ... + AVX-512 when enabled
+  std::vector<Component> components;  // AVX and AVX-512 components the OS enabled
 };
 
 const Layout& GetLayout() {
   static const Layout layout = [] {
     Layout l;
-    l.compared.push_back({0, 416});  // FCW..MXCSR, ST0-7, XMM0-15
-    l.compared.push_back({512, 8});  // XSTATE_BV
     uint32_t lo, hi;
     asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     const uint64_t xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
-    for (int c : kGuestComponents) {
-      if (!(xcr0 & (uint64_t{1} << c))) continue;
+    auto add = [&](int c) {
+      if (!(xcr0 & (uint64_t{1} << c))) return;
       unsigned eax, ebx, ecx, edx;
       __cpuid_count(0xD, c, eax, ebx, ecx, edx);  // eax = size, ebx = offset
-      l.compared.push_back({ebx, eax});
-      if (ebx + eax > l.guest_size) l.guest_size = ebx + eax;
-    }
-    l.guest_size = (l.guest_size + 63) & ~size_t{63};
-    if (l.guest_size > XstateSize()) l.guest_size = XstateSize();
+      l.components.push_back({c, ebx, eax});
+      l.guest_size = std::max<size_t>(l.guest_size, ebx + eax);
+    };
+    add(kAvx);
+    l.avx_size = l.guest_size;
+    for (int c : kAvx512Components) add(c);
+    // ptrace transfers whole 8-byte units.
+    l.avx_size = std::min((l.avx_size + 7) & ~size_t{7}, XstateSize());
+    l.guest_size = std::min((l.guest_size + 7) & ~size_t{7}, XstateSize());
     return l;
   }();
   return layout;
 }
 
+uint64_t XstateBv(const unsigned char* area) {
+  uint64_t bv;
+  memcpy(&bv, area + kXstateBvOffset, sizeof(bv));
+  return bv;
+}
+
 }  // namespace
 
 size_t GuestXstateSize() { return GetLayout().guest_size; }
+size_t AvxXstateSize() { return GetLayout().avx_size; }
+
+bool UsesAvx512(const void* area) {
+  return (XstateBv(static_cast<const unsigned char*>(area)) & kAvx512Bits) != 0;
+}
 
 bool SameGuestXstate(const void* a, const void* b) {
   const auto* pa = static_cast<const unsigned char*>(a);
   const auto* pb = static_cast<const unsigned char*>(b);
-  for (const auto& [offset, size] : GetLayout().compared) {
-    if (memcmp(pa + offset, pb + offset, size) != 0) return false;
+  // FCW..MXCSR, ST0-7, XMM0-15; then which components are in use.
+  if (memcmp(pa, pb, 416) != 0) return false;
+  const uint64_t bv = XstateBv(pa);
+  if (bv != XstateBv(pb)) return false;
+  // A component in its initial state is equal whatever bytes its area holds.
+  for (const Component& c : GetLayout().components) {
+    if ((bv & (uint64_t{1} << c.index)) && memcmp(pa + c.offset, pb + c.offset, c.size) != 0) {
+      return false;
+    }
   }
   return true;
 }

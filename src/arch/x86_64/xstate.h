@@ -15,12 +15,17 @@ namespace vkrt::x86_64 {
 size_t XstateSize();
 
 // Bytes of the standard-format area that hold what passes between vkernel and guest:
-// x87, SSE, AVX, AVX-512 and PKRU (not AMX). A prefix of XstateSize(); ptrace can read just
-// this much, which costs a quarter of reading the whole area where AMX is enabled.
+// x87, SSE, AVX and AVX-512 (not PKRU, not AMX). A prefix of XstateSize(); ptrace can read
+// just this much, which costs less than reading the whole area (~11 KiB with AMX).
 size_t GuestXstateSize();
+// The shorter prefix that ends after the AVX component: enough while AVX-512 is unused.
+size_t AvxXstateSize();
+// True if the area's XSTATE_BV says an AVX-512 component is in use.
+bool UsesAvx512(const void* area);
 
-// True if two standard-format areas hold the same guest-visible state (the components of
-// GuestXstateSize()). A false "different" is harmless (the state is transferred again).
+// True if two standard-format areas hold the same guest-visible state: the legacy area, the
+// in-use bits and the in-use AVX/AVX-512 components. A false "different" is harmless (the
+// state is transferred again); "same" is exact.
 bool SameGuestXstate(const void* a, const void* b);
 
 }  // namespace vkrt::x86_64

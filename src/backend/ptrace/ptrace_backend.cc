@@ -80,15 +80,25 @@ absl::Status SetRegs(pid_t tid, const user_regs_struct& regs) {
   return absl::OkStatus();
 }
 
-// Reads the guest-visible part of the thread's FPU state (a prefix of the area: reading
-// the whole area, ~11 KiB with AMX, costs several microseconds per RUN).
-absl::Status GetXstate(pid_t tid, void* area) {
-  struct iovec iov = {area, x86_64::GuestXstateSize()};
-  if (ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, &iov) == -1) {
-    return SyscallError(absl::StrFormat("ptrace(PTRACE_GETREGSET, %d, NT_X86_XSTATE, %zu bytes)",
-                                        tid, x86_64::GuestXstateSize()));
+// Reads the guest-visible part of the thread's FPU state: a prefix of the area, through AVX
+// while the guest leaves AVX-512 unused (reading less is cheaper), through AVX-512 once it
+// uses it. `wide` remembers which.
+absl::Status GetXstate(pid_t tid, void* area, bool& wide) {
+  for (;;) {
+    const size_t size = wide ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize();
+    struct iovec iov = {area, size};
+    if (ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, &iov) == -1) {
+      return SyscallError(absl::StrFormat(
+          "ptrace(PTRACE_GETREGSET, %d, NT_X86_XSTATE, %zu bytes)", tid, size));
+    }
+    const bool avx512 = x86_64::UsesAvx512(area);
+    if (!wide && avx512) {
+      wide = true;  // the short read missed AVX-512 state the guest now uses: read it all
+      continue;
+    }
+    wide = avx512;
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
 }
 
 // Loads the thread's FPU state; Linux takes only the whole standard-format area.
@@ -225,6 +235,8 @@ struct Context {
   bool rcx_reported_as_r10 = false;
   // RUNs left before WaitGuest tries a yield again (see there).
   int spin_backoff = 0;
+  // The guest used AVX-512 at its last stop: read its FPU state through AVX-512.
+  bool wide_xstate = false;
 };
 
 constexpr int kSpinBackoff = 32;
@@ -279,9 +291,11 @@ absl::Status ReadRegs(Context& c, user_regs_struct& regs) {
   return absl::OkStatus();
 }
 
-// Records that the stub thread of `c` holds the FPU state in `area`.
+// Records that the stub thread of `c` holds the FPU state in `area` (as far as GetXstate
+// read it: the AVX-512 bytes only matter when the in-use bits say so).
 void RememberXstate(Context& c, const void* area) {
-  memcpy(c.xstate.get(), area, x86_64::GuestXstateSize());
+  memcpy(c.xstate.get(), area,
+         c.wide_xstate ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize());
   c.xstate_known = true;
 }
 
@@ -427,6 +441,7 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   c.regs_known = false;
   c.rcx_reported_as_r10 = false;
   c.spin_backoff = 0;
+  c.wide_xstate = false;
   if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
@@ -765,7 +780,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       if (stopping && !awaiting_report) {
         if (auto s = ReadRegs(c, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
-        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
         RememberXstate(c, state.xstate);
         exit.kind = GuestExit::Kind::kInterrupted;
         return exit;
@@ -821,7 +836,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
           state.tf->tf_rax = static_cast<int64_t>(regs.orig_rax);
         }
       }
-      if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+      if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
       RememberXstate(c, state.xstate);
       c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
       return exit;
@@ -839,7 +854,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
         }
         // Let the stub's handler read the hardware trap number and error code.
         if (auto s = GetRegs(tid, fault_regs); !s.ok()) return s;
-        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
         awaiting_report = true;
         if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, static_cast<uint64_t>(sig), "PTRACE_SYSEMU");
             !s.ok()) {
@@ -851,7 +866,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       case SIGSYS: {
         if (auto s = ReadRegs(c, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
-        if (auto s = GetXstate(tid, state.xstate); !s.ok()) return s;
+        if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
         RememberXstate(c, state.xstate);
         exit.kind = GuestExit::Kind::kException;
         if (sig == SIGILL) {
