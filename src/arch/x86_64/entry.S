@@ -73,14 +73,21 @@ vkrt_vmspace_run:
 /*
  * long vkrt_wait_in_rseq(const uint64_t *sigmask, int tid, int *status)
  *
- * Precondition: this thread's rseq_cs points at vkrt_wait_rseq_cs.
- * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL). The critical section
- * is the wait4 `syscall` instruction alone: when a signal handler interrupts wait4 and the
- * kernel would restart it (SA_RESTART), it rewinds rip onto that instruction and rseq sends
- * the thread to the abort handler instead. Returns wait4's result (a pid or -errno), or
- *   -1001  aborted before wait4 was entered (preempted on the instruction): retry
- *   -1003  a signal handler ran while in wait4 (SA_RESTART or not)
+ * Precondition: signals are blocked; this thread's rseq_cs points at vkrt_wait_rseq_cs.
+ * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL), both inside one
+ * restartable sequence, so that a signal handler that runs anywhere from the unblocking to
+ * the wait (including a wait4 the kernel would restart for SA_RESTART) sends the thread to
+ * the abort handler. Preemption also aborts; rcx (set by each `syscall` to the address after
+ * it) says how far the thread got, and when that is between the two calls, a signal frame
+ * the kernel wrote below the red zone tells a handler from a preemption: the frame's
+ * FP_XSTATE_MAGIC2 lands in the 64 bytes under rsp-128, which are zeroed beforehand.
+ * Returns wait4's result (a pid or -errno), or
+ *   -1001  preempted before the mask was set (signals still blocked): retry
+ *   -1002  preempted after the mask was set, no handler ran: block signals and retry
+ *   -1003  a signal handler ran (a handler on an alternate stack is not seen between the
+ *          two calls, only in wait4)
  */
+#define FP_XSTATE_MAGIC2 0x46505845
 	.text
 	.globl vkrt_wait_in_rseq
 	.hidden vkrt_wait_in_rseq
@@ -92,19 +99,24 @@ vkrt_wait_in_rseq:
 	mov %rdi, %r12
 	mov %esi, %r13d
 	mov %rdx, %r14
+	lea -256(%rsp), %rdi         /* zero [rsp-256, rsp-128): where a frame's magic lands */
+	mov $16, %ecx
+	xor %eax, %eax
+	rep stosq
+	xor %ecx, %ecx
+.Lcs_start:
 	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
 	mov $2, %edi
 	mov %r12, %rsi
 	xor %edx, %edx
 	mov $8, %r10d
 	syscall
+.Lunblocked:
 	mov $61, %eax                /* wait4(tid, status, __WALL, NULL) */
 	mov %r13d, %edi
 	mov %r14, %rsi
 	mov $0x40000000, %edx
 	xor %r10d, %r10d
-	xor %ecx, %ecx               /* rcx = rip+2 only once the wait4 syscall has begun */
-.Lcs_start:
 	syscall
 .Lcs_end:
 	pop %r14
@@ -115,10 +127,22 @@ vkrt_wait_in_rseq:
 .Lcs_abort:
 	lea .Lcs_end(%rip), %rdx
 	cmp %rdx, %rcx
+	je 3f                        /* wait4 had begun: a handler interrupted it */
+	lea .Lunblocked(%rip), %rdx
+	cmp %rdx, %rcx
 	je 1f
 	mov $-1001, %rax
 	jmp .Lcs_end
-1:	mov $-1003, %rax
+1:	lea -256(%rsp), %rdi         /* between the calls: look for a signal frame's magic */
+	mov $32, %ecx
+2:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
+	je 3f
+	add $4, %rdi
+	dec %ecx
+	jnz 2b
+	mov $-1002, %rax
+	jmp .Lcs_end
+3:	mov $-1003, %rax
 	jmp .Lcs_end
 	.size vkrt_wait_in_rseq, .-vkrt_wait_in_rseq
 

@@ -47,8 +47,9 @@ namespace {
 using x86_64::kStubBase;
 
 // vkrt_wait_in_rseq's results besides wait4's own (entry.S).
-constexpr long kAbortBeforeWait = -1001;
-constexpr long kAbortInWait = -1003;
+constexpr long kPreemptedBlocked = -1001;
+constexpr long kPreemptedUnblocked = -1002;
+constexpr long kSignalled = -1003;
 
 constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 // Signals the kernel ignores unless a handler is installed.
@@ -637,20 +638,20 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
 
 // Waits for the guest to stop. The difficulty is noticing a signal handler that runs in
 // this thread meanwhile: with SA_RESTART the kernel restarts wait4 and nobody would know.
-// Signals are blocked on entry (since the start of RUN). A signal that arrived since then is
-// pending: it is delivered by unblocking, and that alone ends the wait. Otherwise the wait4
-// instruction runs inside a restartable sequence: a handler that interrupts wait4 sends the
-// thread to the abort handler instead of restarting the call (entry.S). Without rseq (glibc
-// did not register it) handlers without SA_RESTART and vkrt's own kicks are still noticed.
-// What remains unnoticed is a signal arriving in the few instructions between the pending
-// check and wait4; it is seen at the guest's next stop.
+// Signals are blocked on entry (since the start of RUN).
 //
-// First, while signals are still blocked, one sched_yield() and a non-blocking wait: when
-// the guest shares this thread's CPU, the yield runs it to its next stop and no wakeup is
-// needed (a round trip ~15% cheaper here). A signal that arrives meanwhile stays pending and
-// is handled as above if the guest is still running, or when RUN returns if it stopped.
-// Where the guest runs elsewhere the yield returns at once; after a miss the next
-// kSpinBackoff RUNs skip it.
+// First, still blocked, one sched_yield() and a non-blocking wait: when the guest shares
+// this thread's CPU, the yield runs it to its next stop and no wakeup is needed (a round
+// trip ~15% cheaper here). Where the guest runs elsewhere the yield returns at once; after
+// a miss the next kSpinBackoff RUNs skip it.
+//
+// Then a signal that arrived since RUN began is pending: unblocking delivers it, and that
+// alone ends the wait. Otherwise vkrt_wait_in_rseq (entry.S) unblocks and waits inside a
+// restartable sequence, which tells a handler that ran from the unblocking to the end of the
+// wait from a preemption. The one case it cannot see is a handler on an alternate signal
+// stack that runs in the few instructions between the two calls; such a signal is noticed
+// at the guest's next stop. Without rseq (kernels before 4.18, valgrind) handlers without
+// SA_RESTART and vkrt's own kicks are still noticed (EINTR).
 absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wait_mask,
                                                   bool& signalled, bool& unblocked) {
   unblocked = false;
@@ -671,16 +672,31 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
     return -1;
   }
   struct rseq* rs = ThreadRseq();
+  int preemptions = 0;
   for (;;) {
     int status = 0;
     long r;
-    if (rs != nullptr) {
+    // Preempted between unblocking and wait4 again and again (a debugger or strace stops
+    // the thread at every system call): wait without rseq rather than spin here.
+    if (rs != nullptr && preemptions < 3) {
       __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_wait_rseq_cs),
                        __ATOMIC_RELAXED);
       r = vkrt_wait_in_rseq(&wait_mask, c.tid, &status);
       __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
-      if (r == kAbortBeforeWait) continue;
-      if (r == kAbortInWait) {
+      if (r == kPreemptedBlocked) continue;
+      if (r == kPreemptedUnblocked) {
+        ++preemptions;
+        static const uint64_t kAllSignals = ~uint64_t{0};
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+        syscall(SYS_rt_sigpending, &pending, 8);
+        if ((pending & ~wait_mask) != 0) {
+          syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
+          signalled = true;
+          return -1;
+        }
+        continue;
+      }
+      if (r == kSignalled) {
         signalled = true;
         return -1;
       }
