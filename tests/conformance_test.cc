@@ -442,12 +442,8 @@ void RunExpectTrap(void* id, trapframe* tf, int64_t trapno) {
 class Conformance : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
-    const char* name = BackendName(GetParam());
-    const char* why = nullptr;
-    errno = 0;
-    if (vkrt_backend_available(name, &why) != 0) {
-      GTEST_SKIP() << "backend " << name
-                   << " is not available here: " << (why != nullptr ? why : strerror(errno));
+    if (const std::string why = vkrt_test::UnavailableReason(GetParam()); !why.empty()) {
+      GTEST_SKIP() << why;
     }
     const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
     watchdog_ = std::make_unique<Watchdog>(

@@ -163,11 +163,8 @@ class LeakTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
   const char* name = BackendName(GetParam());
-  const char* why = nullptr;
-  errno = 0;
-  if (vkrt_backend_available(name, &why) != 0) {
-    GTEST_SKIP() << "backend " << name
-                 << " is not available here: " << (why != nullptr ? why : strerror(errno));
+  if (const std::string why = vkrt_test::UnavailableReason(GetParam()); !why.empty()) {
+    GTEST_SKIP() << why;
   }
   Watchdog watchdog(std::string("leak test on ") + name, kTestLimit);
 

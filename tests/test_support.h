@@ -7,6 +7,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <errno.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -32,6 +34,16 @@ inline const char* BackendName(int type) {
     default:
       return "unknown";
   }
+}
+
+// "" if backend `type` can run here; otherwise why not (for GTEST_SKIP: a missing kernel
+// feature such as /dev/kvm).
+inline std::string UnavailableReason(int type) {
+  const char* why = nullptr;
+  errno = 0;
+  if (vkrt_backend_available(BackendName(type), &why) == 0) return "";
+  return std::string("backend ") + BackendName(type) +
+         " is not available here: " + (why != nullptr ? why : strerror(errno));
 }
 
 // A thread with every signal blocked, so signals aimed at the process reach the test thread.
