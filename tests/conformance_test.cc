@@ -2123,6 +2123,62 @@ TEST_P(Conformance, ConcurrentRunsInOneVmspace) {
   for (int i = 0; i < kConcurrentThreads; ++i) EXPECT_EQ("", results[i]) << "thread " << i;
 }
 
+TEST_P(Conformance, MmapFixedNoreplaceOverAMappingIsEexist) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, 2 * kPage, kRw));
+  EXPECT_MMAP_FAILS_WITH(EEXIST, vmspace_mmap(vm.id(), AsPtr(kDataAddr + kPage), kPage, kRw,
+                                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                                              -1, 0));
+  EXPECT_EQ(AsPtr(kDataAddr + 2 * kPage),
+            vmspace_mmap(vm.id(), AsPtr(kDataAddr + 2 * kPage), kPage, kRw,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0))
+      << strerror(errno);
+}
+
+TEST_P(Conformance, LastErrorNamesTheFailingCall) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  errno = 0;
+  ASSERT_EQ(MAP_FAILED, vmspace_mmap(vm.id(), AsPtr(kDataAddr + 1), kPage, kRw, kAnonFixed, -1, 0));
+  EXPECT_EQ(EINVAL, errno);
+  const std::string message = vkrt_last_error();
+  EXPECT_NE(std::string::npos, message.find("vmspace_mmap")) << message;
+  EXPECT_NE(std::string::npos, message.find("0x500001")) << message;
+}
+
+// Backend selection, independent of the parameter.
+TEST(BackendSelection, NamesAndAvailability) {
+  const char* why = nullptr;
+  EXPECT_EQ(0, vkrt_backend_available("ptrace", &why)) << (why != nullptr ? why : "");
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_backend_available("no-such-backend", &why));
+  EXPECT_EQ(EINVAL, errno);
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_set_backend("no-such-backend"));
+  EXPECT_EQ(EINVAL, errno);
+  ASSERT_EQ(0, vkrt_set_backend("ptrace")) << strerror(errno);
+  ASSERT_NE(nullptr, vkrt_backend_name());
+  if (getenv("VKRT_BACKEND") == nullptr) {
+    EXPECT_STREQ("ptrace", vkrt_backend_name());
+  }
+  for (const char* name : {"seccomp", "kvm"}) {
+    why = nullptr;
+    errno = 0;
+    if (vkrt_backend_available(name, &why) != 0) {
+      // Unavailable backends say why, and vmspace_create refuses them the same way.
+      EXPECT_EQ(EOPNOTSUPP, errno) << name;
+      ASSERT_NE(nullptr, why) << name;
+      EXPECT_NE('\0', why[0]) << name;
+      static char id;
+      const int type = strcmp(name, "kvm") == 0 ? VKRT_TYPE_KVM : VKRT_TYPE_SECCOMP;
+      errno = 0;
+      EXPECT_EQ(-1, vmspace_create(&id, type, nullptr)) << name;
+      EXPECT_EQ(EOPNOTSUPP, errno) << name;
+    }
+  }
+}
+
 std::string ParamName(const ::testing::TestParamInfo<int>& info) { return BackendName(info.param); }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values(VKRT_TYPE_PTRACE), ParamName);
