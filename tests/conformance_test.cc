@@ -1980,6 +1980,24 @@ TEST_P(Conformance, VmspaceOutlivesTheThreadThatCreatedIt) {
   EXPECT_EQ(0, vmspace_destroy(&id)) << strerror(errno);
 }
 
+TEST_P(Conformance, GuestKilledFromOutsideIsAnErrorNotAHang) {
+  const std::vector<pid_t> before = ChildrenOf(getpid());
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  const pid_t stub = NewChild(before);
+  if (stub <= 0) GTEST_SKIP() << "this backend keeps no guest process to kill";
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  ASSERT_EQ(0, kill(stub, SIGKILL));
+  trapframe tf = Frame();
+  errno = 0;
+  EXPECT_EQ(-1, RunGuest(vm.id(), &tf));
+  EXPECT_EQ(EFAULT, errno) << strerror(errno);
+  // Every later call says the same, and the vmspace can still be destroyed.
+  errno = 0;
+  EXPECT_EQ(MAP_FAILED, vmspace_mmap(vm.id(), AsPtr(kDataAddr), kPage, kRw, kAnonFixed, -1, 0));
+  EXPECT_EQ(EFAULT, errno) << strerror(errno);
+}
+
 TEST_P(Conformance, SigkillOfTheVkernelKillsEveryGuest) {
   // A separate vkernel process with two vmspaces: one running a spinning guest, one idle.
   int report[2];

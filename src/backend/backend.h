@@ -54,7 +54,7 @@ struct GuestState {
   void* xstate;
 };
 
-// A validated mmap request (SPEC §4). `fixed` means MAP_FIXED: replace what is there.
+// A validated mmap request (SPEC §4). MAP_FIXED in `flags` means: replace what is there.
 struct MapRequest {
   uint64_t addr = 0;
   uint64_t len = 0;    // > 0, page multiple
@@ -77,10 +77,10 @@ class AddressSpace {
  public:
   virtual ~AddressSpace() = default;
 
-  // Maps memory. Precondition: the request was validated; [addr, addr+len) lies below
-  // VKRT_VM_MAX_USER_ADDRESS if `fixed`. Outcomes: the address of the new mapping (below
-  // the top; for non-fixed requests chosen by the backend, `addr` as a hint); or EBADF,
-  // EACCES, ENODEV, ENOMEM, EINVAL as mmap(2) reports them for this fd/prot/flags.
+  // Maps memory. Precondition: the request was validated; with MAP_FIXED, [addr, addr+len)
+  // lies below VKRT_VM_MAX_USER_ADDRESS. Outcomes: the address of the new mapping (without
+  // MAP_FIXED chosen by the backend, `addr` a hint; the caller unmaps a result above the
+  // top); or EBADF, EACCES, ENODEV, ENOMEM, EINVAL as mmap(2) reports them.
   virtual absl::StatusOr<uint64_t> Map(const MapRequest& request) = 0;
 
   // Unmaps [addr, addr+len) (page aligned, fully mapped). Outcome: OK or a host error.
@@ -131,7 +131,6 @@ class Backend {
 absl::StatusOr<Backend*> BackendForType(int type);
 // Type for a name ("ptrace", "seccomp", "kvm"); -1 if unknown.
 int BackendTypeForName(const char* name);
-const char* BackendNameForType(int type);
 // Why backend `type` cannot run on this machine, or nullptr if it can.
 const char* BackendUnavailable(int type);
 // The process default for VKRT_TYPE_DEFAULT (VKRT_BACKEND in the environment wins).

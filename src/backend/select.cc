@@ -66,10 +66,6 @@ absl::Status SetDefaultBackend(const char* name) {
   return absl::OkStatus();
 }
 
-const char* BackendNameForType(int type) {
-  return type >= 1 && type <= 3 ? kNames[type] : "unknown";
-}
-
 absl::StatusOr<Backend*> BackendForType(int type) {
   if (type == VKRT_TYPE_DEFAULT) {
     type = DefaultType();

@@ -332,7 +332,11 @@ class PtraceAddressSpace : public AddressSpace {
   // run in the caller. Sets *signalled when one did.
   absl::StatusOr<int> WaitGuest(Context& c, const uint64_t& wait_mask, bool& signalled,
                                 bool& unblocked);
-  absl::StatusOr<GuestExit> Died(Context& c, int status);
+  // The stub thread of `c` is gone (killed, or its process died): the address space is dead.
+  absl::Status Died(Context& c);
+  // `status` unless it says the stub thread of `c` vanished; then Died(c).
+  absl::Status IfLost(Context& c, absl::Status status);
+  absl::StatusOr<GuestExit> RunContext(Context& c, GuestState& state, const RunLimits& limits);
   absl::StatusOr<size_t> Transfer(bool write, uint64_t addr, void* buf, size_t len);
 
   const pid_t pid_;
@@ -479,8 +483,8 @@ absl::StatusOr<long> PtraceAddressSpace::Inject(Context& c, long nr, uint64_t a0
   regs.orig_rax = static_cast<unsigned long long>(-1);
   c.regs_known = false;
   c.rcx_reported_as_r10 = false;
-  if (auto s = SetRegs(c.tid, regs); !s.ok()) return s;
-  if (auto s = Ptrace(PTRACE_CONT, c.tid, 0, 0, "PTRACE_CONT"); !s.ok()) return s;
+  if (auto s = SetRegs(c.tid, regs); !s.ok()) return IfLost(c, s);
+  if (auto s = Ptrace(PTRACE_CONT, c.tid, 0, 0, "PTRACE_CONT"); !s.ok()) return IfLost(c, s);
   for (;;) {
     auto status = WaitTid(c.tid);
     if (!status.ok()) return status.status();
@@ -628,8 +632,7 @@ absl::StatusOr<size_t> PtraceAddressSpace::Write(uint64_t addr, const void* buf,
   return Transfer(true, addr, const_cast<void*>(buf), len);
 }
 
-absl::StatusOr<GuestExit> PtraceAddressSpace::Died(Context& c, int status) {
-  (void)status;
+absl::Status PtraceAddressSpace::Died(Context& c) {
   dead_.store(true);
   c.tracer.store(0);
   c.tid = 0;
@@ -717,7 +720,22 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
 absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLimits& limits) {
   auto ctx = CallerContext();
   if (!ctx.ok()) return ctx.status();
-  Context& c = **ctx;
+  auto exit = RunContext(**ctx, state, limits);
+  if (!exit.ok()) return IfLost(**ctx, exit.status());
+  return exit;
+}
+
+absl::Status PtraceAddressSpace::IfLost(Context& c, absl::Status status) {
+  // ptrace answers ESRCH when our stopped tracee is no longer stopped: only SIGKILL (the
+  // stub was killed from outside) does that. Collect its exit, then report the death.
+  if (ErrnoOf(status) != ESRCH || c.tid == 0) return status;
+  auto waited = WaitTid(c.tid);
+  if (waited.ok() && WIFSTOPPED(*waited)) return status;  // not a death after all
+  return Died(c);
+}
+
+absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState& state,
+                                                         const RunLimits& limits) {
   ThreadState& ts = ThreadState::Current();
   const pid_t tid = c.tid;
 
@@ -786,7 +804,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::Run(GuestState& state, const RunLi
       if (!waited.ok()) return waited.status();
       status = *waited;
     }
-    if (!WIFSTOPPED(status)) return Died(c, status);
+    if (!WIFSTOPPED(status)) return Died(c);
     const int sig = WSTOPSIG(status);
     const int event = status >> 16;
     GuestExit exit;
