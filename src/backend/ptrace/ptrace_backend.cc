@@ -55,8 +55,7 @@ constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 // Signals the kernel ignores unless a handler is installed.
 constexpr uint64_t kIgnoredByDefault =
     SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
-
-pid_t Gettid() { return ThreadState::CurrentTid(); }
+const uint64_t kAllSignals = ~uint64_t{0};  // a sigset for rt_sigprocmask
 
 // ---- raw/checked pairs for the kernel calls used on the hot path ---------------------------
 
@@ -368,7 +367,7 @@ PtraceAddressSpace::~PtraceAddressSpace() {
 }
 
 absl::StatusOr<Context*> PtraceAddressSpace::CallerContext() {
-  const pid_t me = Gettid();
+  const pid_t me = ThreadState::CurrentTid();
   for (Context& c : contexts_) {
     if (c.tracer.load(std::memory_order_acquire) == me) return &c;
   }
@@ -453,7 +452,7 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
 }
 
 void PtraceAddressSpace::ReleaseCallerContext() {
-  const pid_t me = Gettid();
+  const pid_t me = ThreadState::CurrentTid();
   std::lock_guard<std::mutex> lock(contexts_mu_);
   for (Context& c : contexts_) {
     if (c.tracer.load(std::memory_order_relaxed) != me) continue;
@@ -667,13 +666,17 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
     c.spin_backoff = kSpinBackoff;
   }
   unblocked = true;
-  uint64_t pending = 0;
-  syscall(SYS_rt_sigpending, &pending, 8);
-  if ((pending & ~wait_mask) != 0) {
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);  // handlers run here
+  // With signals blocked: if one the wait would let in is pending, let it in (its handler
+  // runs on the way out of rt_sigprocmask) and report that.
+  auto deliver_pending = [&] {
+    uint64_t pending = 0;
+    syscall(SYS_rt_sigpending, &pending, 8);
+    if ((pending & ~wait_mask) == 0) return false;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
     signalled = true;
-    return -1;
-  }
+    return true;
+  };
+  if (deliver_pending()) return -1;
   struct rseq* rs = ThreadRseq();
   int preemptions = 0;
   for (;;) {
@@ -689,14 +692,8 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
       if (r == kPreemptedBlocked) continue;
       if (r == kPreemptedUnblocked) {
         ++preemptions;
-        static const uint64_t kAllSignals = ~uint64_t{0};
         syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
-        syscall(SYS_rt_sigpending, &pending, 8);
-        if ((pending & ~wait_mask) != 0) {
-          syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
-          signalled = true;
-          return -1;
-        }
+        if (deliver_pending()) return -1;
         continue;
       }
       if (r == kSignalled) {
@@ -739,7 +736,6 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   ThreadState& ts = ThreadState::Current();
   const pid_t tid = c.tid;
 
-  static const uint64_t kAllSignals = ~uint64_t{0};
   uint64_t old_mask = 0;
   syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
   bool blocked = true;
@@ -1004,8 +1000,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace(
         syscall(SYS_rseq, rs, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
       }
     }
-    uint64_t all = ~uint64_t{0};
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, nullptr, 8);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &kAllSignals, nullptr, 8);
     x86_64::vkrt_stub_boot(ctl[1], pidfd, prog);
   }
   const int clone_errno = errno;
