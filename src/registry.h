@@ -19,12 +19,14 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "backend/backend.h"
 #include "mapping_table.h"
+#include "vpagetable/space.h"
 
 namespace vkrt {
 
@@ -53,15 +55,29 @@ class Vmspace {
   AddressSpace& space() { return *space_; }
 
  private:
+  // MAP_VPAGETABLE mmap: the region is reserved in the guest space (an inaccessible mapping)
+  // and recorded in vpt_, which decides translations on faults.
+  absl::StatusOr<uint64_t> MapVpagetable(uint64_t addr, uint64_t len, int prot, int flags,
+                                         int fd, off_t offset, const std::string& what);
+  // Forgets VPAGETABLE records in [addr, addr+len) after the range was unmapped or
+  // replaced, releasing objects no region uses any more (admin_mu_ held).
+  void ForgetVpagetable(uint64_t addr, uint64_t len);
+  // Copies through both kinds of mapping (pread/pwrite).
+  absl::StatusOr<size_t> Copy(uint64_t addr, void* buf, size_t len, bool write);
+
   friend class Registry;
   static constexpr uint32_t kDeleted = 0x80000000u;
 
   void* const id_;
   std::atomic<uint32_t> refs_{0};
   std::atomic<uint32_t> cache_refs_{1};  // on the tree
+  // Created by the first MAP_VPAGETABLE mapping (under admin_mu_), then never replaced;
+  // declared before space_ so that it outlives the AddressSpace that points at it.
+  std::unique_ptr<vpt::Space> vpt_;
+  std::atomic<vpt::Space*> vpt_ptr_{nullptr};  // vpt_.get(), readable without admin_mu_
   std::unique_ptr<AddressSpace> space_;  // reset when deleted (under the registry token)
 
-  std::mutex admin_mu_;  // serialises Map/Unmap/Control; guards maps_
+  std::mutex admin_mu_;  // serialises Map/Unmap/Control; guards maps_ and creating vpt_
   MappingTable maps_;
 };
 

@@ -54,17 +54,24 @@ absl::StatusOr<uint64_t> Vmspace::Map(uint64_t addr, uint64_t len, int prot, int
                            id_, addr, len, prot, flags, fd, static_cast<long long>(offset));
   };
   if (len == 0) return ErrnoError(EINVAL, what() + ": zero length");
+  const int type = flags & MAP_SHARED_VALIDATE;
+  if (type == 0) return ErrnoError(EINVAL, what() + ": neither MAP_SHARED nor MAP_PRIVATE");
+  const bool anon = (flags & MAP_ANONYMOUS) != 0;
+  if (anon && fd != -1) return ErrnoError(EINVAL, what() + ": MAP_ANONYMOUS with an fd");
   if (flags & MAP_VPAGETABLE) {
     if ((prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE)) {
       return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE needs PROT_READ|PROT_WRITE");
     }
     if (flags & MAP_STACK) return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE with MAP_STACK");
-    return ErrnoError(EOPNOTSUPP, what() + ": MAP_VPAGETABLE translation is not built yet");
+    if (anon) {
+      return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE needs a backing object (an fd), "
+                                         "not MAP_ANONYMOUS");
+    }
+    if (type == MAP_PRIVATE) {
+      return ErrnoError(EINVAL, what() + ": MAP_VPAGETABLE needs MAP_SHARED (its page "
+                                         "tables and pages are the object's)");
+    }
   }
-  const int type = flags & MAP_SHARED_VALIDATE;
-  if (type == 0) return ErrnoError(EINVAL, what() + ": neither MAP_SHARED nor MAP_PRIVATE");
-  const bool anon = (flags & MAP_ANONYMOUS) != 0;
-  if (anon && fd != -1) return ErrnoError(EINVAL, what() + ": MAP_ANONYMOUS with an fd");
   if (offset < 0 || (static_cast<uint64_t>(offset) & (kPage - 1)) != 0) {
     return ErrnoError(EINVAL, what() + ": offset is not a page multiple");
   }
@@ -86,6 +93,9 @@ absl::StatusOr<uint64_t> Vmspace::Map(uint64_t addr, uint64_t len, int prot, int
   if (!anon) {
     if (fcntl(fd, F_GETFL) < 0) return ErrnoError(EBADF, what() + ": bad file descriptor");
   }
+  if (flags & MAP_VPAGETABLE) {
+    return MapVpagetable(addr & ~(kPage - 1), rlen, prot, flags, fd, offset, what());
+  }
   MapRequest request;
   request.addr = addr & ~(kPage - 1);
   request.len = rlen;
@@ -103,8 +113,62 @@ absl::StatusOr<uint64_t> Vmspace::Map(uint64_t addr, uint64_t len, int prot, int
     (void)space_->Unmap(*mapped, rlen);
     return ErrnoError(ENOMEM, what() + ": no room below the vmspace's top");
   }
+  ForgetVpagetable(*mapped, rlen);  // MAP_FIXED over VPAGETABLE regions replaced them
   maps_.Insert(*mapped, rlen, prot, flags);
   return *mapped;
+}
+
+absl::StatusOr<uint64_t> Vmspace::MapVpagetable(uint64_t addr, uint64_t len, int prot,
+                                                int flags, int fd, off_t offset,
+                                                const std::string& what) {
+  auto backing = vpt::Backing::ForFd(fd);
+  if (!backing.ok()) {
+    return ErrnoError(ErrnoOf(backing.status()),
+                      what + ": " + std::string(backing.status().message()));
+  }
+  std::lock_guard<std::mutex> lock(admin_mu_);
+  if ((flags & MAP_FIXED_NOREPLACE) && !(flags & MAP_FIXED) && !maps_.Pieces(addr, len).empty()) {
+    return ErrnoError(EEXIST, what + ": MAP_FIXED_NOREPLACE over an existing mapping");
+  }
+  if (vpt_ == nullptr) {
+    vpt_ = std::make_unique<vpt::Space>(vpt::Space::StubBudget());
+    vpt_ptr_.store(vpt_.get(), std::memory_order_release);
+    space_->set_vpt(vpt_.get());
+  }
+  // Reserve the range: nothing else may be placed there, and every access faults until a
+  // translation is installed.
+  MapRequest reserve;
+  reserve.addr = addr;
+  reserve.len = len;
+  reserve.prot = PROT_NONE;
+  reserve.flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                  (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE));
+  auto mapped = space_->Map(reserve);
+  if (!mapped.ok()) return mapped.status();
+  if (*mapped + len > kTop) {
+    (void)space_->Unmap(*mapped, len);
+    return ErrnoError(ENOMEM, what + ": no room below the vmspace's top");
+  }
+  ForgetVpagetable(*mapped, len);
+  int handle = vpt_->HandleFor(backing->get());
+  if (handle < 0) {
+    auto attached = space_->AttachObject((*backing)->fd());
+    if (!attached.ok()) {
+      (void)space_->Unmap(*mapped, len);
+      maps_.Remove(*mapped, len);
+      return attached.status();
+    }
+    handle = *attached;
+  }
+  vpt_->AddRegion(*mapped, len, prot, static_cast<uint64_t>(offset), *std::move(backing),
+                  handle);
+  maps_.Insert(*mapped, len, prot, flags);
+  return *mapped;
+}
+
+void Vmspace::ForgetVpagetable(uint64_t addr, uint64_t len) {
+  if (vpt_ == nullptr) return;
+  for (int handle : vpt_->RemoveRange(addr, len)) (void)space_->DetachObject(handle);
 }
 
 absl::Status Vmspace::Unmap(uint64_t addr, uint64_t len) {
@@ -121,6 +185,7 @@ absl::Status Vmspace::Unmap(uint64_t addr, uint64_t len) {
         "vmspace_munmap(%#x, %#x): part of the range is not mapped", addr, len));
   }
   if (auto s = space_->Unmap(addr, rlen); !s.ok()) return s;
+  ForgetVpagetable(addr, rlen);
   maps_.Remove(addr, rlen);
   return absl::OkStatus();
 }
@@ -138,12 +203,26 @@ absl::Status Vmspace::Control(uint64_t addr, uint64_t len, int behav, off_t valu
   }
   std::lock_guard<std::mutex> lock(admin_mu_);
   const auto pieces = maps_.Pieces(start, end - start);
-  if (behav == MADV_SETMAP) {
-    // Only a MAP_VPAGETABLE mapping has a page-table root to set.
-    return ErrnoError(EINVAL, absl::StrFormat(
-        "vmspace_mcontrol(%#x, %#x, MADV_SETMAP): not a MAP_VPAGETABLE mapping", addr, len));
+  if (behav == MADV_SETMAP || behav == MADV_INVAL) {
+    // DragonFly walks the map entries in the range (holes skipped): SETMAP sets the root of
+    // each VPAGETABLE entry and fails with EINVAL for any other entry; both drop the
+    // translations (pmap_remove) of the VPAGETABLE entries.
+    bool plain = false;
+    for (const auto& piece : pieces) plain = plain || !(piece.flags & MAP_VPAGETABLE);
+    if (vpt_ != nullptr) {
+      SpaceInstaller installer(*space_);
+      auto s = behav == MADV_SETMAP
+                   ? vpt_->SetMap(start, end - start, static_cast<uint64_t>(value), installer)
+                   : vpt_->Invalidate(start, end - start, installer);
+      if (!s.ok()) return s;
+    }
+    if (behav == MADV_SETMAP && plain) {
+      return ErrnoError(EINVAL, absl::StrFormat(
+          "vmspace_mcontrol(%#x, %#x, MADV_SETMAP): part of the range is not a "
+          "MAP_VPAGETABLE mapping", addr, len));
+    }
+    return absl::OkStatus();
   }
-  if (behav == MADV_INVAL) return absl::OkStatus();  // nothing cached for ordinary mappings
   for (const auto& piece : pieces) {
     if (auto s = space_->Advise(piece.start, piece.end - piece.start, behav); !s.ok()) return s;
   }
@@ -157,7 +236,7 @@ absl::StatusOr<size_t> Vmspace::Read(void* buf, size_t len, int flags, uint64_t 
     return ErrnoError(EFAULT, absl::StrFormat("vmspace_pread(%#x): above the vmspace's top", addr));
   }
   if (len > kTop - addr) len = kTop - addr;
-  return space_->Read(addr, buf, len);
+  return Copy(addr, buf, len, false);
 }
 
 absl::StatusOr<size_t> Vmspace::Write(const void* buf, size_t len, int flags, uint64_t addr) {
@@ -167,7 +246,42 @@ absl::StatusOr<size_t> Vmspace::Write(const void* buf, size_t len, int flags, ui
     return ErrnoError(EFAULT, absl::StrFormat("vmspace_pwrite(%#x): above the vmspace's top", addr));
   }
   if (len > kTop - addr) len = kTop - addr;
-  return space_->Write(addr, buf, len);
+  return Copy(addr, const_cast<void*>(buf), len, true);
+}
+
+absl::StatusOr<size_t> Vmspace::Copy(uint64_t addr, void* buf, size_t len, bool write) {
+  vpt::Space* vpt = vpt_ptr_.load(std::memory_order_acquire);
+  if (vpt == nullptr) return write ? space_->Write(addr, buf, len) : space_->Read(addr, buf, len);
+  // Piece by piece: VPAGETABLE regions through walks, everything else through the backend.
+  auto* bytes = static_cast<unsigned char*>(buf);
+  size_t done = 0;
+  while (done < len) {
+    const uint64_t cur = addr + done;
+    const auto regions = vpt->RegionPieces(cur, len - done);
+    size_t want;
+    size_t got;
+    if (!regions.empty() && regions[0].first == cur) {
+      want = regions[0].second - cur;
+      got = vpt->Copy(cur, bytes + done, want, write);
+    } else {
+      want = regions.empty() ? len - done : regions[0].first - cur;
+      auto copied = write ? space_->Write(cur, bytes + done, want)
+                          : space_->Read(cur, bytes + done, want);
+      if (!copied.ok()) {
+        if (done == 0) return copied.status();
+        break;
+      }
+      got = *copied;
+    }
+    done += got;
+    if (got < want) break;
+  }
+  if (done == 0) {
+    return ErrnoError(EFAULT, absl::StrFormat(
+        "%s(%#x, %zu): the first page is not accessible (for a MAP_VPAGETABLE region: the "
+        "walk failed)", write ? "vmspace_pwrite" : "vmspace_pread", addr, len));
+  }
+  return done;
 }
 
 absl::StatusOr<GuestExit> Vmspace::Run(trapframe& tf, const vextframe& vf, void* xstate,

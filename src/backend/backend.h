@@ -19,12 +19,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "vkrt/vmspace.h"
+#include "vpagetable/space.h"
 
 namespace vkrt {
 
@@ -108,10 +110,48 @@ class AddressSpace {
   //     the caller; *state.tf is the guest's state at the stop;
   //   - a host error (EFAULT if the address space died, ENOMEM/EAGAIN if no guest context
   //     can be created); *state.tf is then unspecified and the guest did not resume.
+  // MAP_VPAGETABLE (SPEC §4): a page fault at an address of a region of vpt() never
+  // reaches the vkernel while vpt()->Resolve() can install a translation (through this
+  // space's Install, in the caller's context); it ends RUN as kPageFault only when the walk
+  // fails, with the walk's PGEX_* bits and the exact address.
   virtual absl::StatusOr<GuestExit> Run(GuestState& state, const RunLimits& limits) = 0;
+
+  // ---- MAP_VPAGETABLE support (the decisions are vpagetable/space.h's) ----
+  // Makes the vkernel's memory object `fd` usable by Install until DetachObject(handle).
+  // Outcomes: a handle; or a host error.
+  virtual absl::StatusOr<int> AttachObject(int fd) = 0;
+  virtual absl::Status DetachObject(int handle) = 0;
+  // Maps `len` bytes of object `handle` at byte `offset` to guest page `addr` with PROT_*
+  // `prot`, shared, replacing what is there. Called with the vpt::Space lock held, from
+  // Run's fault path or from mcontrol. Outcome: OK or a host error.
+  virtual absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
+                               uint64_t offset) = 0;
+  // The VPAGETABLE state Run consults; set once, before the first VPAGETABLE mapping exists,
+  // by the owner, which keeps it alive longer than this space.
+  void set_vpt(vpt::Space* space) { vpt_.store(space, std::memory_order_release); }
+  vpt::Space* vpt() const { return vpt_.load(std::memory_order_acquire); }
 
   // Drops the caller's guest context, if any (the caller thread is exiting).
   virtual void ReleaseCallerContext() = 0;
+
+ private:
+  std::atomic<vpt::Space*> vpt_{nullptr};
+};
+
+// The vpt::Installer of an AddressSpace: installs with Install(); drops by re-reserving the
+// range (an inaccessible anonymous mapping, so that nothing else is placed there and every
+// access faults).
+class SpaceInstaller : public vpt::Installer {
+ public:
+  explicit SpaceInstaller(AddressSpace& space) : space_(space) {}
+  absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
+                       uint64_t offset) override {
+    return space_.Install(addr, len, prot, handle, offset);
+  }
+  absl::Status Drop(uint64_t addr, uint64_t len) override;
+
+ private:
+  AddressSpace& space_;
 };
 
 // A way of running guests. Thread-safe.

@@ -240,6 +240,7 @@ struct Context {
 };
 
 constexpr int kSpinBackoff = 32;
+constexpr uint64_t kPgexProtectionKey = 0x20;  // a page fault's PK bit
 
 // Loads `want` into the stopped stub thread of `c`, writing only the registers that differ
 // from what it holds when that is known.
@@ -316,6 +317,10 @@ class PtraceAddressSpace : public AddressSpace {
   absl::StatusOr<size_t> Write(uint64_t addr, const void* buf, size_t len) override;
   absl::StatusOr<GuestExit> Run(GuestState& state, const RunLimits& limits) override;
   void ReleaseCallerContext() override;
+  absl::StatusOr<int> AttachObject(int fd) override;
+  absl::Status DetachObject(int handle) override;
+  absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
+                       uint64_t offset) override;
 
   // Creates the calling thread's context (also used right after the fork, to check the
   // stub booted).
@@ -323,6 +328,8 @@ class PtraceAddressSpace : public AddressSpace {
 
  private:
   absl::StatusOr<Context*> CreateContext(pid_t tracer);
+  // Passes the vkernel's `fd` to the stub (SCM_RIGHTS); returns its number there.
+  absl::StatusOr<int> SendFd(Context& c, int fd);
   // Runs one system call in context `c` (stopped) and returns its raw result.
   absl::StatusOr<long> Inject(Context& c, long nr, uint64_t a0 = 0, uint64_t a1 = 0,
                               uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
@@ -504,6 +511,63 @@ absl::StatusOr<long> PtraceAddressSpace::Inject(Context& c, long nr, uint64_t a0
   return static_cast<long>(regs.rax);
 }
 
+absl::StatusOr<int> PtraceAddressSpace::SendFd(Context& c, int fd) {
+  // Hand the vkernel's file to the stub over its fd socket (SCM_RIGHTS): the stub gets the
+  // same open file description.
+  char byte = 'F';
+  struct iovec iov = {&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  if (sendmsg(fd_sock_, &msg, MSG_NOSIGNAL) != 1) {
+    return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid_));
+  }
+  // The stub's msghdr lives in the context's slot scratch page.
+  const uint64_t base = SlotBase(static_cast<int>(&c - contexts_.data())) + 0x100;
+  struct Remote {
+    struct msghdr msg;
+    char pad0[64 - sizeof(struct msghdr)];
+    struct iovec iov;
+    char pad1[32 - sizeof(struct iovec)];
+    char byte[32];
+    alignas(cmsghdr) char control[64];
+  } remote = {};
+  static_assert(sizeof(struct msghdr) <= 64 && sizeof(Remote) == 192);
+  remote.msg.msg_iov = reinterpret_cast<struct iovec*>(base + offsetof(Remote, iov));
+  remote.msg.msg_iovlen = 1;
+  remote.msg.msg_control = reinterpret_cast<void*>(base + offsetof(Remote, control));
+  remote.msg.msg_controllen = sizeof(remote.control);
+  remote.iov.iov_base = reinterpret_cast<void*>(base + offsetof(Remote, byte));
+  remote.iov.iov_len = 1;
+  auto written = Transfer(true, base, &remote, sizeof(remote));
+  if (!written.ok() || *written != sizeof(remote)) {
+    return ErrnoError(EFAULT, "could not prepare the stub's fd message");
+  }
+  auto got = Inject(c, SYS_recvmsg, static_cast<uint64_t>(stub_fd_sock_), base,
+                    MSG_CMSG_CLOEXEC);
+  if (!got.ok()) return got.status();
+  if (*got != 1) {
+    return ErrnoError(*got < 0 ? static_cast<int>(-*got) : EIO,
+                      absl::StrFormat("recvmsg(SCM_RIGHTS) in stub %d", pid_));
+  }
+  // The number the stub's kernel gave the fd, from the control message it received.
+  int stub_fd = -1;
+  auto read = Transfer(false, base + offsetof(Remote, control) + CMSG_LEN(0), &stub_fd,
+                       sizeof(stub_fd));
+  if (!read.ok() || *read != sizeof(stub_fd) || stub_fd < 0) {
+    return ErrnoError(EIO, absl::StrFormat("recvmsg(SCM_RIGHTS) in stub %d: no fd", pid_));
+  }
+  return stub_fd;
+}
+
 absl::StatusOr<uint64_t> PtraceAddressSpace::Map(const MapRequest& r) {
   auto ctx = CallerContext();
   if (!ctx.ok()) return ctx.status();
@@ -511,53 +575,10 @@ absl::StatusOr<uint64_t> PtraceAddressSpace::Map(const MapRequest& r) {
   int flags = r.flags & ~MAP_VPAGETABLE;
   int fd = -1;
   if (r.fd >= 0) {
-    // Hand the vkernel's file to the stub over its fd socket (SCM_RIGHTS): the stub gets
-    // the same open file description, uses it for mmap and closes it at once.
-    char byte = 'F';
-    struct iovec iov = {&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    struct msghdr msg = {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &r.fd, sizeof(int));
-    if (sendmsg(fd_sock_, &msg, MSG_NOSIGNAL) != 1) {
-      return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", r.fd, pid_));
-    }
-    // The stub's msghdr lives in the context's slot scratch page.
-    const uint64_t base = SlotBase(static_cast<int>(&c - contexts_.data())) + 0x100;
-    struct {
-      struct msghdr msg;
-      char pad0[64 - sizeof(struct msghdr)];
-      struct iovec iov;
-      char pad1[32 - sizeof(struct iovec)];
-      char byte[32];
-      char control[64];
-    } remote = {};
-    static_assert(sizeof(struct msghdr) <= 64 && sizeof(remote) == 192);
-    remote.msg.msg_iov = reinterpret_cast<struct iovec*>(base + 64);
-    remote.msg.msg_iovlen = 1;
-    remote.msg.msg_control = reinterpret_cast<void*>(base + 128);
-    remote.msg.msg_controllen = 64;
-    remote.iov.iov_base = reinterpret_cast<void*>(base + 96);
-    remote.iov.iov_len = 1;
-    auto written = Transfer(true, base, &remote, sizeof(remote));
-    if (!written.ok() || *written != sizeof(remote)) {
-      return ErrnoError(EFAULT, "vmspace_mmap: could not prepare the stub's fd message");
-    }
-    auto got = Inject(c, SYS_recvmsg, static_cast<uint64_t>(stub_fd_sock_), base,
-                      MSG_CMSG_CLOEXEC);
-    if (!got.ok()) return got.status();
-    if (*got != 1) {
-      return ErrnoError(*got < 0 ? static_cast<int>(-*got) : EIO,
-                        absl::StrFormat("recvmsg(SCM_RIGHTS) in stub %d", pid_));
-    }
-    fd = stub_free_fd_;
+    // The stub maps the received duplicate and closes it at once.
+    auto sent = SendFd(c, r.fd);
+    if (!sent.ok()) return sent.status();
+    fd = *sent;
   }
   auto result = Inject(c, SYS_mmap, r.addr, r.len, static_cast<uint64_t>(r.prot),
                        static_cast<uint64_t>(flags), static_cast<uint64_t>(fd),
@@ -574,6 +595,35 @@ absl::StatusOr<uint64_t> PtraceAddressSpace::Map(const MapRequest& r) {
                                       pid_));
   }
   return static_cast<uint64_t>(*result);
+}
+
+absl::StatusOr<int> PtraceAddressSpace::AttachObject(int fd) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  return SendFd(**ctx, fd);  // kept open in the stub until DetachObject
+}
+
+absl::Status PtraceAddressSpace::DetachObject(int handle) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  auto closed = Inject(**ctx, SYS_close, static_cast<uint64_t>(handle));
+  return closed.ok() ? absl::OkStatus() : closed.status();
+}
+
+absl::Status PtraceAddressSpace::Install(uint64_t addr, uint64_t len, int prot, int handle,
+                                         uint64_t offset) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  auto result = Inject(**ctx, SYS_mmap, addr, len, static_cast<uint64_t>(prot),
+                       MAP_SHARED | MAP_FIXED, static_cast<uint64_t>(handle), offset);
+  if (!result.ok()) return result.status();
+  if (*result < 0 && *result > -4096) {
+    return ErrnoError(static_cast<int>(-*result),
+                      absl::StrFormat("mmap(%#x, %#x, %#x, MAP_SHARED|MAP_FIXED, %d, %#x) in "
+                                      "stub %d (a VPAGETABLE translation)",
+                                      addr, len, prot, handle, offset, pid_));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status PtraceAddressSpace::Unmap(uint64_t addr, uint64_t len) {
@@ -774,6 +824,8 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   bool stopping = false;           // we sent PTRACE_INTERRUPT for this RUN
   bool awaiting_report = false;    // a fault signal was delivered to the stub's handler
   user_regs_struct fault_regs;     // guest registers at that fault
+  bool vpt_fault = false;          // that fault hit a VPAGETABLE region...
+  uint64_t vpt_addr = 0;           // ...at this address
   for (;;) {
     int status;
     if (!stopping) {
@@ -837,6 +889,33 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
           // Linux had not populated it yet (the hardware then reports "not present").
           const int si_code = static_cast<int>(regs.r10);
           if (si_code == SEGV_ACCERR || si_code == SEGV_PKUERR) exit.err |= PGEX_P;
+          if (vpt_fault && !(regs.rsi & kPgexProtectionKey)) {
+            // A VPAGETABLE fault whose access the signal could not tell: now it is known.
+            const vpt::Access access = (regs.rsi & PGEX_W)   ? vpt::Access::kWrite
+                                       : (regs.rsi & PGEX_I) ? vpt::Access::kExecute
+                                                             : vpt::Access::kRead;
+            SpaceInstaller installer(*this);
+            auto resolved = vpt()->Resolve(vpt_addr, access, installer);
+            if (!resolved.ok()) return resolved.status();
+            using Outcome = vpt::Resolution::Outcome;
+            if (resolved->outcome == Outcome::kInstalled) {
+              // Back to the faulting instruction, with the FPU state the handler reset.
+              c.regs_known = false;
+              if (auto s = LoadRegs(c, fault_regs); !s.ok()) return s;
+              if (auto s = SetXstate(tid, state.xstate); !s.ok()) return s;
+              c.regs_known = false;
+              awaiting_report = false;
+              vpt_fault = false;
+              if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) {
+                return s;
+              }
+              continue;
+            }
+            if (resolved->outcome == Outcome::kFault) {
+              exit.addr = vpt_addr;
+              exit.err = resolved->err;
+            }
+          }
         }
         x86_64::UserRegsToFrame(fault_regs, *state.tf);
         c.regs_known = false;  // the thread holds the handler's registers
@@ -882,8 +961,56 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
           kill(pid_, SIGKILL);
           continue;
         }
-        // Let the stub's handler read the hardware trap number and error code.
         if (auto s = GetRegs(tid, fault_regs); !s.ok()) return s;
+        c.regs = fault_regs;  // what the thread holds: resuming it needs no register write
+        c.regs_known = true;
+        vpt_fault = false;
+        if (sig == SIGSEGV && vpt() != nullptr) {
+          // A VPAGETABLE fault is resolved here, before any handler runs, when the signal
+          // tells the access (vpagetable/space.h InferAccess): one stop for the fault, one
+          // for the install.
+          siginfo_t si = {};
+          int installed = -1;
+          if (ptrace(PTRACE_GETSIGINFO, tid, 0, &si) == 0 &&
+              vpt()->Lookup(reinterpret_cast<uint64_t>(si.si_addr), installed)) {
+            vpt_fault = true;
+            vpt_addr = reinterpret_cast<uint64_t>(si.si_addr);
+            vpt::Access access;
+            const vpt::Inference inference =
+                vpt::InferAccess(vpt_addr, fault_regs.rip, si.si_code, installed, access);
+            if (inference != vpt::Inference::kUnknown) {
+              SpaceInstaller installer(*this);
+              auto resolved = vpt()->Resolve(vpt_addr, access, installer,
+                                             inference == vpt::Inference::kGuessRead);
+              if (!resolved.ok()) return resolved.status();
+              using Outcome = vpt::Resolution::Outcome;
+              if (resolved->outcome == Outcome::kInstalled ||
+                  resolved->outcome == Outcome::kNotVpt) {
+                // Retry the access; the SIGSEGV is discarded.
+                if (auto s = LoadRegs(c, fault_regs); !s.ok()) return s;
+                c.regs_known = false;
+                if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) {
+                  return s;
+                }
+                continue;
+              }
+              if (resolved->outcome == Outcome::kFault) {
+                x86_64::UserRegsToFrame(fault_regs, *state.tf);
+                if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
+                RememberXstate(c, state.xstate);
+                // The thread stays at the SIGSEGV's delivery stop; the next RUN's resume
+                // discards the signal.
+                exit.kind = GuestExit::Kind::kPageFault;
+                exit.trapno = T_PAGEFLT;
+                exit.addr = vpt_addr;
+                exit.err = resolved->err;
+                return exit;
+              }
+              // kUnsure: the hardware error code decides (below).
+            }
+          }
+        }
+        // Let the stub's handler read the hardware trap number and error code.
         if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
         awaiting_report = true;
         if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, static_cast<uint64_t>(sig), "PTRACE_SYSEMU");

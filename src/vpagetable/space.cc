@@ -1,0 +1,273 @@
+#include "vpagetable/space.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "common/errno_status.h"
+#include "vkrt/vmspace.h"
+
+namespace vkrt::vpt {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+uint32_t AccessBits(Access access) {
+  return PGEX_U | (access == Access::kWrite ? PGEX_W : 0) |
+         (access == Access::kExecute ? PGEX_I : 0);
+}
+
+}  // namespace
+
+// Why each rule holds (x86 fetches an instruction before it touches data; Linux reports
+// SEGV_MAPERR where no host mapping exists and SEGV_ACCERR where one refused the access):
+//   - not installed, the faulting address on rip's page: the instruction itself could not
+//     be fetched (no data access happens before that), so it is a fetch;
+//   - not installed, the address just past rip's page within an instruction's length: the
+//     fetch of the instruction's tail or a data access; unknown;
+//   - not installed, elsewhere: a data access, read or write;
+//   - installed without write but with execute: reads and fetches pass, so it is a write;
+//   - installed without write and without execute: a write, unless a fetch could have
+//     touched the page (rip's page or the straddle case above);
+//   - installed with write but without execute: a fetch;
+//   - anything else (everything allowed, protection keys, a record that disagrees with the
+//     signal): unknown.
+Inference InferAccess(uint64_t addr, uint64_t rip, int si_code, int installed_prot,
+                      Access& access) {
+  const uint64_t page = addr >> 12;
+  const uint64_t rip_page = rip >> 12;
+  const bool fetch_first = page == rip_page;
+  const bool straddle = page == rip_page + 1 && addr >= rip && addr - rip < 16;
+  if (si_code == SEGV_MAPERR) {
+    if (installed_prot >= 0 || straddle) return Inference::kUnknown;
+    if (fetch_first) {
+      access = Access::kExecute;
+      return Inference::kKnown;
+    }
+    access = Access::kRead;
+    return Inference::kGuessRead;
+  }
+  if (si_code != SEGV_ACCERR || installed_prot < 0) return Inference::kUnknown;
+  const bool w = (installed_prot & PROT_WRITE) != 0;
+  const bool x = (installed_prot & PROT_EXEC) != 0;
+  if (fetch_first && !x) {
+    access = Access::kExecute;
+    return Inference::kKnown;
+  }
+  if (!w && x) {
+    access = Access::kWrite;
+    return Inference::kKnown;
+  }
+  if (!w && !x) {
+    if (fetch_first || straddle) return Inference::kUnknown;
+    access = Access::kWrite;
+    return Inference::kKnown;
+  }
+  if (w && !x) {
+    access = Access::kExecute;
+    return Inference::kKnown;
+  }
+  return Inference::kUnknown;
+}
+
+Space::Space(size_t budget) : tlb_(budget) {}
+
+size_t Space::StubBudget() {
+  static const size_t budget = [] {
+    size_t max = 65530;
+    if (FILE* f = fopen("/proc/sys/vm/max_map_count", "r")) {
+      unsigned long long v;
+      if (fscanf(f, "%llu", &v) == 1) max = v;
+      fclose(f);
+    }
+    return std::clamp<size_t>(max / 2, 64, 32768);
+  }();
+  return budget;
+}
+
+Space::Regions::iterator Space::Find(uint64_t addr) {
+  auto it = regions_.upper_bound(addr);
+  if (it == regions_.begin()) return regions_.end();
+  --it;
+  return addr < it->second.end ? it : regions_.end();
+}
+
+void Space::SplitAt(uint64_t at) {
+  auto it = Find(at);
+  if (it == regions_.end() || it->first == at) return;
+  Region tail = it->second;
+  tail.offset += at - it->first;
+  it->second.end = at;
+  regions_.emplace(at, std::move(tail));
+}
+
+void Space::AddRegion(uint64_t start, uint64_t len, int prot, uint64_t offset,
+                      std::shared_ptr<Backing> backing, int handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t end = start + len;
+  SplitAt(start);
+  SplitAt(end);
+  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end;) {
+    it = regions_.erase(it);
+  }
+  tlb_.EraseRange(start, end);
+  regions_.emplace(start, Region{end, prot, offset, 0, std::move(backing), handle});
+}
+
+std::vector<int> Space::RemoveRange(uint64_t start, uint64_t len) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t end = start + len;
+  std::vector<int> released;
+  SplitAt(start);
+  SplitAt(end);
+  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end;) {
+    const int handle = it->second.handle;
+    it = regions_.erase(it);
+    bool used = false;
+    for (const auto& [s, r] : regions_) used = used || r.handle == handle;
+    if (!used && std::find(released.begin(), released.end(), handle) == released.end()) {
+      released.push_back(handle);
+    }
+  }
+  tlb_.EraseRange(start, end);
+  return released;
+}
+
+int Space::HandleFor(const Backing* backing) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [s, r] : regions_) {
+    if (r.backing.get() == backing) return r.handle;
+  }
+  return -1;
+}
+
+bool Space::HasRegions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !regions_.empty();
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> Space::RegionPieces(uint64_t start,
+                                                               uint64_t len) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> pieces;
+  const uint64_t end = start + len;
+  auto it = regions_.upper_bound(start);
+  if (it != regions_.begin()) --it;
+  for (; it != regions_.end() && it->first < end; ++it) {
+    const uint64_t s = std::max(start, it->first);
+    const uint64_t e = std::min(end, it->second.end);
+    if (s < e) pieces.emplace_back(s, e);
+  }
+  return pieces;
+}
+
+absl::Status Space::DropRange(uint64_t start, uint64_t end, Installer& installer) {
+  if (tlb_.EraseRange(start, end) == 0) return absl::OkStatus();
+  return installer.Drop(start, end - start);
+}
+
+absl::Status Space::SetMap(uint64_t start, uint64_t len, uint64_t root, Installer& installer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t end = start + len;
+  SplitAt(start);
+  SplitAt(end);
+  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end; ++it) {
+    it->second.root = root;
+    if (auto s = DropRange(it->first, it->second.end, installer); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Space::Invalidate(uint64_t start, uint64_t len, Installer& installer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return DropRange(start, start + len, installer);
+}
+
+bool Space::Lookup(uint64_t addr, int& installed_prot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (Find(addr) == regions_.end()) return false;
+  installed_prot = tlb_.Find(addr & ~(kPage - 1));
+  return true;
+}
+
+absl::StatusOr<Resolution> Space::Resolve(uint64_t addr, Access access, Installer& installer,
+                                          bool speculative) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Resolution result;
+  auto it = Find(addr);
+  if (it == regions_.end()) return result;  // kNotVpt
+  const Region& r = it->second;
+  const uint64_t page = addr & ~(kPage - 1);
+  auto fail = [&](uint32_t err) {
+    result.outcome = speculative ? Resolution::Outcome::kUnsure : Resolution::Outcome::kFault;
+    result.err = err;
+    return result;
+  };
+  // The mapping's own protection comes first (DragonFly checks the map entry before the
+  // walk): a fetch from a mapping without PROT_EXEC is refused whatever the tables say.
+  if (access == Access::kExecute && !(r.prot & PROT_EXEC)) {
+    return fail(AccessBits(access) | PGEX_P);
+  }
+  if (r.root == 0) return fail(AccessBits(access));  // no MADV_SETMAP yet
+  const uint64_t index = ((page - it->first) + r.offset) >> 12;
+  WalkResult walk = Walk(*r.backing, r.root, index, access, r.prot);
+  if (!walk.ok) return fail(walk.err);
+  if (!r.backing->Contains(walk.page_offset, kPage)) {
+    return fail(AccessBits(access));  // a frame beyond the object's end: nothing there
+  }
+  int prot = walk.prot;
+  if (speculative) prot &= ~PROT_WRITE;  // a write must fault again and set M
+  if (tlb_.Find(page) < 0 && tlb_.full()) {
+    // Out of translations (vm.max_map_count): flush everything, as a full TLB would.
+    for (const auto& [start, region] : regions_) {
+      if (auto s = installer.Drop(start, region.end - start); !s.ok()) return s;
+    }
+    tlb_.Clear();
+    ++evictions_;
+  }
+  if (auto s = installer.Install(page, kPage, prot, r.handle, walk.page_offset); !s.ok()) {
+    return s;
+  }
+  tlb_.Put(page, prot);
+  result.outcome = Resolution::Outcome::kInstalled;
+  return result;
+}
+
+size_t Space::Copy(uint64_t addr, void* buf, size_t len, bool write) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = Find(addr);
+  if (it == regions_.end()) return 0;
+  const Region& r = it->second;
+  if (r.root == 0) return 0;
+  const Access access = write ? Access::kWrite : Access::kRead;
+  size_t done = 0;
+  auto* bytes = static_cast<unsigned char*>(buf);
+  while (done < len && addr + done < r.end) {
+    const uint64_t cur = addr + done;
+    const uint64_t page = cur & ~(kPage - 1);
+    const uint64_t index = ((page - it->first) + r.offset) >> 12;
+    WalkResult walk = Walk(*r.backing, r.root, index, access, r.prot);
+    if (!walk.ok) break;
+    const size_t chunk = std::min<uint64_t>(len - done, page + kPage - cur);
+    if (!r.backing->Copy(walk.page_offset + (cur - page), bytes + done, chunk, write)) break;
+    done += chunk;
+  }
+  return done;
+}
+
+size_t Space::installed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tlb_.size();
+}
+
+uint64_t Space::evictions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return evictions_;
+}
+
+}  // namespace vkrt::vpt
