@@ -1,7 +1,7 @@
 // Conformance suite for the vkrt C API (the contract: SPEC.md sections 1-4), run against every
 // backend. Each test creates its own vmspace with vmspace_create(id, GetParam(), NULL), loads a
-// tiny guest from guest_code.h and checks exact results. MAP_VPAGETABLE translation is not
-// covered here; only its argument checks are.
+// tiny guest from guest_code.h and checks exact results. The Vpagetable tests cover
+// MAP_VPAGETABLE (SPEC §4) through the real backends.
 
 #include <dirent.h>
 #include <errno.h>
@@ -2199,6 +2199,498 @@ TEST(BackendSelection, NamesAndAvailability) {
 
 std::string ParamName(const ::testing::TestParamInfo<int>& info) { return BackendName(info.param); }
 
+// ---- MAP_VPAGETABLE (SPEC §4) -----------------------------------------------------------------
+//
+// The guest's VPAGETABLE region sits at kVptAddr with object offset 0, so guest page
+// kVptAddr + i*4096 has walk index i. The test builds the tables in a memfd ("physical memory")
+// as a vkernel's pmap would and watches the A/M bits the runtime sets in them.
+
+constexpr uint64_t kVptAddr = 0x40000000;
+constexpr uint64_t kVptLen = 0x40000000;  // 1 GiB: 262144 pages
+constexpr uint64_t kVpteUser = VPTE_V | VPTE_RW | VPTE_U;
+
+uint64_t VptPage(uint64_t index) { return kVptAddr + index * kPage; }
+
+// Page tables and pages in a memfd. Frames are byte offsets; frame 0 is the first top table.
+class PhysMem {
+ public:
+  explicit PhysMem(size_t size) : mem_(size), size_(size) {}
+  bool ok() const { return mem_.ok(); }
+  int fd() const { return mem_.fd(); }
+  uint64_t Load(uint64_t offset) const { return mem_.Load(offset); }
+  void Store(uint64_t offset, uint64_t v) { mem_.Store(offset, v); }
+
+  // The MADV_SETMAP value for the current top table.
+  uint64_t root() const { return top_ | VPTE_V | VPTE_RW | VPTE_U; }
+  // Starts a new, empty set of tables (for SETMAP tests).
+  void NewTop() { top_ = NewFrame(); }
+  // A fresh zeroed frame. Aborts the test binary if the memfd is exhausted (a test bug).
+  uint64_t NewFrame() {
+    const uint64_t frame = next_ * kPage;
+    if (frame + kPage > size_) abort();
+    ++next_;
+    return frame;
+  }
+  // Byte offset of the entry for walk index `index` at `level` (3 = top table, 0 = last),
+  // creating the tables above it.
+  uint64_t EntryOffset(uint64_t index, int level = 0) {
+    uint64_t table = top_;
+    for (int l = 3; l > level; --l) {
+      const uint64_t slot = table + ((index >> (9 * l)) & 511) * 8;
+      uint64_t e = Load(slot);
+      if (!(e & VPTE_V)) {
+        e = NewFrame() | kVpteUser;
+        Store(slot, e);
+      }
+      table = e & VPTE_FRAME;
+    }
+    return table + ((index >> (9 * level)) & 511) * 8;
+  }
+  void Map(uint64_t index, uint64_t frame, uint64_t bits = kVpteUser) {
+    Store(EntryOffset(index), frame | bits);
+  }
+  uint64_t Entry(uint64_t index, int level = 0) { return Load(EntryOffset(index, level)); }
+
+ private:
+  SharedMemfd mem_;
+  size_t size_;
+  uint64_t top_ = 0;
+  uint64_t next_ = 1;
+};
+
+class Vpagetable : public Conformance {
+ protected:
+  // Maps the VPAGETABLE region over `pm` and, with `setmap`, points it at pm's tables.
+  void MapVpt(void* id, PhysMem& pm, bool setmap = true, int prot = kRwx) {
+    ASSERT_TRUE(pm.ok());
+    ASSERT_NO_FATAL_FAILURE(
+        MapFd(id, kVptAddr, kVptLen, prot, MAP_SHARED | MAP_VPAGETABLE, pm.fd(), 0));
+    if (setmap) {
+      ASSERT_EQ(0, vmspace_mcontrol(id, AsPtr(kVptAddr), kVptLen, MADV_SETMAP,
+                                    static_cast<off_t>(pm.root())))
+          << strerror(errno);
+    }
+  }
+  // Runs kGuestLoad on `addr`; expects the syscall and returns the loaded value.
+  uint64_t GuestLoad(void* id, uint64_t addr) {
+    trapframe tf = Frame();
+    tf.tf_rdi = static_cast<int64_t>(addr);
+    EXPECT_NO_FATAL_FAILURE(RunExpectTrap(id, &tf, T_FAST_SYSCALL));
+    return AsU64(tf.tf_rax);
+  }
+  void GuestStore(void* id, uint64_t addr, uint64_t value) {
+    trapframe tf = Frame();
+    tf.tf_rdi = static_cast<int64_t>(addr);
+    tf.tf_rsi = static_cast<int64_t>(value);
+    EXPECT_NO_FATAL_FAILURE(RunExpectTrap(id, &tf, T_FAST_SYSCALL));
+  }
+  static void Inval(void* id, uint64_t addr, uint64_t len) {
+    ASSERT_EQ(0, vmspace_mcontrol(id, AsPtr(addr), len, MADV_INVAL, 0)) << strerror(errno);
+  }
+};
+
+TEST_P(Vpagetable, ReadsAndWritesGoThroughTheTablesAndSetAccessedAndModified) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  const uint64_t frame = pm.NewFrame();
+  pm.Store(frame + 16, 0x1122334455667788ULL);
+  pm.Map(5, frame);
+
+  // A read: the guest sees the frame's contents; A is set at every level, M nowhere.
+  EXPECT_EQ(0x1122334455667788ULL, GuestLoad(vm.id(), VptPage(5) + 16));
+  for (int level = 0; level < 4; ++level) {
+    const uint64_t e = pm.Entry(5, level);
+    EXPECT_TRUE(e & VPTE_A) << "level " << level << ": " << Hex(e);
+    EXPECT_FALSE(e & VPTE_M) << "level " << level << ": " << Hex(e);
+  }
+
+  // A write to the page now installed read-only faults again inside the runtime, sets M and
+  // upgrades the translation; the vkernel sees only the guest's syscall.
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestStore));
+  GuestStore(vm.id(), VptPage(5) + 24, 0xBEEF);
+  EXPECT_EQ(0xBEEFu, pm.Load(frame + 24));
+  EXPECT_TRUE(pm.Entry(5) & VPTE_M) << Hex(pm.Entry(5));
+  GuestStore(vm.id(), VptPage(5) + 32, 0xCAFE);  // writable now: no walk needed
+  EXPECT_EQ(0xCAFEu, pm.Load(frame + 32));
+
+  // What the vkernel writes into the frame, the guest reads (the same pages).
+  pm.Store(frame + 40, 77);
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestLoad));
+  EXPECT_EQ(77u, GuestLoad(vm.id(), VptPage(5) + 40));
+}
+
+TEST_P(Vpagetable, FirstAccessIsAWriteSetsModifiedOnTheWay) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestStore));
+  const uint64_t frame = pm.NewFrame();
+  pm.Map(9, frame);
+  GuestStore(vm.id(), VptPage(9) + 8, 0x5151);
+  EXPECT_EQ(0x5151u, pm.Load(frame + 8));
+  for (int level = 0; level < 4; ++level) {
+    const uint64_t e = pm.Entry(9, level);
+    EXPECT_EQ(VPTE_A | VPTE_M, e & (VPTE_A | VPTE_M)) << "level " << level << ": " << Hex(e);
+  }
+}
+
+TEST_P(Vpagetable, FailedWalksReportExactAddressAndErrorBits) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm, /*setmap=*/false));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+
+  // No MADV_SETMAP yet: every access faults, not present.
+  ExpectFault(vm.id(), kGuestLoad, VptPage(3) + 0x123, VptPage(3) + 0x123, PGEX_U, kCodeAddr);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kVptLen, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));
+
+  // A missing table on the way, and a missing last entry: not present.
+  ExpectFault(vm.id(), kGuestLoad, VptPage(3) + 0x123, VptPage(3) + 0x123, PGEX_U, kCodeAddr);
+  pm.EntryOffset(3);  // creates the tables; the entry stays 0
+  ExpectFault(vm.id(), kGuestLoad, VptPage(3) + 0x8, VptPage(3) + 0x8, PGEX_U, kCodeAddr);
+  ExpectFault(vm.id(), kGuestStore, VptPage(3) + 0x10, VptPage(3) + 0x10, PGEX_U | PGEX_W,
+              kCodeAddr);
+
+  // Read-only entry: reads pass, a write is a protection fault (and A is set).
+  const uint64_t ro = pm.NewFrame();
+  pm.Store(ro, 0xAB);
+  pm.Map(4, ro, VPTE_V | VPTE_U);
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestLoad));
+  EXPECT_EQ(0xABu, GuestLoad(vm.id(), VptPage(4)));
+  ExpectFault(vm.id(), kGuestStore, VptPage(4) + 0x18, VptPage(4) + 0x18,
+              PGEX_U | PGEX_W | PGEX_P, kCodeAddr);
+  EXPECT_EQ(0u, pm.Load(ro + 0x18));
+  EXPECT_TRUE(pm.Entry(4) & VPTE_A);
+  EXPECT_FALSE(pm.Entry(4) & VPTE_M);
+  // Read-only at an upper level: the same, even though the last entry is writable.
+  pm.Map(0x20000, pm.NewFrame());
+  pm.Store(pm.EntryOffset(0x20000, 1), pm.Entry(0x20000, 1) & ~VPTE_RW);
+  ExpectFault(vm.id(), kGuestStore, VptPage(0x20000), VptPage(0x20000),
+              PGEX_U | PGEX_W | PGEX_P, kCodeAddr);
+
+  // Code: fetchable through a plain entry; NX refuses the fetch.
+  const uint64_t code = pm.NewFrame();
+  pm.Map(6, code);
+  pm.Map(7, code, kVpteUser | VPTE_NX);
+  ASSERT_NO_FATAL_FAILURE(PokeCode(vm.id(), kCodeAddr, kGuestJump));
+  const unsigned char syscall_insn[] = {0x0f, 0x05};
+  Poke(vm.id(), VptPage(6), syscall_insn, sizeof(syscall_insn));  // through the walk
+  trapframe tf = Frame();
+  tf.tf_rdi = static_cast<int64_t>(VptPage(6));
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(VptPage(6) + 2, AsU64(tf.tf_rip));
+  ExpectFault(vm.id(), kGuestJump, VptPage(7), VptPage(7), PGEX_U | PGEX_I | PGEX_P,
+              VptPage(7));
+  ExpectFault(vm.id(), kGuestJump, VptPage(3), VptPage(3), PGEX_U | PGEX_I, VptPage(3));
+}
+
+TEST_P(Vpagetable, FetchFromARegionWithoutExecIsAProtectionFault) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm, true, kRw));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestJump));
+  pm.Map(2, pm.NewFrame());
+  ExpectFault(vm.id(), kGuestJump, VptPage(2), VptPage(2), PGEX_U | PGEX_I | PGEX_P, VptPage(2));
+}
+
+TEST_P(Vpagetable, InvalMakesEntryChangesVisible) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  const uint64_t a = pm.NewFrame();
+  const uint64_t b = pm.NewFrame();
+  pm.Store(a, 111);
+  pm.Store(b, 222);
+  pm.Map(0, a);
+  EXPECT_EQ(111u, GuestLoad(vm.id(), VptPage(0)));
+  pm.Map(0, b);
+  ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), VptPage(0), kPage));
+  EXPECT_EQ(222u, GuestLoad(vm.id(), VptPage(0)));
+  // Cleared and invalidated (over a 2 MiB range this time): the next access faults.
+  pm.Map(0, 0, 0);
+  ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), kVptAddr, 2 << 20));
+  ExpectFault(vm.id(), kGuestLoad, VptPage(0) + 8, VptPage(0) + 8, PGEX_U, kCodeAddr);
+  // INVAL over holes and plain mappings is fine.
+  ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), 0x100000, 0x20000000));
+}
+
+TEST_P(Vpagetable, SetMapSwitchesTablesAndDropsTranslations) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  const uint64_t a = pm.NewFrame();
+  pm.Store(a, 1);
+  pm.Map(1, a);
+  EXPECT_EQ(1u, GuestLoad(vm.id(), VptPage(1)));
+  pm.NewTop();
+  const uint64_t b = pm.NewFrame();
+  pm.Store(b, 2);
+  pm.Map(1, b);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kVptLen, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));
+  EXPECT_EQ(2u, GuestLoad(vm.id(), VptPage(1)));
+  // SETMAP on part of the region (DragonFly clips the entry): only that part changes.
+  pm.NewTop();
+  const uint64_t c = pm.NewFrame();
+  pm.Store(c, 3);
+  pm.Map(1, c);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(VptPage(1)), kPage, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));
+  EXPECT_EQ(3u, GuestLoad(vm.id(), VptPage(1)));
+  ExpectFault(vm.id(), kGuestLoad, VptPage(2), VptPage(2), PGEX_U, kCodeAddr);  // old tables: empty
+}
+
+TEST_P(Vpagetable, SetMapRules) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(1 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kPage, MADV_SETMAP,
+                                             static_cast<off_t>(pm.root())));
+  EXPECT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(0x30000000), kPage, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));  // a hole: nothing to set
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm, false));
+  EXPECT_FAILS_WITH(EINVAL, vmspace_mcontrol(vm.id(), AsPtr(kDataAddr), kVptAddr + kPage - kDataAddr,
+                                             MADV_SETMAP, static_cast<off_t>(pm.root())));
+  // Every other behaviour is accepted on a VPAGETABLE region.
+  for (int behav : {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED,
+                    VKRT_MADV_FREE, MADV_NOSYNC, MADV_AUTOSYNC, MADV_NOCORE, MADV_CORE}) {
+    EXPECT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), 4 * kPage, behav, 0)) << behav;
+  }
+}
+
+TEST_P(Vpagetable, MmapArgumentChecks) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(1 << 20);
+  ASSERT_TRUE(pm.ok());
+  const int vpt = MAP_VPAGETABLE | MAP_FIXED;
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, kRw,
+                                              MAP_PRIVATE | vpt, pm.fd(), 0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, kRw,
+                                              MAP_SHARED | MAP_ANONYMOUS | vpt, -1, 0));
+  EXPECT_MMAP_FAILS_WITH(EINVAL, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, PROT_READ,
+                                              MAP_SHARED | vpt, pm.fd(), 0));
+  EXPECT_MMAP_FAILS_WITH(EBADF, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, kRw,
+                                             MAP_SHARED | vpt, 1000, 0));
+  TempFile file;
+  ASSERT_GE(file.fd(), 0);
+  ASSERT_EQ(0, ftruncate(file.fd(), 1 << 20));
+  ScopedFd ro(file.Reopen(O_RDONLY));
+  EXPECT_MMAP_FAILS_WITH(EACCES, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, kRw,
+                                              MAP_SHARED | vpt, ro.get(), 0));
+  int pipefd[2];
+  ASSERT_EQ(0, pipe2(pipefd, O_CLOEXEC));
+  ScopedFd r(pipefd[0]), w(pipefd[1]);
+  EXPECT_MMAP_FAILS_WITH(ENODEV, vmspace_mmap(vm.id(), AsPtr(kVptAddr), kPage, kRw,
+                                              MAP_SHARED | vpt, r.get(), 0));
+  // A regular file works like a memfd; without MAP_FIXED the runtime picks the place.
+  void* p = vmspace_mmap(vm.id(), nullptr, 16 * kPage, kRw, MAP_SHARED | MAP_VPAGETABLE,
+                         file.fd(), 0);
+  ASSERT_NE(MAP_FAILED, p) << strerror(errno);
+  EXPECT_LT(reinterpret_cast<uint64_t>(p) + 16 * kPage, kTop);
+  EXPECT_EQ(0, vmspace_munmap(vm.id(), p, 16 * kPage));
+}
+
+TEST_P(Vpagetable, LargePagesAtEachLevel) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(32 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  constexpr uint64_t k2M = 8 << 20, k1G = 16 << 20, k512G = 24 << 20;  // frames (offsets)
+  // 2 MiB page for indexes 512..1023 (PS in the level-1 entry).
+  pm.Store(pm.EntryOffset(512, 1), k2M | kVpteUser | VPTE_PS);
+  pm.Store(k2M + 3 * kPage + 8, 0x2222);
+  EXPECT_EQ(0x2222u, GuestLoad(vm.id(), VptPage(512 + 3) + 8));
+  EXPECT_TRUE(pm.Load(pm.EntryOffset(512, 1)) & VPTE_A);
+  // 1 GiB page (PS in the level-2 entry) under a second top table, and a 512 GiB one (PS in
+  // the top entry) under a third.
+  pm.NewTop();
+  pm.Store(pm.EntryOffset(0, 2), k1G | kVpteUser | VPTE_PS);
+  pm.Store(k1G + 5 * kPage, 0x1111);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kVptLen, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));
+  EXPECT_EQ(0x1111u, GuestLoad(vm.id(), VptPage(5)));
+  pm.NewTop();
+  pm.Store(pm.EntryOffset(0, 3), k512G | kVpteUser | VPTE_PS);
+  pm.Store(k512G + 7 * kPage, 0x5120);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kVptLen, MADV_SETMAP,
+                                static_cast<off_t>(pm.root())));
+  EXPECT_EQ(0x5120u, GuestLoad(vm.id(), VptPage(7)));
+  // A frame beyond the object's end is a failed walk, not a crash.
+  ExpectFault(vm.id(), kGuestLoad, VptPage(9000), VptPage(9000), PGEX_U, kCodeAddr);
+}
+
+TEST_P(Vpagetable, PreadPwriteTranslateAndStopWhereTheWalkFails) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  const uint64_t a = pm.NewFrame();
+  const uint64_t b = pm.NewFrame();
+  const uint64_t ro = pm.NewFrame();
+  pm.Map(0, a);
+  pm.Map(1, b);  // index 2: no entry
+  pm.Map(3, ro, VPTE_V | VPTE_U);
+  const uint64_t v = 0x0123456789ABCDEFULL;
+  ASSERT_EQ(8, vmspace_pwrite(vm.id(), &v, 8, 0, static_cast<off_t>(VptPage(0) + 8)));
+  EXPECT_EQ(v, pm.Load(a + 8));
+  EXPECT_EQ(VPTE_A | VPTE_M, pm.Entry(0) & (VPTE_A | VPTE_M));
+  pm.Store(b + kPage - 8, 42);
+  uint64_t got = 0;
+  ASSERT_EQ(8, vmspace_pread(vm.id(), &got, 8, 0, static_cast<off_t>(VptPage(1) + kPage - 8)));
+  EXPECT_EQ(42u, got);
+  EXPECT_EQ(VPTE_A, pm.Entry(1) & (VPTE_A | VPTE_M));
+  // Across pages 0 and 1: both translated. Into page 2: short. At page 2: EFAULT.
+  std::vector<unsigned char> buf(3 * kPage);
+  EXPECT_EQ(static_cast<ssize_t>(2 * kPage - 8),
+            vmspace_pread(vm.id(), buf.data(), buf.size(), 0, static_cast<off_t>(VptPage(0) + 8)));
+  EXPECT_EQ(0, memcmp(buf.data(), &v, 8));
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pread(vm.id(), buf.data(), 16, 0,
+                                          static_cast<off_t>(VptPage(2))));
+  // A read-only entry reads but refuses writes.
+  EXPECT_EQ(16, vmspace_pread(vm.id(), buf.data(), 16, 0, static_cast<off_t>(VptPage(3))));
+  EXPECT_FAILS_WITH(EFAULT, vmspace_pwrite(vm.id(), buf.data(), 16, 0,
+                                           static_cast<off_t>(VptPage(3))));
+  // A copy that starts in plain memory and runs into the region goes on through the walk.
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kVptAddr - kPage, kPage, kRw));
+  std::vector<unsigned char> pattern(2 * kPage, 0x5A);
+  EXPECT_EQ(static_cast<ssize_t>(2 * kPage),
+            vmspace_pwrite(vm.id(), pattern.data(), pattern.size(), 0,
+                           static_cast<off_t>(kVptAddr - kPage)));
+  EXPECT_EQ(0x5A5A5A5A5A5A5A5AULL, pm.Load(a + kPage - 8));
+}
+
+TEST_P(Vpagetable, MunmapAndMapFixedDropTranslations) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  const uint64_t a = pm.NewFrame();
+  pm.Store(a, 99);
+  pm.Map(0, a);
+  EXPECT_EQ(99u, GuestLoad(vm.id(), VptPage(0)));
+  ASSERT_EQ(0, vmspace_munmap(vm.id(), AsPtr(kVptAddr), kVptLen));
+  ExpectFault(vm.id(), kGuestLoad, VptPage(0), VptPage(0), PGEX_U, kCodeAddr);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  EXPECT_EQ(99u, GuestLoad(vm.id(), VptPage(0)));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kVptAddr, kPage, kRw));  // replaces page 0
+  EXPECT_EQ(0u, GuestLoad(vm.id(), VptPage(0)));
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));  // and back again
+  EXPECT_EQ(99u, GuestLoad(vm.id(), VptPage(0)));
+}
+
+// vm.max_map_count (65530) bounds the host mappings a process may hold; one per installed
+// translation would stop a guest after ~65k pages. Translations are evicted like a TLB.
+TEST_P(Vpagetable, TwoHundredThousandPagesKeepWorking) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  constexpr uint64_t kPages = 200000;
+  constexpr uint64_t kFrames = 1021;
+  PhysMem pm((kFrames + kPages / 512 + 16) * kPage);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSweepRead));
+  std::vector<uint64_t> frames(kFrames);
+  for (uint64_t f = 0; f < kFrames; ++f) {
+    frames[f] = pm.NewFrame();
+    pm.Store(frames[f], f + 1);
+  }
+  // Neighbouring pages get frames 7 apart, so the host cannot merge their mappings.
+  uint64_t expected = 0;
+  for (uint64_t i = 0; i < kPages; ++i) {
+    const uint64_t f = (i * 7) % kFrames;
+    pm.Map(i, frames[f]);
+    expected += f + 1;
+  }
+  trapframe tf = Frame();
+  tf.tf_rdi = static_cast<int64_t>(kVptAddr);
+  tf.tf_rsi = static_cast<int64_t>(kPages);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(expected, AsU64(tf.tf_rax));
+  EXPECT_TRUE(pm.Entry(kPages - 1) & VPTE_A);
+}
+
+// The TLB-shootdown property: after MADV_INVAL returns, no guest thread reads through a
+// translation made from an entry the vkernel changed before calling it, even with walks in
+// flight on other threads. The mutator publishes event k only after INVAL returned; the tag
+// a guest reads must come from event k or later (a stale translation shows an older tag).
+TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  constexpr int kPool = 64;
+  constexpr uint64_t kEvents = 1500;
+  std::vector<uint64_t> frames(kPool);
+  for (auto& f : frames) f = pm.NewFrame();
+  const uint64_t entry = pm.EntryOffset(0);
+  std::atomic<uint64_t> completed{0};
+  std::atomic<bool> done{false};
+  std::atomic<int> stale{0};
+  std::atomic<int> reads{0};
+  std::atomic<int> faults{0};
+  std::atomic<int> errors{0};
+  auto runner = [&] {
+    while (!done.load()) {
+      const uint64_t floor = completed.load();
+      trapframe tf = Frame();
+      tf.tf_rdi = static_cast<int64_t>(kVptAddr);
+      if (RunGuest(vm.id(), &tf) != 0) {
+        errors.fetch_add(1);
+        return;
+      }
+      if (tf.tf_trapno == T_FAST_SYSCALL) {
+        reads.fetch_add(1);
+        if (AsU64(tf.tf_rax) < floor) stale.fetch_add(1);
+      } else if (tf.tf_trapno == T_PAGEFLT) {
+        faults.fetch_add(1);
+      } else {
+        errors.fetch_add(1);
+        return;
+      }
+    }
+  };
+  std::thread r1 = SpawnWithSignalsBlocked(runner);
+  std::thread r2 = SpawnWithSignalsBlocked(runner);
+  // At least kEvents events, and on until the guests have read a fair number of times.
+  for (uint64_t k = 1; k <= kEvents || (reads.load() < 300 && errors.load() == 0); ++k) {
+    if (k % 3 == 0) {
+      pm.Store(entry, 0);  // cleared: the guest must fault or see a later event
+    } else {
+      const uint64_t f = frames[k % kPool];
+      pm.Store(f, k);
+      pm.Store(entry, f | kVpteUser);
+    }
+    if (vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kPage, MADV_INVAL, 0) != 0) {
+      errors.fetch_add(1);
+      break;
+    }
+    completed.store(k);
+    if (k % 16 == 0) sched_yield();  // let the runners interleave on a busy machine
+  }
+  done.store(true);
+  r1.join();
+  r2.join();
+  EXPECT_EQ(0, errors.load());
+  EXPECT_EQ(0, stale.load()) << "reads " << reads.load() << ", faults " << faults.load();
+  EXPECT_GT(reads.load(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values(VKRT_TYPE_PTRACE), ParamName);
+INSTANTIATE_TEST_SUITE_P(Backends, Vpagetable, ::testing::Values(VKRT_TYPE_PTRACE), ParamName);
 
 }  // namespace

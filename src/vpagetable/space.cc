@@ -26,7 +26,7 @@ uint32_t AccessBits(Access access) {
 
 // Why each rule holds (x86 fetches an instruction before it touches data; Linux reports
 // SEGV_MAPERR where no host mapping exists and SEGV_ACCERR where one refused the access):
-//   - not installed, the faulting address on rip's page: the instruction itself could not
+//   - not installed (SEGV_MAPERR, or SEGV_ACCERR over a reservation), the faulting address on rip's page: the instruction itself could not
 //     be fetched (no data access happens before that), so it is a fetch;
 //   - not installed, the address just past rip's page within an instruction's length: the
 //     fetch of the instruction's tail or a data access; unknown;
@@ -43,8 +43,12 @@ Inference InferAccess(uint64_t addr, uint64_t rip, int si_code, int installed_pr
   const uint64_t rip_page = rip >> 12;
   const bool fetch_first = page == rip_page;
   const bool straddle = page == rip_page + 1 && addr >= rip && addr - rip < 16;
-  if (si_code == SEGV_MAPERR) {
-    if (installed_prot >= 0 || straddle) return Inference::kUnknown;
+  if (installed_prot < 0) {
+    // Not installed: Linux says SEGV_MAPERR where nothing is mapped and SEGV_ACCERR over a
+    // reservation (an inaccessible mapping); the same either way.
+    if ((si_code != SEGV_MAPERR && si_code != SEGV_ACCERR) || straddle) {
+      return Inference::kUnknown;
+    }
     if (fetch_first) {
       access = Access::kExecute;
       return Inference::kKnown;
@@ -52,7 +56,7 @@ Inference InferAccess(uint64_t addr, uint64_t rip, int si_code, int installed_pr
     access = Access::kRead;
     return Inference::kGuessRead;
   }
-  if (si_code != SEGV_ACCERR || installed_prot < 0) return Inference::kUnknown;
+  if (si_code != SEGV_ACCERR) return Inference::kUnknown;
   const bool w = (installed_prot & PROT_WRITE) != 0;
   const bool x = (installed_prot & PROT_EXEC) != 0;
   if (fetch_first && !x) {
