@@ -1,7 +1,10 @@
 // The C layer: the only place where internal errors become errno (SPEC §1).
 #include <errno.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -11,6 +14,7 @@
 #include "registry.h"
 #include "thread_state.h"
 #include "vkrt/vmspace.h"
+#include "vpagetable/own_space.h"
 
 namespace vkrt {
 namespace {
@@ -108,7 +112,6 @@ ssize_t vmspace_pwrite(void* id, const void* buf, size_t nbyte, int flags, off_t
 }
 
 int mcontrol(void* addr, size_t len, int behav, off_t value) {
-  (void)value;
   const uint64_t a = reinterpret_cast<uint64_t>(addr);
   if (behav < 0 || behav > MADV_SETMAP || a + len < a || a + len > VKRT_VM_MAX_USER_ADDRESS) {
     return Fail(vkrt::ErrnoError(EINVAL, "mcontrol: behav outside 0..11, or the range wraps or "
@@ -119,9 +122,11 @@ int mcontrol(void* addr, size_t len, int behav, off_t value) {
   if (end == start) return 0;
   int advice;
   switch (behav) {
-    case MADV_SETMAP:  // no MAP_VPAGETABLE mapping exists in the caller's space
-      return Fail(vkrt::ErrnoError(EINVAL, "mcontrol(MADV_SETMAP): not a MAP_VPAGETABLE mapping"));
-    case MADV_INVAL:
+    case MADV_SETMAP:
+    case MADV_INVAL: {
+      auto s = vkrt::vpt::OwnControl(start, end, behav, static_cast<uint64_t>(value));
+      return s.ok() ? 0 : Fail(s);
+    }
     case MADV_NOSYNC:
     case MADV_AUTOSYNC:
       return 0;
@@ -135,6 +140,68 @@ int mcontrol(void* addr, size_t len, int behav, off_t value) {
     return Fail(vkrt::SyscallError("mcontrol: madvise"));
   }
   return 0;
+}
+
+// ---- the caller's own address space (vpagetable/own_space.h) ----------------------------
+// mmap/munmap/sigaction/signal are interposed so that DragonFly-style code gets
+// mmap(MAP_VPAGETABLE) on its own memory and vkrt's SIGSEGV handler stays in front of the
+// program's. Everything else goes straight to the kernel (or glibc's sigaction).
+
+extern "C" int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+
+// Named through asm labels: with _FILE_OFFSET_BITS=64 glibc's header renames mmap to mmap64.
+extern "C" VKRT_API void* VkrtMmap(void* addr, size_t len, int prot, int flags, int fd,
+                                   off_t offset) __asm__("mmap");
+extern "C" VKRT_API void* VkrtMmap64(void* addr, size_t len, int prot, int flags, int fd,
+                                     off_t offset) __asm__("mmap64");
+
+void* VkrtMmap(void* addr, size_t len, int prot, int flags, int fd, off_t offset) {
+  if (flags & MAP_VPAGETABLE) {
+    auto mapped = vkrt::vpt::OwnMap(reinterpret_cast<uint64_t>(addr), len, prot,
+                                    flags & ~MAP_VPAGETABLE, fd, offset);
+    if (!mapped.ok()) return Fail<void*>(mapped.status(), MAP_FAILED);
+    return reinterpret_cast<void*>(*mapped);
+  }
+  const long r = syscall(SYS_mmap, addr, len, prot, flags, fd, offset);
+  if (r == -1) return MAP_FAILED;
+  if ((flags & MAP_FIXED) && vkrt::vpt::OwnHasRegions()) {
+    vkrt::vpt::OwnForget(static_cast<uint64_t>(r), len);  // replaced a VPAGETABLE region
+  }
+  return reinterpret_cast<void*>(r);
+}
+
+void* VkrtMmap64(void* addr, size_t len, int prot, int flags, int fd, off_t offset) {
+  return VkrtMmap(addr, len, prot, flags, fd, offset);
+}
+
+extern "C" VKRT_API int munmap(void* addr, size_t len) {
+  const long r = syscall(SYS_munmap, addr, len);
+  if (r == 0 && vkrt::vpt::OwnHasRegions()) {
+    vkrt::vpt::OwnForget(reinterpret_cast<uint64_t>(addr), len);
+  }
+  return static_cast<int>(r);
+}
+
+extern "C" VKRT_API int sigaction(int sig, const struct sigaction* act,
+                                  struct sigaction* oldact) {
+  if (vkrt::vpt::OwnSigaction(sig, act, oldact)) return 0;
+  return __sigaction(sig, act, oldact);
+}
+
+// BSD semantics, as glibc's signal(): the signal blocked in its handler, calls restarted.
+extern "C" VKRT_API sighandler_t signal(int sig, sighandler_t handler) {
+  struct sigaction act = {};
+  struct sigaction old = {};
+  act.sa_handler = handler;
+  sigemptyset(&act.sa_mask);
+  if (sig > 0 && sig < NSIG) sigaddset(&act.sa_mask, sig);
+  act.sa_flags = SA_RESTART;
+  if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+  return old.sa_handler;
+}
+
+extern "C" VKRT_API sighandler_t bsd_signal(int sig, sighandler_t handler) {
+  return signal(sig, handler);
 }
 
 const char* vkrt_backend_name(void) {

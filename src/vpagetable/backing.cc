@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -56,7 +57,9 @@ Backing::~Backing() {
     auto it = Cache().find({dev_, ino_});
     if (it != Cache().end() && it->second.expired()) Cache().erase(it);
   }
-  for (int i = 0; i < nviews_; ++i) munmap(views_[i].base, views_[i].size);
+  // Raw system calls: libvkrt interposes munmap/mmap (own_space.h), and this may run with the
+  // own space's lock held.
+  for (int i = 0; i < nviews_; ++i) syscall(SYS_munmap, views_[i].base, views_[i].size);
   close(fd_);
 }
 
@@ -72,8 +75,9 @@ unsigned char* Backing::Reach(uint64_t offset, uint64_t len) {
   const uint64_t size = static_cast<uint64_t>(st.st_size) & ~uint64_t{4095};
   if (offset + len > size || nviews_ == kMaxViews) return nullptr;
   if (view != nullptr && size <= view->size) return nullptr;
-  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (base == MAP_FAILED) return nullptr;
+  const long mapped = syscall(SYS_mmap, nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (mapped == -1) return nullptr;
+  void* base = reinterpret_cast<void*>(mapped);
   View& fresh = views_[nviews_++];
   fresh.base = static_cast<unsigned char*>(base);
   fresh.size = size;
