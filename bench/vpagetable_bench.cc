@@ -17,6 +17,9 @@
 //   BM_InvalNothingInstalled      MADV_INVAL of a 2 MiB range with nothing installed.
 //   BM_Sweep200k                  one RUN that loads from 200,000 distinct pages: more than
 //                                 vm.max_map_count translations, so the runtime evicts.
+//   BM_OwnFirstTouchRead          the same first touch in the vkernel's own space (a region of
+//                                 the benchmark process): SIGSEGV, walk, mmap(MAP_FIXED).
+//   BM_OwnRefaultAfterInval       ... and after MADV_INVAL (A already set).
 //   BM_FloorSigsegvMmap           the in-process floor the issue quotes: SIGSEGV, a handler that
 //                                 mmap(MAP_FIXED)s a memfd page over the faulting one, return.
 //
@@ -118,6 +121,7 @@ class VptGuest {
     }
   }
   ~VptGuest() {
+    if (own_ != nullptr) munmap(own_, kVptLen);
     if (live_) vmspace_destroy(this);
     if (mem_ != nullptr) munmap(mem_, size_);
     if (fd_ >= 0) close(fd_);
@@ -179,6 +183,37 @@ class VptGuest {
   }
   uint64_t expected() const { return expected_; }
 
+  // The same tables governing a region of this process (mmap(MAP_VPAGETABLE) + mcontrol).
+  bool MapOwn() {
+    void* p = mmap(nullptr, kVptLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_VPAGETABLE, fd_, 0);
+    if (p == MAP_FAILED) {
+      error_ = Errno("mmap(MAP_VPAGETABLE)");
+      return false;
+    }
+    own_ = static_cast<unsigned char*>(p);
+    if (mcontrol(own_, kVptLen, MADV_SETMAP, static_cast<off_t>(0 | kVpteUser)) != 0) {
+      error_ = Errno("mcontrol(MADV_SETMAP)");
+      return false;
+    }
+    return true;
+  }
+  bool OwnSweep(uint64_t first, uint64_t count) {
+    uint64_t sum = 0, want = 0;
+    for (uint64_t i = first; i < first + count; ++i) {
+      sum += *reinterpret_cast<volatile uint64_t*>(own_ + i * kPage);
+      want += (i * 3) % frames_ + 1;
+    }
+    if (sum != want) error_ = "own space: read the wrong pages";
+    return sum == want;
+  }
+  bool OwnInval(uint64_t first, uint64_t count) {
+    if (mcontrol(own_ + first * kPage, count * kPage, MADV_INVAL, 0) != 0) {
+      error_ = Errno("mcontrol(MADV_INVAL)");
+      return false;
+    }
+    return true;
+  }
+
  private:
   uint64_t Frame(uint64_t f) const { return (size_ / kPage - frames_ + f) * kPage; }
   uint64_t Load(uint64_t off) const { return __atomic_load_n(&mem_[off / 8], __ATOMIC_ACQUIRE); }
@@ -206,6 +241,7 @@ class VptGuest {
   uint64_t next_table_ = 1;
   uint64_t expected_ = 0;
   bool live_ = false;
+  unsigned char* own_ = nullptr;
   std::string error_;
 };
 
@@ -335,6 +371,30 @@ void BM_Sweep200k(benchmark::State& state) {
   PerPage(state, kPages);
 }
 
+// ---- the vkernel's own space (in-process SIGSEGV resolution) ----
+
+void OwnTouch(benchmark::State& state, bool clear_accessed) {
+  VptGuest g(VKRT_TYPE_PTRACE, kBatch);
+  if (!g.error().empty() || !g.MapOwn()) {
+    state.SkipWithError(g.error().c_str());
+    return;
+  }
+  for (auto _ : state) {
+    state.PauseTiming();
+    if (clear_accessed) g.ClearAccessed(0, kBatch);
+    bool ok = g.OwnInval(0, kBatch);
+    state.ResumeTiming();
+    ok = ok && g.OwnSweep(0, kBatch);
+    if (!ok) {
+      state.SkipWithError(g.error().c_str());
+      return;
+    }
+  }
+  PerPage(state, kBatch);
+}
+void BM_OwnFirstTouchRead(benchmark::State& state) { OwnTouch(state, true); }
+void BM_OwnRefaultAfterInval(benchmark::State& state) { OwnTouch(state, false); }
+
 // ---- the in-process floor ----
 
 int g_floor_fd = -1;
@@ -395,6 +455,8 @@ void Backends(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_FloorSigsegvMmap)->Apply([](auto* b) { Configure(b, 40); });
+BENCHMARK(BM_OwnFirstTouchRead)->Apply([](auto* b) { Configure(b, 40); });
+BENCHMARK(BM_OwnRefaultAfterInval)->Apply([](auto* b) { Configure(b, 40); });
 BENCHMARK(BM_FirstTouchRead)->Apply(Backends)->Apply([](auto* b) { Configure(b, 20); });
 BENCHMARK(BM_FirstTouchWrite)->Apply(Backends)->Apply([](auto* b) { Configure(b, 20); });
 BENCHMARK(BM_RefaultAfterInval)->Apply(Backends)->Apply([](auto* b) { Configure(b, 20); });

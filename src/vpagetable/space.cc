@@ -238,8 +238,67 @@ absl::StatusOr<Resolution> Space::Resolve(uint64_t addr, Access access, Installe
     return s;
   }
   tlb_.Put(page, prot);
+  FaultAround(it, page, index, walk, prot, installer);
   result.outcome = Resolution::Outcome::kInstalled;
   return result;
+}
+
+// Installs the neighbours of a just-resolved page in its aligned group of kFaultAround pages
+// when that cannot change what the vkernel observes: within a large page, every neighbour
+// shares the entry the walk just marked; in a table of 4 KiB entries, only neighbours whose
+// entry is valid with A already set, writable only when RW and M are set too (a walk would
+// set nothing new). Contiguous frames go in as one run. Failures are ignored (the page will
+// simply fault later).
+void Space::FaultAround(Regions::iterator it, uint64_t page, uint64_t index,
+                        const WalkResult& walk, int prot, Installer& installer) {
+  const Region& r = it->second;
+  struct Candidate {
+    uint64_t va;
+    uint64_t offset;
+    int prot;
+  } candidates[kFaultAround];
+  int n = 0;
+  const uint64_t first = index & ~(kFaultAround - 1);
+  for (uint64_t j = first; j < first + kFaultAround; ++j) {
+    if (j == index) continue;
+    const int64_t delta = static_cast<int64_t>(j - index) * static_cast<int64_t>(kPage);
+    const uint64_t va = page + static_cast<uint64_t>(delta);
+    if (va < it->first || va >= r.end || tlb_.Find(va) >= 0) continue;
+    if (tlb_.size() + n >= tlb_.capacity()) break;
+    Candidate c{va, 0, prot};
+    if (walk.page_shift > 0) {
+      c.offset = walk.page_offset + static_cast<uint64_t>(delta);  // the same large page
+    } else {
+      if (walk.leaf_table == 0) return;
+      uint64_t e;
+      if (!r.backing->Load(walk.leaf_table + (j & 511) * sizeof(uint64_t), e)) continue;
+      if ((e & (VPTE_V | VPTE_A)) != (VPTE_V | VPTE_A)) continue;
+      c.prot = r.prot;
+      if (!walk.upper_writable || (e & (VPTE_RW | VPTE_M)) != (VPTE_RW | VPTE_M)) {
+        c.prot &= ~PROT_WRITE;
+      }
+      if (walk.upper_nx || (e & VPTE_NX)) c.prot &= ~PROT_EXEC;
+      c.offset = e & VPTE_FRAME;
+    }
+    if (!r.backing->Contains(c.offset, kPage)) continue;
+    candidates[n++] = c;
+  }
+  for (int i = 0; i < n;) {
+    int k = i + 1;
+    while (k < n && candidates[k].va == candidates[k - 1].va + kPage &&
+           candidates[k].offset == candidates[k - 1].offset + kPage &&
+           candidates[k].prot == candidates[i].prot) {
+      ++k;
+    }
+    if (installer
+            .Install(candidates[i].va, (k - i) * kPage, candidates[i].prot, r.handle,
+                     candidates[i].offset)
+            .ok()) {
+      for (int m = i; m < k; ++m) tlb_.Put(candidates[m].va, candidates[m].prot);
+    }
+    ++fault_around_;
+    i = k;
+  }
 }
 
 size_t Space::Copy(uint64_t addr, void* buf, size_t len, bool write) {
@@ -267,6 +326,11 @@ size_t Space::Copy(uint64_t addr, void* buf, size_t len, bool write) {
 size_t Space::installed() const {
   std::lock_guard<std::mutex> lock(mu_);
   return tlb_.size();
+}
+
+uint64_t Space::fault_around_runs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return fault_around_;
 }
 
 uint64_t Space::evictions() const {

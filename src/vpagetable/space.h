@@ -119,6 +119,7 @@ class Space {
   // Statistics for tests and benchmarks.
   size_t installed() const;
   uint64_t evictions() const;
+  uint64_t fault_around_runs() const;
 
  private:
   struct Region {
@@ -137,11 +138,18 @@ class Space {
   void SplitAt(uint64_t at);
   // Drops every translation in [start, end) (mu_ held).
   absl::Status DropRange(uint64_t start, uint64_t end, Installer& installer);
+  // Installs neighbours of `page` (walk index `index`, installed with `prot` from `walk`)
+  // where that is invisible to the vkernel (mu_ held); see space.cc.
+  void FaultAround(Regions::iterator it, uint64_t page, uint64_t index, const WalkResult& walk,
+                   int prot, Installer& installer);
+
+  static constexpr uint64_t kFaultAround = 8;  // pages, aligned group
 
   mutable std::mutex mu_;
   Regions regions_;
   Tlb tlb_;
   uint64_t evictions_ = 0;
+  uint64_t fault_around_ = 0;  // neighbour runs installed
 };
 
 }  // namespace vkrt::vpt

@@ -21,6 +21,9 @@ WalkResult Walk(EntryAccess& entries, uint64_t root, uint64_t index, Access acce
   int shift = 36;
   bool all_writable = true;
   bool any_nx = false;
+  bool upper_writable = true;  // as all_writable/any_nx, without the final entry
+  bool upper_nx = false;
+  uint64_t table = 0;
   for (;;) {
     if (!(vpte & VPTE_V)) return fail(false);
     if (write && !(vpte & VPTE_RW)) return fail(true);
@@ -28,7 +31,9 @@ WalkResult Walk(EntryAccess& entries, uint64_t root, uint64_t index, Access acce
     all_writable = all_writable && (vpte & VPTE_RW) != 0;
     any_nx = any_nx || (vpte & VPTE_NX) != 0;
     if ((vpte & VPTE_PS) || shift == 0) break;
-    const uint64_t table = vpte & VPTE_FRAME;
+    upper_writable = all_writable;
+    upper_nx = any_nx;
+    table = vpte & VPTE_FRAME;
     shift -= 9;
     const uint64_t offset = table + ((index >> shift) & 511) * sizeof(uint64_t);
     uint64_t entry;
@@ -47,6 +52,9 @@ WalkResult Walk(EntryAccess& entries, uint64_t root, uint64_t index, Access acce
   }
   const uint64_t in_page = shift == 0 ? 0 : index & ((uint64_t{1} << shift) - 1);
   result.ok = true;
+  result.leaf_table = table;
+  result.upper_writable = upper_writable;
+  result.upper_nx = upper_nx;
   result.page_shift = shift;
   result.page_offset = (((vpte & VPTE_FRAME) >> 12) + in_page) << 12;
   result.prot = mapping_prot;

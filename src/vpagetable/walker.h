@@ -37,6 +37,13 @@ struct WalkResult {
   // !ok: the PGEX_* error code for the guest's T_PAGEFLT: PGEX_U, plus PGEX_W / PGEX_I for
   // the access, plus PGEX_P when a valid entry refused it (RW or NX) rather than missing.
   uint32_t err = 0;
+  // ok: where the final entry came from, for fault-around over its neighbours: the byte
+  // offset of the table holding it (meaningful when page_shift == 0 and the walk went
+  // through at least one table), and whether the entries above it all allow writes / any
+  // of them has NX (the same for every entry of that table).
+  uint64_t leaf_table = 0;
+  bool upper_writable = false;
+  bool upper_nx = false;
 };
 
 // Walks the tables from `root` (the MADV_SETMAP value) for page index `index`
