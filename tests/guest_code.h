@@ -265,16 +265,16 @@ VKRT_GUEST_CODE kGuestCallVsyscall[] = {
     0x48, 0xc7, 0xc0, 0x00, 0x00, 0x60, 0xff, 0xff, 0xd0, 0x0f, 0x0b,
 };
 
-// rax = sum of the first qword of rsi pages from rdi on (one per 4 KiB), then syscall.
+// rax = sum of the qwords at rdi, rdi + rdx, rdi + 2*rdx, ... (rsi of them), then syscall.
 //      0: 31 c0                  xor    %eax,%eax
 //      2: 48 03 07               add    (%rdi),%rax
-//      5: 48 81 c7 00 10 00 00   add    $0x1000,%rdi
-//      c: 48 ff ce               dec    %rsi
-//      f: 75 f1                  jne    2 <sweep+0x2>
-//     11: 0f 05                  syscall
+//      5: 48 01 d7               add    %rdx,%rdi
+//      8: 48 ff ce               dec    %rsi
+//      b: 75 f5                  jne    2 <sweep+0x2>
+//      d: 0f 05                  syscall
 VKRT_GUEST_CODE kGuestSweepRead[] = {
-    0x31, 0xc0, 0x48, 0x03, 0x07, 0x48, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00,
-    0x48, 0xff, 0xce, 0x75, 0xf1, 0x0f, 0x05,
+    0x31, 0xc0, 0x48, 0x03, 0x07, 0x48, 0x01, 0xd7, 0x48, 0xff, 0xce, 0x75,
+    0xf5, 0x0f, 0x05,
 };
 
 // Stores rdx into the first qword of rsi pages from rdi on, then syscall.

@@ -51,8 +51,8 @@ class OwnInstaller : public Installer {
 };
 
 size_t OwnBudget() {
-  // The vkernel process holds its own mappings too: use an eighth of vm.max_map_count.
-  return std::clamp<size_t>(Space::StubBudget() / 4, 64, 8192);
+  // The vkernel process holds its own mappings too: an eighth of vm.max_map_count.
+  return std::clamp<size_t>(Space::StubBudget() / 2, 64, 8192);
 }
 
 struct Own {

@@ -89,7 +89,8 @@ size_t Space::StubBudget() {
       if (fscanf(f, "%llu", &v) == 1) max = v;
       fclose(f);
     }
-    return std::clamp<size_t>(max / 2, 64, 32768);
+    // A translation can cost two host mappings (it splits the reservation around it).
+    return std::clamp<size_t>(max / 4, 64, 16384);
   }();
   return budget;
 }
@@ -175,6 +176,16 @@ absl::Status Space::DropRange(uint64_t start, uint64_t end, Installer& installer
   return installer.Drop(start, end - start);
 }
 
+absl::Status Space::FlushAll(Installer& installer) {
+  // Out of translations (vm.max_map_count): drop everything, as a full TLB would.
+  for (const auto& [start, region] : regions_) {
+    if (auto s = installer.Drop(start, region.end - start); !s.ok()) return s;
+  }
+  tlb_.Clear();
+  ++evictions_;
+  return absl::OkStatus();
+}
+
 absl::Status Space::SetMap(uint64_t start, uint64_t len, uint64_t root, Installer& installer) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t end = start + len;
@@ -227,15 +238,16 @@ absl::StatusOr<Resolution> Space::Resolve(uint64_t addr, Access access, Installe
   int prot = walk.prot;
   if (speculative) prot &= ~PROT_WRITE;  // a write must fault again and set M
   if (tlb_.Find(page) < 0 && tlb_.full()) {
-    // Out of translations (vm.max_map_count): flush everything, as a full TLB would.
-    for (const auto& [start, region] : regions_) {
-      if (auto s = installer.Drop(start, region.end - start); !s.ok()) return s;
-    }
-    tlb_.Clear();
-    ++evictions_;
+    if (auto s = FlushAll(installer); !s.ok()) return s;
   }
   if (auto s = installer.Install(page, kPage, prot, r.handle, walk.page_offset); !s.ok()) {
-    return s;
+    // Out of host mappings anyway (other mappings used up vm.max_map_count): flush, retry.
+    if (ErrnoOf(s) != ENOMEM || tlb_.size() == 0) return s;
+    if (auto f = FlushAll(installer); !f.ok()) return f;
+    if (auto again = installer.Install(page, kPage, prot, r.handle, walk.page_offset);
+        !again.ok()) {
+      return again;
+    }
   }
   tlb_.Put(page, prot);
   FaultAround(it, page, index, walk, prot, installer);

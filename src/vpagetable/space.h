@@ -73,7 +73,7 @@ class Space {
   explicit Space(size_t budget);
 
   // The default budget for a host process that holds nothing but the guest (a stub):
-  // half of vm.max_map_count, at most 32768.
+  // a quarter of vm.max_map_count (a translation may cost two host mappings), at most 16384.
   static size_t StubBudget();
 
   // ---- regions (callers serialise these with the vmspace's admin lock) ----
@@ -136,6 +136,8 @@ class Space {
   Regions::iterator Find(uint64_t addr);
   // Splits the record holding `at` so that a record starts at `at` (mu_ held).
   void SplitAt(uint64_t at);
+  // Drops every translation of every region (mu_ held).
+  absl::Status FlushAll(Installer& installer);
   // Drops every translation in [start, end) (mu_ held).
   absl::Status DropRange(uint64_t start, uint64_t end, Installer& installer);
   // Installs neighbours of `page` (walk index `index`, installed with `prot` from `walk`)

@@ -156,6 +156,10 @@ struct Call {
 Call InstallCall(uint64_t addr, int prot, int handle, uint64_t offset) {
   return {true, addr, kPage, prot, handle, offset};
 }
+// A fault-around run of `pages` pages.
+Call RunCall(uint64_t addr, uint64_t pages, int prot, int handle, uint64_t offset) {
+  return {true, addr, pages * kPage, prot, handle, offset};
+}
 Call DropCall(uint64_t addr, uint64_t len) { return {false, addr, len, 0, 0, 0}; }
 
 void PrintTo(const Call& c, std::ostream* os) {
@@ -233,6 +237,11 @@ class SpaceTest : public ::testing::Test {
     }
   }
   static uint64_t Frame(const Tree& t, uint64_t index) { return t.frames + index * kPage; }
+  // Clears A and M in the first `count` leaves of `t` (as the vkernel may), so that no
+  // neighbour qualifies for fault-around.
+  void ClearAccessed(const Tree& t, uint64_t count) {
+    for (uint64_t index = 0; index < count; ++index) Leaf(t, index) &= ~(VPTE_A | VPTE_M);
+  }
 
   void AddMainRegion(Space& space, int prot = kRW) {
     space.AddRegion(kStart, kPages * kPage, prot, 0, backing_, kHandle);
@@ -448,6 +457,7 @@ TEST_F(SpaceTest, SetMapOnPartOfARegionSplitsItAndDropsTranslationsThere) {
             installer_.calls);
   EXPECT_EQ(0u, space_.installed());
   installer_.calls.clear();
+  ClearAccessed(kTreeA, 32);  // no fault-around below
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(5), Access::kRead).outcome);
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(14), Access::kRead).outcome);
   EXPECT_EQ(std::vector<Call>({InstallCall(At(5), kR, kHandle, Frame(kTreeA, 5)),
@@ -481,6 +491,7 @@ TEST_F(SpaceTest, InvalidateDropsOnlyInstalledTranslations) {
   EXPECT_EQ(-1, Installed(space_, At(3)));
 
   // The next access walks again (and sees a change to the tables).
+  ClearAccessed(kTreeA, 32);  // no fault-around of page 3
   Leaf(kTreeA, 2) = Frame(kTreeA, 20) | kTableBits;
   installer_.calls.clear();
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(2), Access::kRead).outcome);
@@ -559,11 +570,105 @@ TEST_F(SpaceTest, FullBudgetEvictsEveryRegionBeforeInstalling) {
   EXPECT_EQ(-1, Installed(space, At(0)));
   EXPECT_EQ(-1, Installed(space, At(65)));
   EXPECT_EQ(kR, Installed(space, At(10)));
-  // The second region still resolves through its own offset.
+  // The second region still resolves through its own offset; its evicted pages 64..66
+  // (indices 16..18, A set) come back by fault-around, as one run of contiguous frames.
   installer_.calls.clear();
   ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(67), Access::kRead).outcome);
-  EXPECT_EQ(std::vector<Call>({InstallCall(At(67), kR, kHandle + 1, Frame(kTreeA, 19))}),
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(67), kR, kHandle + 1, Frame(kTreeA, 19)),
+                               RunCall(At(64), 3, kR, kHandle + 1, Frame(kTreeA, 16))}),
             installer_.calls);
+  EXPECT_EQ(5u, space.installed());
+  EXPECT_EQ(1u, space.evictions());
+}
+
+TEST_F(SpaceTest, FaultAroundInstallsOnlyNeighboursAWalkWouldNotChange) {
+  AddMappedMainRegion(space_);
+  // Group of page 3: indices 0..7. Entries: 0, 1 accessed (contiguous frames: one run);
+  // 2 not accessed (skipped); 4 accessed and modified (writable); 5 accessed; 6 accessed
+  // with a frame elsewhere; 7 accessed but beyond the object (skipped). Page 8, accessed,
+  // lies in the next group.
+  Leaf(kTreeA, 0) |= VPTE_A;
+  Leaf(kTreeA, 1) |= VPTE_A;
+  Leaf(kTreeA, 4) |= VPTE_A | VPTE_M;
+  Leaf(kTreeA, 5) |= VPTE_A;
+  Leaf(kTreeA, 6) = Frame(kTreeA, 31) | kTableBits | VPTE_A;
+  Leaf(kTreeA, 7) = (kObjectSize + 8 * kPage) | kTableBits | VPTE_A;
+  Leaf(kTreeA, 8) |= VPTE_A;
+  const uint64_t leaf0 = Leaf(kTreeA, 0), leaf2 = Leaf(kTreeA, 2), leaf4 = Leaf(kTreeA, 4);
+
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(3), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(3), kR, kHandle, Frame(kTreeA, 3)),
+                               RunCall(At(0), 2, kR, kHandle, Frame(kTreeA, 0)),
+                               RunCall(At(4), 1, kRW, kHandle, Frame(kTreeA, 4)),
+                               RunCall(At(5), 1, kR, kHandle, Frame(kTreeA, 5)),
+                               RunCall(At(6), 1, kR, kHandle, Frame(kTreeA, 31))}),
+            installer_.calls);
+  EXPECT_EQ(4u, space_.fault_around_runs());
+  EXPECT_EQ(6u, space_.installed());
+  EXPECT_EQ(kR, Installed(space_, At(0)));
+  EXPECT_EQ(kR, Installed(space_, At(1)));
+  EXPECT_EQ(-1, Installed(space_, At(2)));
+  EXPECT_EQ(kRW, Installed(space_, At(4)));
+  EXPECT_EQ(-1, Installed(space_, At(7)));
+  EXPECT_EQ(-1, Installed(space_, At(8)));
+  // The neighbours' entries are left as they were.
+  EXPECT_EQ(leaf0, Leaf(kTreeA, 0));
+  EXPECT_EQ(leaf2, Leaf(kTreeA, 2));
+  EXPECT_EQ(leaf4, Leaf(kTreeA, 4));
+
+  // Installed neighbours are not installed again.
+  installer_.calls.clear();
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(2), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(2), kR, kHandle, Frame(kTreeA, 2))}),
+            installer_.calls);
+  EXPECT_EQ(4u, space_.fault_around_runs());
+}
+
+TEST_F(SpaceTest, FaultAroundStaysInsideTheRegionAndTheBudget) {
+  // A 3-page region over indices 4..6: its group (0..7) reaches past both of its ends.
+  for (uint64_t index = 0; index < 8; ++index) Leaf(kTreeA, index) |= VPTE_A;
+  Space space(4);
+  space.AddRegion(kStart, 3 * kPage, kRW, 4 * kPage, backing_, kHandle);
+  ASSERT_TRUE(space.SetMap(kStart, 3 * kPage, kTreeA.root(), installer_).ok());
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(1), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(1), kR, kHandle, Frame(kTreeA, 5)),
+                               RunCall(At(0), 1, kR, kHandle, Frame(kTreeA, 4)),
+                               RunCall(At(2), 1, kR, kHandle, Frame(kTreeA, 6))}),
+            installer_.calls);
+  EXPECT_EQ(3u, space.installed());
+
+  // A budget of 4 with 3 used: one more page and no room for neighbours, no eviction.
+  space.AddRegion(At(16), 8 * kPage, kRW, 0, backing_, kHandle);
+  ASSERT_TRUE(space.SetMap(At(16), 8 * kPage, kTreeA.root(), installer_).ok());
+  installer_.calls.clear();
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(16), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(16), kR, kHandle, Frame(kTreeA, 0))}),
+            installer_.calls);
+  EXPECT_EQ(4u, space.installed());
+  EXPECT_EQ(0u, space.evictions());
+
+  // Fault-around after an eviction fills up to the budget, never past it.
+  installer_.calls.clear();
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(20), Access::kRead).outcome);
+  EXPECT_EQ(1u, space.evictions());
+  EXPECT_EQ(4u, space.installed());
+  ASSERT_EQ(4u, installer_.calls.size());  // two drops, the page, one run
+  EXPECT_EQ(InstallCall(At(20), kR, kHandle, Frame(kTreeA, 4)), installer_.calls[2]);
+  EXPECT_EQ(RunCall(At(16), 3, kR, kHandle, Frame(kTreeA, 0)), installer_.calls[3]);
+}
+
+TEST_F(SpaceTest, FaultAroundWithinALargePage) {
+  // A 2 MiB page (PS in the PD entry) at object offset 0: every neighbour in the group
+  // shares the entry, whatever its 4 KiB neighbours' A bits would be.
+  AddMappedMainRegion(space_);
+  Entry(kTreeA.pd) = 0 | kTableBits | VPTE_PS;
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(10), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(10), kR, kHandle, 10 * kPage),
+                               RunCall(At(8), 2, kR, kHandle, 8 * kPage),
+                               RunCall(At(11), 5, kR, kHandle, 11 * kPage)}),
+            installer_.calls);
+  EXPECT_EQ(8u, space_.installed());
+  EXPECT_EQ(VPTE_A, Entry(kTreeA.pd) & (VPTE_A | VPTE_M));
 }
 
 // Fills each data frame of tree A with a pattern of its own.
