@@ -2501,6 +2501,15 @@ TEST_P(Vpagetable, MmapArgumentChecks) {
   ASSERT_NE(MAP_FAILED, p) << strerror(errno);
   EXPECT_LT(reinterpret_cast<uint64_t>(p) + 16 * kPage, kTop);
   EXPECT_EQ(0, vmspace_munmap(vm.id(), p, 16 * kPage));
+  // A POSIX shm object too.
+  const std::string shm_name = "/vkrt-conformance-" + std::to_string(getpid());
+  ScopedFd shm(shm_open(shm_name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  ASSERT_GE(shm.get(), 0) << strerror(errno);
+  shm_unlink(shm_name.c_str());
+  ASSERT_EQ(0, ftruncate(shm.get(), 1 << 20));
+  EXPECT_EQ(AsPtr(kVptAddr), vmspace_mmap(vm.id(), AsPtr(kVptAddr), 16 * kPage, kRw,
+                                          MAP_SHARED | vpt, shm.get(), 0))
+      << strerror(errno);
 }
 
 TEST_P(Vpagetable, LargePagesAtEachLevel) {

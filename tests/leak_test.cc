@@ -123,7 +123,30 @@ ProcessCounts Snapshot() {
   return c;
 }
 
-// One create / mmap / pwrite / RUN / destroy cycle; returns "" or what went wrong.
+// "Physical memory" for the VPAGETABLE part of a cycle: four tables mapping the region's
+// first page to a frame holding kGuestSyscallLoop. Created once.
+constexpr uint64_t kVptAddr = 0x40000000;
+int VptMemfd() {
+  static const int fd = [] {
+    const int f = memfd_create("vkrt-leak", MFD_CLOEXEC);
+    if (f < 0 || ftruncate(f, 5 * 4096) != 0) return -1;
+    constexpr uint64_t kBits = VPTE_V | VPTE_RW | VPTE_U;
+    for (uint64_t level = 0; level < 4; ++level) {
+      const uint64_t entry = (level + 1) * 4096 | kBits;  // table `level` -> next frame
+      if (pwrite(f, &entry, 8, static_cast<off_t>(level * 4096)) != 8) return -1;
+    }
+    if (pwrite(f, kGuestSyscallLoop, sizeof(kGuestSyscallLoop), 4 * 4096) !=
+        static_cast<ssize_t>(sizeof(kGuestSyscallLoop))) {
+      return -1;
+    }
+    return f;
+  }();
+  return fd;
+}
+
+// One create / mmap / pwrite / RUN / destroy cycle, plus a RUN that fetches its code through
+// a MAP_VPAGETABLE region (an object attached to the stub, a translation installed); returns
+// "" or what went wrong.
 std::string Cycle(int type) {
   static char id_object;
   void* const id = &id_object;
@@ -151,6 +174,25 @@ std::string Cycle(int type) {
                tf.tf_rip != static_cast<int64_t>(kCodeAddr + 2)) {
       error = "unexpected exit: trapno " + std::to_string(tf.tf_trapno) + " rip " +
               std::to_string(tf.tf_rip);
+    } else if (vmspace_mmap(id, reinterpret_cast<void*>(kVptAddr), 2 << 20,
+                            PROT_READ | PROT_WRITE | PROT_EXEC,
+                            MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, VptMemfd(), 0) !=
+                   reinterpret_cast<void*>(kVptAddr) ||
+               vmspace_mcontrol(id, reinterpret_cast<void*>(kVptAddr), 2 << 20, MADV_SETMAP,
+                                static_cast<off_t>(VPTE_V | VPTE_RW | VPTE_U)) != 0) {
+      error = std::string("MAP_VPAGETABLE: ") + strerror(errno);
+    } else {
+      tf = {};
+      tf.tf_rip = kVptAddr;
+      tf.tf_rflags = 0x202;
+      tf.tf_rax = 40;
+      if (vmspace_ctl(id, VMSPACE_CTL_RUN, &tf, &vf) != 0) {
+        error = std::string("vmspace_ctl (VPAGETABLE): ") + strerror(errno);
+      } else if (tf.tf_trapno != T_FAST_SYSCALL || tf.tf_rax != 40 ||
+                 tf.tf_rip != static_cast<int64_t>(kVptAddr + 2)) {
+        error = "unexpected VPAGETABLE exit: trapno " + std::to_string(tf.tf_trapno) +
+                " rip " + std::to_string(tf.tf_rip) + " addr " + std::to_string(tf.tf_addr);
+      }
     }
   }
   if (vmspace_destroy(id) != 0 && error.empty()) {

@@ -32,8 +32,9 @@ uint32_t AccessBits(Access access) {
 //     fetch of the instruction's tail or a data access; unknown;
 //   - not installed, elsewhere: a data access, read or write;
 //   - installed without write but with execute: reads and fetches pass, so it is a write;
-//   - installed without write and without execute: a write, unless a fetch could have
-//     touched the page (rip's page or the straddle case above);
+//   - installed without execute, the address on rip's page: the fetch (it comes first);
+//   - installed without write and without execute, elsewhere: a write, unless the straddle
+//     case above makes it a possible fetch;
 //   - installed with write but without execute: a fetch;
 //   - anything else (everything allowed, protection keys, a record that disagrees with the
 //     signal): unknown.

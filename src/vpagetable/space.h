@@ -101,8 +101,9 @@ class Space {
 
   // ---- faults ----
   // Resolves an access to `addr`: walks (setting A/M) and installs the page, or reports the
-  // walk's failure. `speculative` (with kRead, see Inference::kGuessRead): install without
-  // write permission and answer kUnsure instead of kFault. A host error from the installer
+  // walk's failure. `speculative` (with kRead, see Inference::kGuessRead): install the page
+  // without write permission and answer kUnsure instead of kFault. (Fault-around neighbours
+  // get what their own entries allow either way: a walk of them would set nothing.) A host error from the installer
   // is returned as a Status.
   absl::StatusOr<Resolution> Resolve(uint64_t addr, Access access, Installer& installer,
                                      bool speculative = false);

@@ -60,6 +60,8 @@ bool Tlb::Erase(uint64_t va) {
 
 size_t Tlb::EraseRange(uint64_t start, uint64_t end) {
   if (size_ == 0 || end <= start) return 0;
+  start &= ~uint64_t{4095};
+  end = (end + 4095) & ~uint64_t{4095};  // every page the range touches
   size_t erased = 0;
   const uint64_t pages = (end - start) >> 12;
   if (pages <= mask_ + 1) {

@@ -31,7 +31,7 @@ class Tlb {
   void Put(uint64_t va, int prot);
   // Forgets page `va`; true if it was there.
   bool Erase(uint64_t va);
-  // Forgets every page in [start, end); returns how many there were.
+  // Forgets every page [start, end) touches; returns how many there were.
   size_t EraseRange(uint64_t start, uint64_t end);
   // Forgets everything.
   void Clear();

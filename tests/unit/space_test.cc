@@ -1,7 +1,8 @@
 // vpt::InferAccess (what a SIGSEGV tells about its access, table-driven over every rule) and
-// vpt::Space (regions, SETMAP/INVAL, fault resolution through the walker, the translation
-// budget and vmspace_pread/pwrite copies) against a recording fake Installer and a real
-// vpt::Backing over a memfd that holds 4-level page tables built by the test.
+// vpt::Space (regions, SETMAP/INVAL, fault resolution through the walker, fault-around, the
+// translation budget, installer errors and vmspace_pread/pwrite copies) against a recording
+// fake Installer and a real vpt::Backing over a memfd holding 4-level page tables built by
+// the test.
 #include "vpagetable/space.h"
 
 #include <errno.h>
@@ -19,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/errno_status.h"
 #include "vkrt/vmspace.h"
 
 #ifndef SEGV_PKUERR
@@ -177,6 +179,11 @@ class FakeInstaller : public Installer {
   absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                        uint64_t offset) override {
     calls.push_back({true, addr, len, prot, handle, offset});
+    if (!install_failures.empty()) {  // fail (after recording the attempt)
+      absl::Status s = install_failures.front();
+      install_failures.erase(install_failures.begin());
+      return s;
+    }
     return absl::OkStatus();
   }
   absl::Status Drop(uint64_t addr, uint64_t len) override {
@@ -184,6 +191,7 @@ class FakeInstaller : public Installer {
     return absl::OkStatus();
   }
   std::vector<Call> calls;
+  std::vector<absl::Status> install_failures;  // returned by the next Install calls
 };
 
 constexpr uint64_t kObjectSize = 64 * kPage;
@@ -669,6 +677,48 @@ TEST_F(SpaceTest, FaultAroundWithinALargePage) {
             installer_.calls);
   EXPECT_EQ(8u, space_.installed());
   EXPECT_EQ(VPTE_A, Entry(kTreeA.pd) & (VPTE_A | VPTE_M));
+}
+
+TEST_F(SpaceTest, InstallOutOfHostMappingsFlushesAndRetries) {
+  AddMappedMainRegion(space_);
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(1), Access::kRead).outcome);
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(9), Access::kRead).outcome);
+  installer_.calls.clear();
+  ClearAccessed(kTreeA, 32);  // no fault-around of page 9
+  installer_.install_failures = {ErrnoError(ENOMEM, "mmap")};
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(12), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(12), kR, kHandle, Frame(kTreeA, 12)),
+                               DropCall(kStart, kPages * kPage),
+                               InstallCall(At(12), kR, kHandle, Frame(kTreeA, 12))}),
+            installer_.calls);
+  EXPECT_EQ(1u, space_.evictions());
+  EXPECT_EQ(1u, space_.installed());
+  EXPECT_EQ(-1, Installed(space_, At(1)));
+  EXPECT_EQ(kR, Installed(space_, At(12)));
+}
+
+TEST_F(SpaceTest, InstallErrorsAreReturned) {
+  AddMappedMainRegion(space_);
+  // ENOMEM with nothing installed to flush: returned as it is.
+  installer_.install_failures = {ErrnoError(ENOMEM, "mmap")};
+  auto r = space_.Resolve(At(2), Access::kRead, installer_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(ENOMEM, ErrnoOf(r.status()));
+  EXPECT_EQ(0u, space_.installed());
+  // Another error with translations installed: returned, no flush. (Page 10 is in another
+  // fault-around group than page 2, whose entry the failed attempt marked accessed.)
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(10), Access::kRead).outcome);
+  installer_.calls.clear();
+  installer_.install_failures = {ErrnoError(EBADF, "mmap")};
+  r = space_.Resolve(At(4), Access::kRead, installer_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(EBADF, ErrnoOf(r.status()));
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(4), kR, kHandle, Frame(kTreeA, 4))}),
+            installer_.calls);
+  EXPECT_EQ(0u, space_.evictions());
+  EXPECT_EQ(1u, space_.installed());
+  EXPECT_EQ(-1, Installed(space_, At(2)));
+  EXPECT_EQ(-1, Installed(space_, At(4)));
 }
 
 // Fills each data frame of tree A with a pattern of its own.

@@ -125,29 +125,43 @@ TEST(Tlb, SizeAndFull) {
   EXPECT_EQ(PROT_READ, tlb.Find(Va(40)));
 }
 
+// Puts `pages` (in order) into a Tlb of `capacity`, erases one of them, and checks that every
+// other one is still found; for each choice of the erased page.
+void EraseEachInTurn(size_t capacity, const std::vector<uint64_t>& pages) {
+  for (size_t victim = 0; victim < pages.size(); ++victim) {
+    Tlb tlb(capacity);
+    for (size_t i = 0; i < pages.size(); ++i) tlb.Put(Va(pages[i]), static_cast<int>(i));
+    ASSERT_TRUE(tlb.Erase(Va(pages[victim]))) << "victim " << victim;
+    EXPECT_EQ(pages.size() - 1, tlb.size());
+    for (size_t i = 0; i < pages.size(); ++i) {
+      EXPECT_EQ(i == victim ? -1 : static_cast<int>(i), tlb.Find(Va(pages[i])))
+          << "victim " << victim << ", page " << pages[i];
+    }
+    // And a re-insert after the deletion lands in a findable place.
+    tlb.Put(Va(pages[victim]), 99);
+    EXPECT_EQ(99, tlb.Find(Va(pages[victim])));
+    EXPECT_EQ(pages.size(), tlb.size());
+  }
+}
+
 TEST(Tlb, EraseOfWrappedProbeRunKeepsEveryOtherMemberFindable) {
-  // Pages whose home is the last slot or the first two: their runs cross the table's end.
-  const size_t slots = SlotCount(16);
+  const size_t capacity = 16;
+  const size_t slots = SlotCount(capacity);
   const std::vector<uint64_t> last = PagesWithHomes({slots - 1}, slots, 3);
   const std::vector<uint64_t> first = PagesWithHomes({0}, slots, 2);
   const std::vector<uint64_t> second = PagesWithHomes({1}, slots, 2);
-  std::vector<uint64_t> all;
-  for (const auto* v : {&last, &first, &second}) all.insert(all.end(), v->begin(), v->end());
-  // Every order of erasing one member must leave the others findable.
-  for (size_t victim = 0; victim < all.size(); ++victim) {
-    Tlb tlb(16);
-    for (size_t i = 0; i < all.size(); ++i) tlb.Put(Va(all[i]), static_cast<int>(i));
-    ASSERT_TRUE(tlb.Erase(Va(all[victim]))) << "victim " << victim;
-    EXPECT_EQ(all.size() - 1, tlb.size());
-    for (size_t i = 0; i < all.size(); ++i) {
-      EXPECT_EQ(i == victim ? -1 : static_cast<int>(i), tlb.Find(Va(all[i])))
-          << "victim " << victim << ", page " << all[i];
-    }
-    // And a re-insert after the deletion lands in a findable place.
-    tlb.Put(Va(all[victim]), 99);
-    EXPECT_EQ(99, tlb.Find(Va(all[victim])));
-    EXPECT_EQ(all.size(), tlb.size());
-  }
+  // Members displaced across the table's end (homes at the last slot, then the first two):
+  // they must move back into the hole.
+  std::vector<uint64_t> displaced = last;
+  displaced.insert(displaced.end(), first.begin(), first.end());
+  displaced.insert(displaced.end(), second.begin(), second.end());
+  EraseEachInTurn(capacity, displaced);
+  // One member at the last slot, then members at their own home past the end: erasing the
+  // first leaves a hole at the last slot that they must *not* move into.
+  std::vector<uint64_t> at_home = {last[0]};
+  at_home.insert(at_home.end(), first.begin(), first.end());
+  at_home.push_back(second[0]);
+  EraseEachInTurn(capacity, at_home);
 }
 
 TEST(Tlb, EraseRangeSmallRangeGoesPageByPage) {
