@@ -821,6 +821,18 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   c.xstate_known = false;  // set again once the guest's state has been read at the exit
   if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
 
+  // A signal the wait would let in is pending: let its handler run now and say so (RUN then
+  // ends with kInterrupted, as if the handler had run during the wait).
+  auto TakePendingSignal = [&] {
+    uint64_t pending = 0;
+    syscall(SYS_rt_sigpending, &pending, 8);
+    if ((pending & ~wait_mask) == 0) return false;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
+    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+    blocked = true;
+    (void)ts.TakeInterrupt();
+    return true;
+  };
   bool stopping = false;           // we sent PTRACE_INTERRUPT for this RUN
   bool awaiting_report = false;    // a fault signal was delivered to the stub's handler
   user_regs_struct fault_regs;     // guest registers at that fault
@@ -903,9 +915,15 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
               c.regs_known = false;
               if (auto s = LoadRegs(c, fault_regs); !s.ok()) return s;
               if (auto s = SetXstate(tid, state.xstate); !s.ok()) return s;
-              c.regs_known = false;
               awaiting_report = false;
               vpt_fault = false;
+              if ((stopping && !c.pending_event_stop) || TakePendingSignal()) {
+                // The install consumed the stop our PTRACE_INTERRUPT asked for, or a signal
+                // came meanwhile (see above).
+                x86_64::UserRegsToFrame(fault_regs, *state.tf);
+                return GuestExit{};  // kInterrupted
+              }
+              c.regs_known = false;
               if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) {
                 return s;
               }
@@ -988,6 +1006,17 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
                   resolved->outcome == Outcome::kNotVpt) {
                 // Retry the access; the SIGSEGV is discarded.
                 if (auto s = LoadRegs(c, fault_regs); !s.ok()) return s;
+                if ((stopping && !c.pending_event_stop) || TakePendingSignal()) {
+                  // The install consumed the stop our PTRACE_INTERRUPT asked for, or a signal
+                  // came meanwhile (WaitGuest's fast path does not look, and a fault storm
+                  // would never end RUN): end the RUN here, at the faulting instruction (it
+                  // retries and succeeds next time).
+                  x86_64::UserRegsToFrame(fault_regs, *state.tf);
+                  if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
+                  RememberXstate(c, state.xstate);
+                  exit.kind = GuestExit::Kind::kInterrupted;
+                  return exit;
+                }
                 c.regs_known = false;
                 if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) {
                   return s;
