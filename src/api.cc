@@ -1,4 +1,5 @@
 // The C layer: the only place where internal errors become errno (SPEC §1).
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 #include <signal.h>
@@ -6,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
 
 #include "arch/x86_64/xstate.h"
@@ -143,65 +145,26 @@ int mcontrol(void* addr, size_t len, int behav, off_t value) {
 }
 
 // ---- the caller's own address space (vpagetable/own_space.h) ----------------------------
-// mmap/munmap/sigaction/signal are interposed so that DragonFly-style code gets
-// mmap(MAP_VPAGETABLE) on its own memory and vkrt's SIGSEGV handler stays in front of the
-// program's. Everything else goes straight to the kernel (or glibc's sigaction).
+// The interposed mmap/munmap/sigaction live in src/interpose.cc (built without sanitizer
+// instrumentation, since sanitizer runtimes call mmap before they are initialised); they
+// come here for everything that involves MAP_VPAGETABLE.
 
-extern "C" int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
-
-// Named through asm labels: with _FILE_OFFSET_BITS=64 glibc's header renames mmap to mmap64.
-extern "C" VKRT_API void* VkrtMmap(void* addr, size_t len, int prot, int flags, int fd,
-                                   off_t offset) __asm__("mmap");
-extern "C" VKRT_API void* VkrtMmap64(void* addr, size_t len, int prot, int flags, int fd,
-                                     off_t offset) __asm__("mmap64");
-
-void* VkrtMmap(void* addr, size_t len, int prot, int flags, int fd, off_t offset) {
-  if (flags & MAP_VPAGETABLE) {
-    auto mapped = vkrt::vpt::OwnMap(reinterpret_cast<uint64_t>(addr), len, prot,
-                                    flags & ~MAP_VPAGETABLE, fd, offset);
-    if (!mapped.ok()) return Fail<void*>(mapped.status(), MAP_FAILED);
-    return reinterpret_cast<void*>(*mapped);
-  }
-  const long r = syscall(SYS_mmap, addr, len, prot, flags, fd, offset);
-  if (r == -1) return MAP_FAILED;
-  if ((flags & MAP_FIXED) && vkrt::vpt::OwnHasRegions()) {
-    vkrt::vpt::OwnForget(static_cast<uint64_t>(r), len);  // replaced a VPAGETABLE region
-  }
-  return reinterpret_cast<void*>(r);
+__attribute__((visibility("hidden"))) void* vkrt_own_mmap(void* addr, size_t len, int prot,
+                                                         int flags, int fd, off_t offset) {
+  auto mapped = vkrt::vpt::OwnMap(reinterpret_cast<uint64_t>(addr), len, prot,
+                                  flags & ~MAP_VPAGETABLE, fd, offset);
+  if (!mapped.ok()) return Fail<void*>(mapped.status(), MAP_FAILED);
+  return reinterpret_cast<void*>(*mapped);
 }
 
-void* VkrtMmap64(void* addr, size_t len, int prot, int flags, int fd, off_t offset) {
-  return VkrtMmap(addr, len, prot, flags, fd, offset);
+__attribute__((visibility("hidden"))) void vkrt_own_forget(void* addr, size_t len) {
+  vkrt::vpt::OwnForget(reinterpret_cast<uint64_t>(addr), len);
 }
 
-extern "C" VKRT_API int munmap(void* addr, size_t len) {
-  const long r = syscall(SYS_munmap, addr, len);
-  if (r == 0 && vkrt::vpt::OwnHasRegions()) {
-    vkrt::vpt::OwnForget(reinterpret_cast<uint64_t>(addr), len);
-  }
-  return static_cast<int>(r);
-}
-
-extern "C" VKRT_API int sigaction(int sig, const struct sigaction* act,
-                                  struct sigaction* oldact) {
-  if (vkrt::vpt::OwnSigaction(sig, act, oldact)) return 0;
-  return __sigaction(sig, act, oldact);
-}
-
-// BSD semantics, as glibc's signal(): the signal blocked in its handler, calls restarted.
-extern "C" VKRT_API sighandler_t signal(int sig, sighandler_t handler) {
-  struct sigaction act = {};
-  struct sigaction old = {};
-  act.sa_handler = handler;
-  sigemptyset(&act.sa_mask);
-  if (sig > 0 && sig < NSIG) sigaddset(&act.sa_mask, sig);
-  act.sa_flags = SA_RESTART;
-  if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
-  return old.sa_handler;
-}
-
-extern "C" VKRT_API sighandler_t bsd_signal(int sig, sighandler_t handler) {
-  return signal(sig, handler);
+__attribute__((visibility("hidden"))) int vkrt_own_sigaction(int sig,
+                                                            const struct sigaction* act,
+                                                            struct sigaction* oldact) {
+  return vkrt::vpt::OwnSigaction(sig, act, oldact) ? 1 : 0;
 }
 
 const char* vkrt_backend_name(void) {

@@ -28,7 +28,10 @@ absl::flat_hash_map<pid_t, ThreadState*>& Table() {
   return *table;
 }
 
-void KickHandler(int) {}
+// Counts the kick handler's runs in this thread (initial-exec TLS: safe in a handler).
+__attribute__((tls_model("initial-exec"))) thread_local volatile uint32_t t_kicks = 0;
+
+void KickHandler(int) { t_kicks = t_kicks + 1; }
 
 void InstallKickHandler() {
   static std::once_flag once;
@@ -89,6 +92,8 @@ ThreadState& ThreadState::Current() {
 }
 
 int ThreadState::KickSignal() { return SIGRTMAX - 1; }
+
+uint32_t ThreadState::Kicks() { return t_kicks; }
 
 absl::Status ThreadState::Interrupt(pid_t tid) {
   std::lock_guard<std::mutex> lock(TableMutex());

@@ -26,6 +26,9 @@ class ThreadState {
   // The signal vkrt reserves (SIGRTMAX - 1): its handler does nothing; its delivery ends
   // the wait of a RUN.
   static int KickSignal();
+  // How many times the kick signal's handler has run in the calling thread (timeouts and
+  // vkrt_interrupt), so that a RUN can tell one ran outside its wait.
+  static uint32_t Kicks();
 
   // gettid() of the calling thread, cached (glibc does not cache it).
   static pid_t CurrentTid();

@@ -21,6 +21,7 @@
 #include "vpagetable/space.h"
 
 extern "C" int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+extern "C" int vkrt_own_active;  // src/interpose.cc
 
 namespace vkrt::vpt {
 namespace {
@@ -167,6 +168,7 @@ absl::Status InstallHandler() {
   if (__sigaction(SIGSEGV, &ours, &old) != 0) return SyscallError("sigaction(SIGSEGV)");
   if (old.sa_sigaction != OnSegv) SetProgramAction(old);
   g_handler_installed.store(true, std::memory_order_release);
+  __atomic_store_n(&vkrt_own_active, 1, __ATOMIC_RELEASE);
   return absl::OkStatus();
 }
 

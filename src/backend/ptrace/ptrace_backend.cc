@@ -823,7 +823,13 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
 
   // A signal the wait would let in is pending: let its handler run now and say so (RUN then
   // ends with kInterrupted, as if the handler had run during the wait).
+  // A RUN goes on after resolving a VPAGETABLE fault. The wait may have left signals
+  // unblocked; block them again before the resolution's own waits (which retry EINTR and
+  // would swallow a handler), and notice a kick whose handler ran since the RUN began.
+  const uint32_t kicks_at_start = ThreadState::Kicks();
+  bool open_after_wait = false;
   auto TakePendingSignal = [&] {
+    if (ThreadState::Kicks() != kicks_at_start) return true;
     uint64_t pending = 0;
     syscall(SYS_rt_sigpending, &pending, 8);
     if ((pending & ~wait_mask) == 0) return false;
@@ -846,6 +852,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
       auto waited = WaitGuest(c, wait_mask, signalled, unblocked);
       // Restore old_mask at the end unless the wait already left exactly that in place.
       blocked = !unblocked || wait_mask != old_mask;
+      open_after_wait = unblocked;
       if (!waited.ok()) return waited.status();
       if (signalled) {
         // A handler ran in this thread (a signal, the timeout or vkrt_interrupt): stop the
@@ -902,6 +909,11 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
           const int si_code = static_cast<int>(regs.r10);
           if (si_code == SEGV_ACCERR || si_code == SEGV_PKUERR) exit.err |= PGEX_P;
           if (vpt_fault && !(regs.rsi & kPgexProtectionKey)) {
+            if (open_after_wait) {
+              syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+              blocked = true;
+              open_after_wait = false;
+            }
             // A VPAGETABLE fault whose access the signal could not tell: now it is known.
             const vpt::Access access = (regs.rsi & PGEX_W)   ? vpt::Access::kWrite
                                        : (regs.rsi & PGEX_I) ? vpt::Access::kExecute
@@ -989,6 +1001,11 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
           // for the install.
           siginfo_t si = {};
           int installed = -1;
+          if (open_after_wait) {
+            syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+            blocked = true;
+            open_after_wait = false;
+          }
           if (ptrace(PTRACE_GETSIGINFO, tid, 0, &si) == 0 &&
               vpt()->Lookup(reinterpret_cast<uint64_t>(si.si_addr), installed)) {
             vpt_fault = true;
