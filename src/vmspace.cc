@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "arch/x86_64/frame.h"
 #include "common/errno_status.h"
+#include "common/sysctl.h"
 #include "registry.h"
 #include "thread_state.h"
 
@@ -18,15 +19,8 @@ constexpr uint64_t kPage = 4096;
 constexpr uint64_t kTop = VKRT_VM_MAX_USER_ADDRESS;
 
 uint64_t MmapMinAddr() {
-  static const uint64_t value = [] {
-    uint64_t v = 65536;
-    if (FILE* f = fopen("/proc/sys/vm/mmap_min_addr", "r")) {
-      unsigned long long x;
-      if (fscanf(f, "%llu", &x) == 1) v = x;
-      fclose(f);
-    }
-    return (v + kPage - 1) & ~(kPage - 1);
-  }();
+  static const uint64_t value =
+      (ReadSysctl("/proc/sys/vm/mmap_min_addr", 65536) + kPage - 1) & ~(kPage - 1);
   return value;
 }
 

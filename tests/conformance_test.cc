@@ -37,6 +37,7 @@
 
 #include "gtest/gtest.h"
 #include "test_support.h"
+#include "vpt_tables.h"
 #include "guest_code.h"
 
 // ---- FPU pass-through helpers -------------------------------------------------------------
@@ -2207,56 +2208,11 @@ std::string ParamName(const ::testing::TestParamInfo<int>& info) { return Backen
 
 constexpr uint64_t kVptAddr = 0x40000000;
 constexpr uint64_t kVptLen = 0x40000000;  // 1 GiB: 262144 pages
-constexpr uint64_t kVpteUser = VPTE_V | VPTE_RW | VPTE_U;
+using vkrt_test::kVpteUser;
 
 uint64_t VptPage(uint64_t index) { return kVptAddr + index * kPage; }
 
-// Page tables and pages in a memfd. Frames are byte offsets; frame 0 is the first top table.
-class PhysMem {
- public:
-  explicit PhysMem(size_t size) : mem_(size), size_(size) {}
-  bool ok() const { return mem_.ok(); }
-  int fd() const { return mem_.fd(); }
-  uint64_t Load(uint64_t offset) const { return mem_.Load(offset); }
-  void Store(uint64_t offset, uint64_t v) { mem_.Store(offset, v); }
-
-  // The MADV_SETMAP value for the current top table.
-  uint64_t root() const { return top_ | VPTE_V | VPTE_RW | VPTE_U; }
-  // Starts a new, empty set of tables (for SETMAP tests).
-  void NewTop() { top_ = NewFrame(); }
-  // A fresh zeroed frame. Aborts the test binary if the memfd is exhausted (a test bug).
-  uint64_t NewFrame() {
-    const uint64_t frame = next_ * kPage;
-    if (frame + kPage > size_) abort();
-    ++next_;
-    return frame;
-  }
-  // Byte offset of the entry for walk index `index` at `level` (3 = top table, 0 = last),
-  // creating the tables above it.
-  uint64_t EntryOffset(uint64_t index, int level = 0) {
-    uint64_t table = top_;
-    for (int l = 3; l > level; --l) {
-      const uint64_t slot = table + ((index >> (9 * l)) & 511) * 8;
-      uint64_t e = Load(slot);
-      if (!(e & VPTE_V)) {
-        e = NewFrame() | kVpteUser;
-        Store(slot, e);
-      }
-      table = e & VPTE_FRAME;
-    }
-    return table + ((index >> (9 * level)) & 511) * 8;
-  }
-  void Map(uint64_t index, uint64_t frame, uint64_t bits = kVpteUser) {
-    Store(EntryOffset(index), frame | bits);
-  }
-  uint64_t Entry(uint64_t index, int level = 0) { return Load(EntryOffset(index, level)); }
-
- private:
-  SharedMemfd mem_;
-  size_t size_;
-  uint64_t top_ = 0;
-  uint64_t next_ = 1;
-};
+using vkrt_test::PhysMem;
 
 // Pins the calling thread to the CPU it is on, for the scope. A guest context takes its
 // vkernel thread's affinity when created, so a vmspace created inside the scope runs its

@@ -21,61 +21,15 @@
 
 #include "gtest/gtest.h"
 #include "test_support.h"
+#include "vpt_tables.h"
 
 namespace {
 
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kLen = 1ULL << 30;  // 262144 pages
-constexpr uint64_t kVpteUser = VPTE_V | VPTE_RW | VPTE_U;
+using vkrt_test::kVpteUser;
 
-// Page tables and pages in a memfd, as in the conformance suite.
-class PhysMem {
- public:
-  explicit PhysMem(size_t size) : size_(size) {
-    fd_ = memfd_create("vkrt-own", MFD_CLOEXEC);
-    if (fd_ < 0 || ftruncate(fd_, static_cast<off_t>(size)) != 0) return;
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-    if (p != MAP_FAILED) words_ = static_cast<uint64_t*>(p);
-  }
-  ~PhysMem() {
-    if (words_ != nullptr) munmap(words_, size_);
-    if (fd_ >= 0) close(fd_);
-  }
-  bool ok() const { return words_ != nullptr; }
-  int fd() const { return fd_; }
-  uint64_t Load(uint64_t off) const { return __atomic_load_n(&words_[off / 8], __ATOMIC_ACQUIRE); }
-  void Store(uint64_t off, uint64_t v) { __atomic_store_n(&words_[off / 8], v, __ATOMIC_RELEASE); }
-  uint64_t root() const { return top_ | kVpteUser; }
-  void NewTop() { top_ = NewFrame(); }
-  uint64_t NewFrame() {
-    if ((next_ + 1) * kPage > size_) abort();
-    return (next_++) * kPage;
-  }
-  uint64_t EntryOffset(uint64_t index, int level = 0) {
-    uint64_t table = top_;
-    for (int l = 3; l > level; --l) {
-      const uint64_t slot = table + ((index >> (9 * l)) & 511) * 8;
-      uint64_t e = Load(slot);
-      if (!(e & VPTE_V)) {
-        e = NewFrame() | kVpteUser;
-        Store(slot, e);
-      }
-      table = e & VPTE_FRAME;
-    }
-    return table + ((index >> (9 * level)) & 511) * 8;
-  }
-  void Map(uint64_t index, uint64_t frame, uint64_t bits = kVpteUser) {
-    Store(EntryOffset(index), frame | bits);
-  }
-  uint64_t Entry(uint64_t index, int level = 0) { return Load(EntryOffset(index, level)); }
-
- private:
-  size_t size_;
-  int fd_ = -1;
-  uint64_t* words_ = nullptr;
-  uint64_t top_ = 0;
-  uint64_t next_ = 1;
-};
+using vkrt_test::PhysMem;
 
 // A VPAGETABLE region of this process over `pm`, unmapped at scope exit.
 class OwnRegion {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
+#include "common/sysctl.h"
 #include "vkrt/vmspace.h"
 
 namespace vkrt::vpt {
@@ -83,16 +84,9 @@ Inference InferAccess(uint64_t addr, uint64_t rip, int si_code, int installed_pr
 Space::Space(size_t budget) : tlb_(budget) {}
 
 size_t Space::StubBudget() {
-  static const size_t budget = [] {
-    size_t max = 65530;
-    if (FILE* f = fopen("/proc/sys/vm/max_map_count", "r")) {
-      unsigned long long v;
-      if (fscanf(f, "%llu", &v) == 1) max = v;
-      fclose(f);
-    }
-    // A translation can cost two host mappings (it splits the reservation around it).
-    return std::clamp<size_t>(max / 4, 64, 16384);
-  }();
+  // A translation can cost two host mappings (it splits the reservation around it).
+  static const size_t budget =
+      std::clamp<size_t>(ReadSysctl("/proc/sys/vm/max_map_count", 65530) / 4, 64, 16384);
   return budget;
 }
 
