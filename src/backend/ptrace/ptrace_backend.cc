@@ -302,12 +302,11 @@ void RememberXstate(Context& c, const void* area) {
 
 class PtraceAddressSpace : public AddressSpace {
  public:
-  PtraceAddressSpace(pid_t pid, int ctl_fd, int fd_sock, int stub_fd_sock, int stub_free_fd)
+  PtraceAddressSpace(pid_t pid, int ctl_fd, int fd_sock, int stub_fd_sock)
       : pid_(pid),
         ctl_fd_(ctl_fd),
         fd_sock_(fd_sock),
-        stub_fd_sock_(stub_fd_sock),
-        stub_free_fd_(stub_free_fd) {}
+        stub_fd_sock_(stub_fd_sock) {}
   ~PtraceAddressSpace() override;
 
   absl::StatusOr<uint64_t> Map(const MapRequest& request) override;
@@ -349,7 +348,6 @@ class PtraceAddressSpace : public AddressSpace {
   const int ctl_fd_;
   const int fd_sock_;
   const int stub_fd_sock_;  // the stub's end of the fd socket, as numbered in the stub
-  const int stub_free_fd_;  // the fd number a received fd gets in the stub
   std::atomic<bool> dead_{false};
   std::mutex contexts_mu_;  // serialises context creation and release
   std::array<Context, x86_64::kStubMaxSlots> contexts_;
@@ -1148,11 +1146,9 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace(
     return s;
   }
   const sock_fprog* prog = StubFilter();
-  // The stub's fds keep their numbers; a received fd takes the lowest free one.
+  // The fds the stub keeps, in order (the child closes the ranges between them).
   int keep[3] = {ctl[1], pidfd, fds[1]};
   std::sort(keep, keep + 3);
-  int free_fd = 0;
-  while (free_fd == keep[0] || free_fd == keep[1] || free_fd == keep[2]) ++free_fd;
 
   // fork() without running atfork handlers, with no exit signal (the stub's death must not
   // disturb the vkernel's SIGCHLD handling; it is reaped with __WALL).
@@ -1184,7 +1180,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> PtraceBackend::CreateAddressSpace(
     close(fds[0]);
     return ErrnoError(clone_errno, "clone() of a stub process");
   }
-  auto space = std::make_unique<PtraceAddressSpace>(pid, ctl[0], fds[0], fds[1], free_fd);
+  auto space = std::make_unique<PtraceAddressSpace>(pid, ctl[0], fds[0], fds[1]);
   // Create the creator's context now: it proves the stub booted.
   if (auto c = space->CallerContext(); !c.ok()) return c.status();
   return std::unique_ptr<AddressSpace>(std::move(space));
