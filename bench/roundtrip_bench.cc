@@ -5,6 +5,11 @@
 //   BM_FloorPtraceSysemu        the raw ptrace floor, no vkrt code at all: one PTRACE_SYSEMU +
 //                               waitpid + PTRACE_GETREGS + PTRACE_SETREGS per guest `syscall`.
 //                               This is what the ptrace backend can at best approach.
+//   BM_FloorSigsysSpinHandoff   the raw seccomp floor, no vkrt code at all (bench/sigsys_probe.h):
+//                               a forked guest's `syscall` hits a SECCOMP_RET_TRAP filter, its
+//                               SIGSYS handler copies gregs to a shared page and spins until this
+//                               thread answers (rax = rdi + 1), then rt_sigreturns. The guest runs
+//                               on another CPU (label guest_cpu=N): the seccomp backend's target.
 //   BM_VkrtSyscallRoundTrip     one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_FAST_SYSCALL.
 //   BM_VkrtFaultRoundTrip       one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_PAGEFLT for a load
 //                               from an unmapped guest address (the fault is re-taken each RUN).
@@ -15,9 +20,12 @@
 // CPU placement dominates these numbers on this 2-vCPU machine (see /work/shared/probes/README.md:
 // the bare SYSEMU round trip is ~9.5 us with tracer and tracee on one CPU, 30-70 us across CPUs),
 // so main() pins the benchmark thread to CPU 0 before anything else runs. vkrt gives its guest
-// the creating thread's affinity, and the floor's child pins itself to the same CPU, so every
-// benchmark here is a "same CPU" measurement. VKRT_BENCH_CPU=<n> pins to CPU n instead;
-// VKRT_BENCH_CPU=none leaves the affinity alone (to look at the unpinned/cross-CPU cost).
+// the creating thread's affinity, and the ptrace floor's child pins itself to the same CPU, so
+// those benchmarks are "same CPU" measurements. The exception is BM_FloorSigsysSpinHandoff: both of
+// its sides spin, so its guest is pinned to the first other CPU this process was allowed to use
+// (it is skipped if there is none; with VKRT_BENCH_CPU=none the guest is left unpinned too).
+// VKRT_BENCH_CPU=<n> pins to CPU n instead; VKRT_BENCH_CPU=none leaves the affinity alone (to look
+// at the unpinned/cross-CPU cost).
 //
 // Build: linked against libvkrt and Debian's libbenchmark (which has no benchmark_main, hence the
 // main() at the bottom). Compiling with -DVKRT_FLOOR_ONLY leaves out every vkrt benchmark and the
@@ -47,6 +55,8 @@
 #include <string>
 #include <vector>
 
+#include "sigsys_probe.h"
+
 #ifndef VKRT_FLOOR_ONLY
 #include <vkrt/vmspace.h>
 #endif
@@ -55,6 +65,8 @@ namespace {
 
 // The CPU everything is pinned to; -1 = not pinned (VKRT_BENCH_CPU=none).
 int g_cpu = 0;
+// The CPUs the process was allowed before main() pinned it (for the SIGSYS floor's guest).
+cpu_set_t g_allowed_cpus;
 
 bool PinToCpu(int cpu) {
   if (cpu < 0) return true;
@@ -191,6 +203,44 @@ void BM_FloorPtraceSysemu(benchmark::State& state) {
   floor.Stop();
   if (err.empty()) SetRoundTripCounter(state);
 }
+
+// ---- 1b. The raw seccomp SIGSYS + spin handoff floor ------------------------------------------
+
+// The guest's CPU: the first allowed CPU other than g_cpu; -1 (guest left unpinned) if g_cpu is
+// -1; -2 if there is no other CPU (two spinning sides on one CPU would measure the scheduler).
+int SigsysGuestCpu() {
+  if (g_cpu < 0) return -1;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (cpu != g_cpu && CPU_ISSET(cpu, &g_allowed_cpus)) return cpu;
+  }
+  return -2;
+}
+
+void BM_FloorSigsysSpinHandoff(benchmark::State& state) {
+  const int guest_cpu = SigsysGuestCpu();
+  if (guest_cpu == -2) {
+    state.SkipWithError("the spin handoff needs a second CPU besides the benchmark thread's");
+    return;
+  }
+  state.SetLabel(guest_cpu >= 0 ? "guest_cpu=" + std::to_string(guest_cpu)
+                                : std::string("guest_cpu=unpinned"));
+  sigsys_probe::Probe probe;
+  std::string err = probe.Start(guest_cpu);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  for (auto _ : state) {
+    err = probe.RoundTrip();
+    if (!err.empty()) {
+      state.SkipWithError(err.c_str());
+      break;
+    }
+  }
+  probe.Stop();
+  if (err.empty()) SetRoundTripCounter(state);
+}
+
 #ifndef VKRT_FLOOR_ONLY
 
 // ---- vkrt benchmarks --------------------------------------------------------------------------
@@ -439,6 +489,7 @@ void Configure(benchmark::internal::Benchmark* b, benchmark::IterationCount iter
 }  // namespace
 
 BENCHMARK(BM_FloorPtraceSysemu)->Apply([](auto* b) { Configure(b, 20000); });
+BENCHMARK(BM_FloorSigsysSpinHandoff)->Apply([](auto* b) { Configure(b, 20000); });
 #ifndef VKRT_FLOOR_ONLY
 BENCHMARK(BM_VkrtSyscallRoundTrip)->Apply([](auto* b) { Configure(b, 20000); });
 BENCHMARK(BM_VkrtFaultRoundTrip)->Apply([](auto* b) { Configure(b, 10000); });
@@ -449,6 +500,10 @@ BENCHMARK(BM_PairedSyscallRatio)->Iterations(60)->Unit(benchmark::kMillisecond)-
 
 int main(int argc, char** argv) {
   // Pin first, before the benchmark library (or vkrt) does anything.
+  CPU_ZERO(&g_allowed_cpus);
+  if (sched_getaffinity(0, sizeof g_allowed_cpus, &g_allowed_cpus) != 0) {
+    std::fprintf(stderr, "roundtrip_bench: sched_getaffinity: %s\n", std::strerror(errno));
+  }
   const char* cpu = std::getenv("VKRT_BENCH_CPU");
   if (cpu != nullptr && std::strcmp(cpu, "none") == 0) {
     g_cpu = -1;

@@ -126,6 +126,8 @@ class AddressSpace {
   // Run's fault path or from mcontrol. Outcome: OK or a host error.
   virtual absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                                uint64_t offset) = 0;
+  // Carries out queued Installs (a backend may batch them). Outcome: OK or the first failure.
+  virtual absl::Status FlushInstalls() { return absl::OkStatus(); }
   // The VPAGETABLE state Run consults; set once, before the first VPAGETABLE mapping exists,
   // by the owner, which keeps it alive longer than this space.
   void set_vpt(vpt::Space* space) { vpt_.store(space, std::memory_order_release); }
@@ -149,6 +151,7 @@ class SpaceInstaller : public vpt::Installer {
     return space_.Install(addr, len, prot, handle, offset);
   }
   absl::Status Drop(uint64_t addr, uint64_t len) override;
+  absl::Status Flush() override { return space_.FlushInstalls(); }
 
  private:
   AddressSpace& space_;

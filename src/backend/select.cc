@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "backend/backend.h"
 #include "backend/ptrace/ptrace_backend.h"
+#include "backend/seccomp/seccomp_backend.h"
 #include "common/errno_status.h"
 
 namespace vkrt {
@@ -23,7 +24,7 @@ std::atomic<int> api_default{0};
 const char* BackendUnavailable(int type) {
   switch (type) {
     case VKRT_TYPE_PTRACE: return PtraceBackend::Unavailable();
-    case VKRT_TYPE_SECCOMP: return "the seccomp backend is not part of this build yet";
+    case VKRT_TYPE_SECCOMP: return SeccompBackend::Unavailable();
     case VKRT_TYPE_KVM: return "the kvm backend is not part of this build yet";
     default: return "unknown backend";
   }
@@ -80,6 +81,7 @@ absl::StatusOr<Backend*> BackendForType(int type) {
   if (const char* why = BackendUnavailable(type)) {
     return ErrnoError(EOPNOTSUPP, absl::StrFormat("backend %s: %s", kNames[type], why));
   }
+  if (type == VKRT_TYPE_SECCOMP) return SeccompBackend::Get();
   return PtraceBackend::Get();
 }
 

@@ -246,6 +246,18 @@ absl::StatusOr<Resolution> Space::Resolve(uint64_t addr, Access access, Installe
   }
   tlb_.Put(page, prot);
   FaultAround(it, page, index, walk, prot, installer);
+  if (auto s = installer.Flush(); !s.ok()) {
+    // A batching installer reports failures here. Neighbours that failed fault again later
+    // (their records are replaced then); the page itself must be in place.
+    if (ErrnoOf(s) != ENOMEM) return s;
+    if (auto f = FlushAll(installer); !f.ok()) return f;
+    if (auto again = installer.Install(page, kPage, prot, r.handle, walk.page_offset);
+        !again.ok()) {
+      return again;
+    }
+    if (auto again = installer.Flush(); !again.ok()) return again;
+    tlb_.Put(page, prot);
+  }
   result.outcome = Resolution::Outcome::kInstalled;
   return result;
 }

@@ -39,6 +39,9 @@ class Installer {
   // Removes whatever translations lie in [addr, addr+len): afterwards every access there
   // faults again.
   virtual absl::Status Drop(uint64_t addr, uint64_t len) = 0;
+  // Carries out Installs an installer queued (a backend may batch them into one host round
+  // trip); Resolve calls it before it returns. Outcome: OK, or the first failure.
+  virtual absl::Status Flush() { return absl::OkStatus(); }
 };
 
 // How a fault in a Space ended.

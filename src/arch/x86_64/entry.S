@@ -159,4 +159,87 @@ vkrt_wait_rseq_cs:
 	.quad .Lcs_abort             /* abort_ip */
 	.size vkrt_wait_rseq_cs, 32
 
+/*
+ * long vkrt_futex_wait_in_rseq(const uint64_t *sigmask, const uint32_t *uaddr, uint32_t val,
+ *                              const struct timespec *timeout)
+ *
+ * vkrt_wait_in_rseq's twin for the seccomp backend: sets the signal mask, then
+ * futex(uaddr, FUTEX_WAIT, val, timeout) (shared, not private: the word lives in memory
+ * shared with a stub process), both inside one restartable sequence (vkrt_futex_rseq_cs).
+ * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above.
+ */
+	.text
+	.globl vkrt_futex_wait_in_rseq
+	.hidden vkrt_futex_wait_in_rseq
+	.type vkrt_futex_wait_in_rseq, @function
+vkrt_futex_wait_in_rseq:
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	mov %rdi, %r12
+	mov %rsi, %r13
+	mov %edx, %r14d
+	mov %rcx, %r15
+	lea -256(%rsp), %rdi
+	mov $16, %ecx
+	xor %eax, %eax
+	rep stosq
+	xor %ecx, %ecx
+.Lfcs_start:
+	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
+	mov $2, %edi
+	mov %r12, %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+	syscall
+.Lfunblocked:
+	mov $202, %eax               /* futex(uaddr, FUTEX_WAIT, val, timeout) */
+	mov %r13, %rdi
+	xor %esi, %esi
+	mov %r14d, %edx
+	mov %r15, %r10
+	syscall
+.Lfcs_end:
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	ret
+	.long 0x53053053             /* RSEQ_SIG */
+.Lfcs_abort:
+	lea .Lfcs_end(%rip), %rdx
+	cmp %rdx, %rcx
+	je 3f
+	lea .Lfunblocked(%rip), %rdx
+	cmp %rdx, %rcx
+	je 1f
+	mov $-1001, %rax
+	jmp .Lfcs_end
+1:	lea -256(%rsp), %rdi
+	mov $32, %ecx
+2:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
+	je 3f
+	add $4, %rdi
+	dec %ecx
+	jnz 2b
+	mov $-1002, %rax
+	jmp .Lfcs_end
+3:	mov $-1003, %rax
+	jmp .Lfcs_end
+	.size vkrt_futex_wait_in_rseq, .-vkrt_futex_wait_in_rseq
+
+	.section .data.rel.ro, "aw"
+	.p2align 5
+	.globl vkrt_futex_rseq_cs
+	.hidden vkrt_futex_rseq_cs
+	.type vkrt_futex_rseq_cs, @object
+vkrt_futex_rseq_cs:
+	.long 0
+	.long 0
+	.quad .Lfcs_start
+	.quad .Lfcs_end - .Lfcs_start
+	.quad .Lfcs_abort
+	.size vkrt_futex_rseq_cs, 32
+
 	.section .note.GNU-stack,"",@progbits

@@ -131,4 +131,48 @@ void UserRegsToFrame(const user_regs_struct& regs, trapframe& tf) {
   tf.tf_ss = kUserSs;
 }
 
+void FrameToSigGregs(const trapframe& tf, uint64_t* g) {
+  g[kSigR8] = tf.tf_r8;
+  g[kSigR9] = tf.tf_r9;
+  g[kSigR10] = tf.tf_r10;
+  g[kSigR11] = tf.tf_r11;
+  g[kSigR12] = tf.tf_r12;
+  g[kSigR13] = tf.tf_r13;
+  g[kSigR14] = tf.tf_r14;
+  g[kSigR15] = tf.tf_r15;
+  g[kSigRdi] = tf.tf_rdi;
+  g[kSigRsi] = tf.tf_rsi;
+  g[kSigRbp] = tf.tf_rbp;
+  g[kSigRbx] = tf.tf_rbx;
+  g[kSigRdx] = tf.tf_rdx;
+  g[kSigRax] = tf.tf_rax;
+  g[kSigRcx] = tf.tf_rcx;
+  g[kSigRsp] = tf.tf_rsp;
+  g[kSigRip] = tf.tf_rip;
+  g[kSigEflags] = tf.tf_rflags;
+}
+
+void SigGregsToFrame(const uint64_t* g, trapframe& tf) {
+  tf.tf_r8 = static_cast<int64_t>(g[kSigR8]);
+  tf.tf_r9 = static_cast<int64_t>(g[kSigR9]);
+  tf.tf_r10 = static_cast<int64_t>(g[kSigR10]);
+  tf.tf_r11 = static_cast<int64_t>(g[kSigR11]);
+  tf.tf_r12 = static_cast<int64_t>(g[kSigR12]);
+  tf.tf_r13 = static_cast<int64_t>(g[kSigR13]);
+  tf.tf_r14 = static_cast<int64_t>(g[kSigR14]);
+  tf.tf_r15 = static_cast<int64_t>(g[kSigR15]);
+  tf.tf_rdi = static_cast<int64_t>(g[kSigRdi]);
+  tf.tf_rsi = static_cast<int64_t>(g[kSigRsi]);
+  tf.tf_rbp = static_cast<int64_t>(g[kSigRbp]);
+  tf.tf_rbx = static_cast<int64_t>(g[kSigRbx]);
+  tf.tf_rdx = static_cast<int64_t>(g[kSigRdx]);
+  tf.tf_rax = static_cast<int64_t>(g[kSigRax]);
+  tf.tf_rcx = static_cast<int64_t>(g[kSigRcx]);
+  tf.tf_rsp = static_cast<int64_t>(g[kSigRsp]);
+  tf.tf_rip = static_cast<int64_t>(g[kSigRip]);
+  tf.tf_rflags = static_cast<int64_t>(g[kSigEflags]);
+  tf.tf_cs = kUserCs;
+  tf.tf_ss = kUserSs;
+}
+
 }  // namespace vkrt::x86_64

@@ -48,6 +48,19 @@ void FrameToUserRegs(const trapframe& tf, uint64_t fs_base, uint64_t gs_base,
 // caller; cs/ss are reported as the user selectors.
 void UserRegsToFrame(const user_regs_struct& regs, trapframe& tf);
 
+// Frame <-> the general registers of a Linux signal frame (uc_mcontext.gregs, in REG_R8 ..
+// REG_CR2 order: kSigGregs words). FrameToSigGregs writes the general registers, rip, rsp
+// and rflags and leaves the rest (segments, err, trapno, oldmask, cr2) as the kernel wrote
+// them; SigGregsToFrame is UserRegsToFrame's counterpart.
+inline constexpr int kSigGregs = 23;
+enum SigGreg {
+  kSigR8, kSigR9, kSigR10, kSigR11, kSigR12, kSigR13, kSigR14, kSigR15, kSigRdi, kSigRsi,
+  kSigRbp, kSigRbx, kSigRdx, kSigRax, kSigRcx, kSigRsp, kSigRip, kSigEflags, kSigCsGsFs,
+  kSigErr, kSigTrapno, kSigOldmask, kSigCr2,
+};
+void FrameToSigGregs(const trapframe& tf, uint64_t* gregs);
+void SigGregsToFrame(const uint64_t* gregs, trapframe& tf);
+
 }  // namespace vkrt::x86_64
 
 #endif  // VKRT_SRC_ARCH_X86_64_FRAME_H_

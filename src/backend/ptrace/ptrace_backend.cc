@@ -34,6 +34,7 @@
 #include "arch/x86_64/stub_layout.h"
 #include "arch/x86_64/xstate.h"
 #include "common/errno_status.h"
+#include "backend/host.h"
 #include "thread_state.h"
 
 extern "C" {
@@ -124,18 +125,6 @@ absl::StatusOr<int> WaitTid(pid_t tid) {
 
 // ---- process-wide helpers ---------------------------------------------------------------
 
-// A pidfd for this process, inherited by stubs: it polls readable when we are gone.
-int SelfPidfd() {
-  static std::mutex mu;
-  static pid_t owner = 0;
-  static int fd = -1;
-  std::lock_guard<std::mutex> lock(mu);
-  if (owner != getpid()) {  // first use, or we are a fork() child of the process that made it
-    fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
-    owner = getpid();
-  }
-  return fd;
-}
 
 // The stub's seccomp filter: system calls are admitted only from the stub's code, only the
 // ones it makes; anything else (the vsyscall page emulation, which Linux performs even
@@ -179,41 +168,9 @@ const sock_fprog* StubFilter() {
   return &prog;
 }
 
-absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {
-  std::string path = absl::StrFormat("/proc/%d/task", pid);
-  DIR* dir = opendir(path.c_str());
-  if (dir == nullptr) return SyscallError(absl::StrFormat("opendir(%s)", path));
-  std::vector<pid_t> tids;
-  while (dirent* e = readdir(dir)) {
-    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(atoi(e->d_name));
-  }
-  closedir(dir);
-  std::sort(tids.begin(), tids.end());
-  return tids;
-}
 
 uint64_t SlotBase(int slot) { return x86_64::kStubSlots + slot * x86_64::kStubSlotSize; }
 
-// This thread's registered rseq area: glibc's, or, where glibc did not register one
-// (GLIBC_TUNABLES=glibc.pthread.rseq=0), vkrt's own, registered on first use. nullptr if the
-// kernel has no rseq or somebody else registered an area glibc does not know about.
-// `register_own` false: never registers, only reports.
-struct rseq* ThreadRseq(bool register_own = true) {
-  if (__rseq_size != 0) {
-    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
-                                          __rseq_offset);
-  }
-  struct alignas(32) OwnRseq {
-    struct rseq area;
-  };
-  thread_local OwnRseq own = {};
-  thread_local int state = 0;  // 0 = not tried, 1 = registered, -1 = unavailable
-  if (state == 0 && register_own) {
-    own.area.cpu_id = RSEQ_CPU_ID_UNINITIALIZED;
-    state = syscall(SYS_rseq, &own.area, 32, 0, RSEQ_SIG) == 0 ? 1 : -1;
-  }
-  return state == 1 ? &own.area : nullptr;
-}
 
 // ---- the address space ------------------------------------------------------------------
 

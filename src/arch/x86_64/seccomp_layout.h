@@ -1,0 +1,107 @@
+// The layout of a guest address space's stub under the seccomp backend, shared by the
+// assembly in seccomp_stub.S and backend/seccomp/. The stub owns [VKRT_STUB_BASE,
+// VKRT_STUB_END) (stub_layout.h); everything below belongs to the guest.
+//
+//   CODE     64 KiB  read + execute, sealed
+//   SCRATCH  4 KiB   the server thread's private scratch (sigaction, poll records)
+//   FILTER   8 KiB   the context threads' seccomp program (read-only, sealed)
+//   RW       (SLOTS + 1) x 32 KiB, shared with the vkernel (a memfd): per context slot a
+//            mailbox page (the stub reports) and its 28 KiB signal stack, where the kernel
+//            writes the guest's signal frame; the last slot's mailbox is the server's.
+//   RO       (SLOTS + 1) x 4 KiB, the same memfd mapped read-only: per slot the command
+//            page the vkernel writes (resume sequence, TLS bases), then the server's.
+//
+// Trust: every page the stub can write, the guest can write too (it shares the address
+// space). The vkernel treats RW contents as guest data; decisions reach the stub only
+// through RO pages, which nothing in the stub process can change (docs/security.md).
+#ifndef VKRT_SRC_ARCH_X86_64_SECCOMP_LAYOUT_H_
+#define VKRT_SRC_ARCH_X86_64_SECCOMP_LAYOUT_H_
+
+#include "arch/x86_64/stub_layout.h"
+
+#define VKRT_SC_CODE VKRT_STUB_BASE
+#define VKRT_SC_SCRATCH 0x7FFFFFE10000
+#define VKRT_SC_FILTER 0x7FFFFFE11000
+#define VKRT_SC_FILTER_SIZE 0x2000
+#define VKRT_SC_SLOTS 48
+#define VKRT_SC_SLOT_SHIFT 15          /* 32 KiB per slot in RW */
+#define VKRT_SC_SLOT_SIZE 0x8000
+#define VKRT_SC_STACK_OFFSET 0x1000    /* the signal stack within a slot */
+#define VKRT_SC_RW 0x7FFFFFE20000
+#define VKRT_SC_RW_SIZE 0x188000       /* (SLOTS + 1) * SLOT_SIZE */
+#define VKRT_SC_RO 0x7FFFFFFA8000      /* RW + RW_SIZE */
+#define VKRT_SC_RO_SIZE 0x31000        /* (SLOTS + 1) pages */
+#define VKRT_SC_SERVER_SLOT 48         /* == SLOTS */
+#define VKRT_SC_MEMFD_SIZE 0x1B9000    /* RW_SIZE + RO_SIZE */
+
+/* Mailbox (RW, per slot): written by the stub, read by the vkernel. */
+#define MB_REPORT_SEQ 0     /* u32: futex word the vkernel waits on */
+#define MB_STUB_SLEEPING 4  /* u32: the context waits in FUTEX_WAIT */
+#define MB_SIG 8            /* u32 */
+#define MB_CPU 12           /* u32: the CPU the handler ran on (RDTSCP's TSC_AUX) */
+#define MB_INFO 16          /* u64: siginfo_t* (a stub address) */
+#define MB_UC 24            /* u64: ucontext_t* (a stub address) */
+#define MB_RESULTS 64       /* server slot: u64 results[SERVER_MAX_OPS] */
+
+/* Command page (RO in the stub, per slot): written by the vkernel. */
+#define CMD_RESP_SEQ 0          /* u32: futex word the context waits on */
+#define CMD_VKERNEL_SLEEPING 4  /* u32: the vkernel waits in FUTEX_WAIT */
+#define CMD_SPIN 8              /* u32: pause iterations before the context sleeps */
+#define CMD_USE_ARCH_PRCTL 12   /* u32: no FSGSBASE instructions: set bases by arch_prctl */
+#define CMD_FS_BASE 16          /* u64 */
+#define CMD_GS_BASE 24          /* u64 */
+#define CMD_TIMEOUT 32          /* struct timespec: the context's futex wait bound */
+
+/* Server command page (RO): a batch of system calls the vkernel decided. */
+#define SRV_SEQ 0               /* u32: futex word the server waits on */
+#define SRV_COUNT 4             /* u32: operations in the batch */
+#define SRV_TIMEOUT 8           /* struct timespec: how often the server checks its vkernel */
+#define SRV_OPS 64              /* ops[]: { nr, a0, a1, a2, a3, a4, a5 } (u64 each) */
+#define SRV_OP_SIZE 56
+#define SRV_MAX_OPS 64
+
+/* The stub's fixed descriptors. */
+#define SC_FD_SOCKET 0          /* to the vkernel: fds arrive, acknowledgements leave */
+#define SC_FD_PIDFD 1           /* the vkernel process: readable when it is gone */
+#define SC_FD_FIRST_OBJECT 2
+
+#define SC_KICK_SIGNAL 10       /* SIGUSR1: the vkernel stops a running guest */
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+
+namespace vkrt::x86_64 {
+
+static_assert(VKRT_SC_RW + VKRT_SC_RW_SIZE == VKRT_SC_RO);
+static_assert(VKRT_SC_RW_SIZE == (VKRT_SC_SLOTS + 1) * VKRT_SC_SLOT_SIZE);
+static_assert(VKRT_SC_RO_SIZE == (VKRT_SC_SLOTS + 1) * 0x1000);
+static_assert(VKRT_SC_RO + VKRT_SC_RO_SIZE <= VKRT_STUB_END);
+static_assert(VKRT_SC_MEMFD_SIZE == VKRT_SC_RW_SIZE + VKRT_SC_RO_SIZE);
+static_assert(SRV_OPS + SRV_MAX_OPS * SRV_OP_SIZE <= 0x1000);
+static_assert(MB_RESULTS + SRV_MAX_OPS * 8 <= 0x1000);
+
+// What vkrt_seccomp_stub_boot needs; read before the vkernel's memory is unmapped.
+struct SeccompBootArgs {
+  int32_t socket_fd;
+  int32_t pidfd;
+  int32_t memfd;
+  int32_t pad;
+  const void* server_filter;   // struct sock_fprog*: the whole stub process
+  const void* context_filter;  // struct sock_fprog*: copied to FILTER for context threads
+};
+
+// Offsets of labels inside the stub code, filled in by seccomp_stub.S.
+struct SeccompStubOffsets {
+  uint64_t context_ready;  // the `ud2` a new context thread traps on first
+  uint64_t code_end;       // end of the code that may make system calls
+};
+extern "C" const SeccompStubOffsets vkrt_seccomp_stub_offsets;
+
+// In a freshly forked child: builds the stub (see seccomp_stub.S) and becomes its server
+// thread. Uses no stack after loading `args`.
+extern "C" [[noreturn]] void vkrt_seccomp_stub_boot(const SeccompBootArgs* args);
+
+}  // namespace vkrt::x86_64
+#endif
+
+#endif  // VKRT_SRC_ARCH_X86_64_SECCOMP_LAYOUT_H_

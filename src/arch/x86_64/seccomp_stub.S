@@ -1,0 +1,435 @@
+/*
+ * The seccomp backend's stub: the code in every guest address space at VKRT_STUB_BASE
+ * (layout in seccomp_layout.h). Position independent, copied there by
+ * vkrt_seccomp_stub_boot in a freshly forked child. Nothing here keeps state in writable
+ * memory between instructions that matter: the guest shares the address space and can write
+ * every writable page, so arguments of system calls come from registers, immediates and the
+ * read-only command pages only.
+ *
+ * Threads of a stub process:
+ *   - the server (the process leader) never runs guest code. It waits on its command page
+ *     and carries out batches of system calls the vkernel decided (maps, unmaps, installs,
+ *     clone of a context thread, receiving a memory object), then acknowledges each batch by
+ *     writing 8 bytes to its socket: the acknowledgement travels through the kernel, so no
+ *     guest can forge it. It exits the process when the vkernel is gone.
+ *   - context threads run guest code. Each has its own slot: a signal stack in shared memory
+ *     and a command page. Their seccomp filter (stacked on the server's) makes every guest
+ *     system call raise SIGSYS and lets the stub code make only futex calls on stub
+ *     addresses, rt_sigreturn, sched_yield and arch_prctl(SET_FS/SET_GS): a context thread
+ *     can never map, unmap or open anything, whatever registers the guest jumps in with.
+ *
+ * The handler (SIGSYS, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, and SIGUSR1, the vkernel's
+ * kick) runs on the slot's signal stack with every signal blocked. The kernel has written the
+ * guest's registers and FPU state there (the signal frame), which the vkernel maps too. The
+ * handler publishes the frame's address, wakes the vkernel if it sleeps, spins a bounded
+ * number of times for the vkernel's answer, then sleeps on a futex; it resumes the guest
+ * with whatever frame the vkernel left (rt_sigreturn), after loading the TLS bases.
+ */
+#include "arch/x86_64/seccomp_layout.h"
+
+#define SYS_write 1
+#define SYS_poll 7
+#define SYS_mmap 9
+#define SYS_mprotect 10
+#define SYS_munmap 11
+#define SYS_rt_sigaction 13
+#define SYS_rt_sigprocmask 14
+#define SYS_rt_sigreturn 15
+#define SYS_sched_yield 24
+#define SYS_clone 56
+#define SYS_sigaltstack 131
+#define SYS_arch_prctl 158
+#define SYS_futex 202
+#define SYS_exit_group 231
+#define SYS_dup3 292
+#define SYS_seccomp 317
+#define SYS_close_range 436
+#define SYS_mseal 462
+
+#define HANDLER_FLAGS 0x0C000004     /* SIGINFO|ONSTACK|RESTORER */
+#define FUTEX_WAIT 0
+#define FUTEX_WAKE 1
+#define ARCH_SET_GS 0x1001
+#define ARCH_SET_FS 0x1002
+/* Guest-time mask: everything blocked but ILL TRAP BUS FPE USR1 SEGV SYS. */
+#define CONTEXT_MASK 0xFFFFFFFFBFFFF927
+
+	.section .rodata
+	.p2align 3
+	.globl vkrt_seccomp_stub_offsets
+	.hidden vkrt_seccomp_stub_offsets
+	.type vkrt_seccomp_stub_offsets, @object
+vkrt_seccomp_stub_offsets:
+	.quad .Lcontext_ready - .Lblob_start
+	.quad .Lblob_end - .Lblob_start
+	.size vkrt_seccomp_stub_offsets, 16
+
+	.text
+/* void vkrt_seccomp_stub_boot(const SeccompBootArgs *args) */
+	.globl vkrt_seccomp_stub_boot
+	.hidden vkrt_seccomp_stub_boot
+	.type vkrt_seccomp_stub_boot, @function
+vkrt_seccomp_stub_boot:
+	movslq 0(%rdi), %r12         /* socket */
+	movslq 4(%rdi), %r13         /* vkernel pidfd */
+	movslq 8(%rdi), %r14         /* memfd */
+	mov 16(%rdi), %r15           /* server filter */
+	mov 24(%rdi), %rbp           /* context filter */
+	mov $SYS_mmap, %eax
+	mov $VKRT_STUB_BASE, %rdi
+	mov $VKRT_STUB_SIZE, %esi
+	mov $7, %edx                 /* RWX until copied; the code becomes R-X */
+	mov $0x32, %r10d             /* MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED */
+	mov $-1, %r8
+	xor %r9d, %r9d
+	syscall
+	mov $VKRT_STUB_BASE, %rdi
+	cmp %rdi, %rax
+	jne 1f
+	lea .Lblob_start(%rip), %rsi
+	lea .Lblob_end(%rip), %rcx
+	sub %rsi, %rcx
+	rep movsb
+	mov $VKRT_STUB_BASE, %rax
+	jmp *%rax
+1:	mov $SYS_exit_group, %eax
+	mov $122, %edi
+	syscall
+	ud2
+	.size vkrt_seccomp_stub_boot, .-vkrt_seccomp_stub_boot
+
+	.p2align 12
+.Lblob_start:
+	/* The context filter into FILTER: { u16 len; u64 filter } then the instructions. */
+	movzwl 0(%rbp), %ecx
+	cmp $((VKRT_SC_FILTER_SIZE - 16) / 8), %ecx
+	ja .Lboot_fail
+	mov $VKRT_SC_FILTER, %rdi
+	mov %cx, 0(%rdi)
+	lea 16(%rdi), %rax
+	mov %rax, 8(%rdi)
+	mov 8(%rbp), %rsi
+	lea 16(%rdi), %rdi
+	shl $3, %ecx
+	rep movsb
+	mov $SYS_mprotect, %eax      /* scratch and the rest up to RW: not executable */
+	mov $VKRT_SC_SCRATCH, %rdi
+	mov $(VKRT_SC_RW - VKRT_SC_SCRATCH), %esi
+	mov $3, %edx
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	mov $SYS_mprotect, %eax
+	mov $VKRT_SC_FILTER, %rdi
+	mov $VKRT_SC_FILTER_SIZE, %esi
+	mov $1, %edx                 /* PROT_READ */
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	mov $SYS_mprotect, %eax
+	mov $VKRT_SC_CODE, %rdi
+	mov $VKRT_STUB_CODE_SIZE, %esi
+	mov $5, %edx                 /* PROT_READ|PROT_EXEC */
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	/* The shared pages: RW read-write, RO read-only, both from the memfd. */
+	mov $SYS_mmap, %eax
+	mov $VKRT_SC_RW, %rdi
+	mov $VKRT_SC_RW_SIZE, %esi
+	mov $3, %edx
+	mov $0x11, %r10d             /* MAP_SHARED|MAP_FIXED */
+	mov %r14, %r8
+	xor %r9d, %r9d
+	syscall
+	mov $VKRT_SC_RW, %rdi
+	cmp %rdi, %rax
+	jne .Lboot_fail
+	mov $SYS_mmap, %eax
+	mov $VKRT_SC_RO, %rdi
+	mov $VKRT_SC_RO_SIZE, %esi
+	mov $1, %edx
+	mov $0x11, %r10d
+	mov %r14, %r8
+	mov $VKRT_SC_RW_SIZE, %r9d
+	syscall
+	mov $VKRT_SC_RO, %rdi
+	cmp %rdi, %rax
+	jne .Lboot_fail
+	/* Descriptors: socket -> 0, pidfd -> 1, nothing else. */
+	mov $SYS_dup3, %eax
+	mov %r12, %rdi
+	mov $1000, %esi
+	xor %edx, %edx
+	syscall
+	cmp $1000, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
+	mov %r13, %rdi
+	mov $1001, %esi
+	xor %edx, %edx
+	syscall
+	cmp $1001, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
+	mov $1000, %edi
+	mov $SC_FD_SOCKET, %esi
+	xor %edx, %edx
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	mov $SYS_dup3, %eax
+	mov $1001, %edi
+	mov $SC_FD_PIDFD, %esi
+	xor %edx, %edx
+	syscall
+	cmp $SC_FD_PIDFD, %rax
+	jne .Lboot_fail
+	mov $SYS_close_range, %eax
+	mov $SC_FD_FIRST_OBJECT, %edi
+	mov $-1, %esi
+	xor %edx, %edx
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	/* The server filter, then nothing of the vkernel's memory stays. */
+	mov $SYS_seccomp, %eax
+	mov $1, %edi                 /* SECCOMP_SET_MODE_FILTER */
+	xor %esi, %esi
+	mov %r15, %rdx
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	mov $SYS_munmap, %eax
+	xor %edi, %edi
+	mov $VKRT_STUB_BASE, %rsi
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	/* Seal the stub: no mapping can replace, move or unmap its pages (Linux 6.10+; older
+	 * kernels answer ENOSYS and go without). */
+	mov $SYS_mseal, %eax
+	mov $VKRT_STUB_BASE, %rdi
+	mov $VKRT_STUB_SIZE, %esi
+	xor %edx, %edx
+	syscall
+	/* One handler for every signal a context thread takes. */
+	mov $VKRT_SC_SCRATCH, %rbx
+	lea .Lhandler(%rip), %rax
+	mov %rax, 0(%rbx)
+	movq $HANDLER_FLAGS, 8(%rbx)
+	lea .Lrestorer(%rip), %rax
+	mov %rax, 16(%rbx)
+	movq $-1, 24(%rbx)           /* sa_mask: everything while the handler runs */
+	lea .Lhandled_signals(%rip), %r15
+2:	movzbl (%r15), %edi
+	test %edi, %edi
+	jz 3f
+	mov $SYS_rt_sigaction, %eax
+	mov %rbx, %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+	syscall
+	test %rax, %rax
+	jnz .Lboot_fail
+	inc %r15
+	jmp 2b
+3:	xor %r12d, %r12d             /* r12: the last batch carried out */
+
+	/* ---- the server loop ---- */
+.Lserver_loop:
+	mov $(VKRT_SC_RO + VKRT_SC_SERVER_SLOT * 0x1000), %rbx
+	mov SRV_SEQ(%rbx), %eax
+	cmp %eax, %r12d
+	jne .Lserver_batch
+	mov $SYS_futex, %eax
+	mov %rbx, %rdi
+	mov $FUTEX_WAIT, %esi
+	mov %r12d, %edx
+	lea SRV_TIMEOUT(%rbx), %r10
+	syscall
+	cmp $-110, %rax              /* -ETIMEDOUT: is the vkernel still there? */
+	jne .Lserver_loop
+	mov $VKRT_SC_SCRATCH, %rdi
+	movl $SC_FD_PIDFD, 64(%rdi)  /* pollfd { pidfd, POLLIN } */
+	movl $1, 68(%rdi)
+	mov $SYS_poll, %eax
+	lea 64(%rdi), %rdi
+	mov $1, %esi
+	xor %edx, %edx
+	syscall
+	test %rax, %rax
+	jnz .Lserver_exit            /* readable (gone) or an error: leave */
+	jmp .Lserver_loop
+.Lserver_batch:
+	mov %eax, %r12d
+	mov SRV_COUNT(%rbx), %r13d
+	cmp $SRV_MAX_OPS, %r13d
+	ja .Lserver_exit
+	xor %r14d, %r14d             /* op index */
+	lea SRV_OPS(%rbx), %r15      /* op */
+.Lserver_op:
+	cmp %r13d, %r14d
+	jae .Lserver_ack
+	mov 0(%r15), %rax
+	mov 8(%r15), %rdi
+	mov 16(%r15), %rsi
+	mov 24(%r15), %rdx
+	mov 32(%r15), %r10
+	mov 40(%r15), %r8
+	mov 48(%r15), %r9
+	mov %r9, %rbp                /* for clone: the new context's slot */
+	syscall
+	test %rax, %rax
+	jnz 4f
+	cmpq $SYS_clone, 0(%r15)
+	je .Lcontext_start           /* the new context thread */
+4:	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_RESULTS), %rdi
+	mov %rax, (%rdi,%r14,8)
+	inc %r14d
+	add $SRV_OP_SIZE, %r15
+	jmp .Lserver_op
+.Lserver_ack:
+	mov $VKRT_SC_SCRATCH, %rsi
+	mov %r12, 128(%rsi)
+	mov $SYS_write, %eax
+	mov $SC_FD_SOCKET, %edi
+	lea 128(%rsi), %rsi
+	mov $8, %edx
+	syscall
+	cmp $8, %rax
+	jne .Lserver_exit            /* the vkernel closed its end */
+	jmp .Lserver_loop
+.Lserver_exit:
+	mov $SYS_exit_group, %eax
+	xor %edi, %edi
+	syscall
+.Lboot_fail:
+	mov $SYS_exit_group, %eax
+	mov $123, %edi
+	syscall
+	ud2
+
+	/* ---- a new context thread: rbp = its slot (the vkernel's choice) ---- */
+.Lcontext_start:
+	cmp $VKRT_SC_SLOTS, %rbp
+	jae .Lserver_exit
+	mov %rbp, %rbx
+	shl $VKRT_SC_SLOT_SHIFT, %rbx
+	mov $VKRT_SC_RW, %rax
+	add %rax, %rbx               /* rbx = mailbox */
+	lea VKRT_SC_STACK_OFFSET(%rbx), %rax
+	mov %rax, 64(%rbx)           /* stack_t { ss_sp, ss_flags = 0, ss_size } */
+	movl $0, 72(%rbx)
+	movq $(VKRT_SC_SLOT_SIZE - VKRT_SC_STACK_OFFSET), 80(%rbx)
+	mov $SYS_sigaltstack, %eax
+	lea 64(%rbx), %rdi
+	xor %esi, %esi
+	syscall
+	test %rax, %rax
+	jnz .Lserver_exit
+	mov $CONTEXT_MASK, %rax
+	mov %rax, 96(%rbx)
+	mov $SYS_rt_sigprocmask, %eax
+	mov $2, %edi                 /* SIG_SETMASK */
+	lea 96(%rbx), %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+	syscall
+	test %rax, %rax
+	jnz .Lserver_exit
+	mov $SYS_seccomp, %eax
+	mov $1, %edi
+	xor %esi, %esi
+	mov $VKRT_SC_FILTER, %rdx
+	syscall
+	test %rax, %rax
+	jnz .Lserver_exit
+.Lcontext_ready:
+	ud2                          /* the first report: the vkernel's first RUN resumes here */
+	ud2
+
+	/* ---- the handler: rdi = signal, rsi = siginfo, rdx = ucontext ---- */
+.Lhandler:
+	mov %rsp, %rax
+	mov $VKRT_SC_RW, %rcx
+	sub %rcx, %rax
+	shr $VKRT_SC_SLOT_SHIFT, %rax
+	cmp $VKRT_SC_SLOTS, %rax     /* not on a context's signal stack: give up */
+	jae .Lhandler_die
+	mov %rax, %r12
+	shl $VKRT_SC_SLOT_SHIFT, %rax
+	lea (%rcx,%rax), %rbx        /* rbx = mailbox */
+	mov %r12, %rax
+	shl $12, %rax
+	mov $VKRT_SC_RO, %rcx
+	lea (%rcx,%rax), %r13        /* r13 = command page */
+	mov %edi, MB_SIG(%rbx)
+	mov %rsi, MB_INFO(%rbx)
+	mov %rdx, MB_UC(%rbx)
+	rdtscp                       /* ecx = TSC_AUX: the CPU number (Linux) */
+	and $0xFFF, %ecx
+	mov %ecx, MB_CPU(%rbx)
+	mov CMD_RESP_SEQ(%r13), %r14d
+	inc %r14d                    /* r14 = this report, and the answer awaited */
+	mov %r14d, MB_REPORT_SEQ(%rbx)
+	mfence                       /* against the vkernel's "sleeping" flag (Dekker) */
+	cmpl $0, CMD_VKERNEL_SLEEPING(%r13)
+	je .Lhandler_wait
+	mov $SYS_futex, %eax
+	mov %rbx, %rdi               /* &mailbox.report_seq */
+	mov $FUTEX_WAKE, %esi
+	mov $1, %edx
+	syscall
+.Lhandler_wait:
+	mov CMD_SPIN(%r13), %ecx
+5:	cmp CMD_RESP_SEQ(%r13), %r14d
+	je .Lhandler_resume
+	test %ecx, %ecx
+	jz 6f
+	pause
+	dec %ecx
+	jmp 5b
+6:	movl $1, MB_STUB_SLEEPING(%rbx)
+	mfence
+	mov CMD_RESP_SEQ(%r13), %edx
+	cmp %edx, %r14d
+	je .Lhandler_woken
+	mov $SYS_futex, %eax
+	mov %r13, %rdi               /* &command.resp_seq */
+	mov $FUTEX_WAIT, %esi
+	lea CMD_TIMEOUT(%r13), %r10
+	syscall
+	jmp 6b
+.Lhandler_woken:
+	movl $0, MB_STUB_SLEEPING(%rbx)
+.Lhandler_resume:
+	cmpl $0, CMD_USE_ARCH_PRCTL(%r13)
+	jne 7f
+	mov CMD_FS_BASE(%r13), %rax
+	wrfsbase %rax
+	mov CMD_GS_BASE(%r13), %rax
+	wrgsbase %rax
+	ret                          /* to the restorer: rt_sigreturn */
+7:	mov $SYS_arch_prctl, %eax
+	mov $ARCH_SET_FS, %edi
+	mov CMD_FS_BASE(%r13), %rsi
+	syscall
+	mov $SYS_arch_prctl, %eax
+	mov $ARCH_SET_GS, %edi
+	mov CMD_GS_BASE(%r13), %rsi
+	syscall
+	ret
+.Lhandler_die:
+	ud2                          /* SIGILL while blocked: the kernel kills the stub */
+
+.Lrestorer:
+	mov $SYS_rt_sigreturn, %eax
+	syscall
+	ud2
+
+.Lhandled_signals:
+	.byte 31, 11, 7, 4, 8, 5, SC_KICK_SIGNAL, 0
+.Lblob_end:
+
+	.section .note.GNU-stack,"",@progbits

@@ -1,0 +1,59 @@
+#include "backend/host.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "common/errno_status.h"
+
+namespace vkrt {
+
+int SelfPidfd() {
+  static std::mutex mu;
+  static pid_t owner = 0;
+  static int fd = -1;
+  std::lock_guard<std::mutex> lock(mu);
+  if (owner != getpid()) {  // first use, or we are a fork() child of the process that made it
+    fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+    owner = getpid();
+  }
+  return fd;
+}
+
+absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {
+  std::string path = absl::StrFormat("/proc/%d/task", pid);
+  DIR* dir = opendir(path.c_str());
+  if (dir == nullptr) return SyscallError(absl::StrFormat("opendir(%s)", path));
+  std::vector<pid_t> tids;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(atoi(e->d_name));
+  }
+  closedir(dir);
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+struct rseq* ThreadRseq(bool register_own) {
+  if (__rseq_size != 0) {
+    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
+                                          __rseq_offset);
+  }
+  struct alignas(32) OwnRseq {
+    struct rseq area;
+  };
+  thread_local OwnRseq own = {};
+  thread_local int state = 0;  // 0 = not tried, 1 = registered, -1 = unavailable
+  if (state == 0 && register_own) {
+    own.area.cpu_id = RSEQ_CPU_ID_UNINITIALIZED;
+    state = syscall(SYS_rseq, &own.area, 32, 0, RSEQ_SIG) == 0 ? 1 : -1;
+  }
+  return state == 1 ? &own.area : nullptr;
+}
+
+}  // namespace vkrt

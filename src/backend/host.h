@@ -1,0 +1,29 @@
+// Host helpers the process-based backends (ptrace, seccomp) share.
+#ifndef VKRT_SRC_BACKEND_HOST_H_
+#define VKRT_SRC_BACKEND_HOST_H_
+
+#include <sys/rseq.h>
+#include <sys/types.h>
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace vkrt {
+
+// A pidfd for this process, inherited by stubs: it polls readable when we are gone. -1 if
+// the kernel has none. Created once per process (again in a fork() child).
+int SelfPidfd();
+
+// The thread ids of process `pid`, sorted.
+absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid);
+
+// This thread's registered rseq area: glibc's, or, where glibc did not register one
+// (GLIBC_TUNABLES=glibc.pthread.rseq=0), vkrt's own, registered on first use. nullptr if the
+// kernel has no rseq or somebody else registered an area glibc does not know about.
+// `register_own` false: never registers, only reports.
+struct rseq* ThreadRseq(bool register_own = true);
+
+}  // namespace vkrt
+
+#endif  // VKRT_SRC_BACKEND_HOST_H_

@@ -1,0 +1,1011 @@
+#include "backend/seccomp/seccomp_backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/futex.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_format.h"
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/seccomp_layout.h"
+#include "arch/x86_64/xstate.h"
+#include "backend/host.h"
+#include "backend/seccomp/stub_filter.h"
+#include "common/errno_status.h"
+#include "thread_state.h"
+
+extern "C" {
+long vkrt_futex_wait_in_rseq(const uint64_t* sigmask, const uint32_t* uaddr, uint32_t val,
+                             const struct timespec* timeout);
+extern const struct rseq_cs vkrt_futex_rseq_cs;
+}
+
+namespace vkrt {
+namespace {
+
+using x86_64::kStubBase;
+
+constexpr long kPreemptedBlocked = -1001;    // vkrt_futex_wait_in_rseq (entry.S)
+constexpr long kPreemptedUnblocked = -1002;
+constexpr long kSignalled = -1003;
+
+constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
+constexpr uint64_t kIgnoredByDefault =
+    SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
+const uint64_t kAllSignals = ~uint64_t{0};
+
+constexpr uint64_t kContextCloneFlags = 0x50F00;  // VM|FS|FILES|SIGHAND|THREAD|SYSVSEM
+constexpr uint64_t kPage = 4096;
+
+// Signal-frame layout (x86-64 Linux): ucontext { uc_flags, uc_link, uc_stack (24 bytes),
+// uc_mcontext (23 gregs, fpregs pointer, 8 reserved words), uc_sigmask }.
+constexpr uint64_t kUcMcontext = 40;
+constexpr uint64_t kUcFpregs = kUcMcontext + 8 * x86_64::kSigGregs;
+constexpr uint64_t kUcSize = kUcMcontext + 256 + 8;
+constexpr uint64_t kSiginfoSize = 128;
+// The XSAVE area's software bytes (struct _fpx_sw_bytes at offset 464).
+constexpr uint64_t kFpxSw = 464;
+constexpr uint32_t kFpXstateMagic1 = 0x46505853;
+constexpr uint64_t kXstateBv = 512;
+constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM
+
+// Handoff tuning. A spin is bounded; after it the waiter sleeps on a futex. An idle guest or
+// vkernel therefore burns at most one spin's worth of CPU.
+constexpr uint32_t kStubSpin = 20000;    // pause iterations in the stub's handler
+constexpr int kVkernelSpin = 20000;      // pause iterations in RUN before the futex
+constexpr long kWaitSliceNs = 50'000'000;  // a sleeping RUN checks the stub this often
+
+uint32_t Load(const void* p) {
+  return __atomic_load_n(static_cast<const uint32_t*>(p), __ATOMIC_ACQUIRE);
+}
+void Store(void* p, uint32_t v) { __atomic_store_n(static_cast<uint32_t*>(p), v, __ATOMIC_RELEASE); }
+
+long Futex(const void* uaddr, int op, uint32_t val, const struct timespec* timeout) {
+  return syscall(SYS_futex, uaddr, op, val, timeout, nullptr, 0);
+}
+
+int CurrentCpu() {
+  if (struct rseq* rs = ThreadRseq()) {
+    const int cpu = static_cast<int>(__atomic_load_n(&rs->cpu_id, __ATOMIC_RELAXED));
+    if (cpu >= 0) return cpu;
+  }
+  return sched_getcpu();
+}
+
+bool HaveFsgsbase() {
+#ifndef HWCAP2_FSGSBASE
+#define HWCAP2_FSGSBASE (1 << 1)
+#endif
+  return (getauxval(AT_HWCAP2) & HWCAP2_FSGSBASE) != 0;
+}
+
+// The stub's programs, built once.
+struct Programs {
+  std::vector<sock_filter> server;
+  std::vector<sock_filter> context;
+  sock_fprog server_prog;
+  sock_fprog context_prog;
+  const char* error = nullptr;
+};
+
+const Programs& StubPrograms() {
+  static const Programs* programs = [] {
+    auto* p = new Programs;
+    const uint64_t start = VKRT_SC_CODE;
+    const uint64_t end = start + x86_64::vkrt_seccomp_stub_offsets.code_end;
+    auto server = seccomp_filter::ServerProgram(start, end);
+    auto context = seccomp_filter::ContextProgram(start, end);
+    if (!server.ok() || !context.ok()) {
+      static std::string why;
+      why = std::string(server.ok() ? context.status().message() : server.status().message());
+      p->error = why.c_str();
+      return p;
+    }
+    p->server = *std::move(server);
+    p->context = *std::move(context);
+    p->server_prog = {static_cast<unsigned short>(p->server.size()), p->server.data()};
+    p->context_prog = {static_cast<unsigned short>(p->context.size()), p->context.data()};
+    return p;
+  }();
+  return *programs;
+}
+
+// One system call for the stub's server to make.
+struct Op {
+  uint64_t nr;
+  uint64_t a[6];
+};
+static_assert(sizeof(Op) == SRV_OP_SIZE);
+
+// One guest context: a context thread of the stub and its slot.
+struct Context {
+  std::atomic<pid_t> tracer{0};  // the owning vkernel thread; 0 = free
+  pid_t tid = 0;                 // the context thread; 0 = never created
+  // Owned by the tracer:
+  uint32_t seq = 0;           // the report being answered (the context waits for resp == seq)
+  uint64_t uc = 0;            // that report's ucontext (a stub address, validated)
+  int last_cpu = -1;          // the CPU the handler last ran on
+  int kicks_pending = 0;      // kick signals sent whose report has not been seen
+  bool rcx_reported_as_r10 = false;
+  uint64_t syscall_rcx = 0;   // rcx at the last system call (the return address)
+};
+
+class SeccompAddressSpace : public AddressSpace {
+ public:
+  SeccompAddressSpace(pid_t pid, int sock, uint8_t* shm) : pid_(pid), sock_(sock), shm_(shm) {
+    used_fds_[SC_FD_SOCKET] = used_fds_[SC_FD_PIDFD] = true;
+  }
+  ~SeccompAddressSpace() override;
+
+  absl::StatusOr<uint64_t> Map(const MapRequest& request) override;
+  absl::Status Unmap(uint64_t addr, uint64_t len) override;
+  absl::Status Advise(uint64_t addr, uint64_t len, int behav) override;
+  absl::StatusOr<size_t> Read(uint64_t addr, void* buf, size_t len) override;
+  absl::StatusOr<size_t> Write(uint64_t addr, const void* buf, size_t len) override;
+  absl::StatusOr<GuestExit> Run(GuestState& state, const RunLimits& limits) override;
+  void ReleaseCallerContext() override;
+  absl::StatusOr<int> AttachObject(int fd) override;
+  absl::Status DetachObject(int handle) override;
+  absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
+                       uint64_t offset) override;
+  absl::Status FlushInstalls() override;
+
+  absl::StatusOr<Context*> CallerContext();
+  // Boot check: the server answers an empty batch.
+  absl::Status Ping();
+
+ private:
+  uint8_t* Mailbox(int slot) const { return shm_ + static_cast<size_t>(slot) * VKRT_SC_SLOT_SIZE; }
+  uint8_t* Command(int slot) const {
+    return shm_ + VKRT_SC_RW_SIZE + static_cast<size_t>(slot) * kPage;
+  }
+  int SlotOf(const Context& c) const { return static_cast<int>(&c - contexts_.data()); }
+  // The vkernel's view of `len` bytes at stub address `addr` inside slot `slot`'s signal
+  // stack, or nullptr if they are not all there.
+  uint8_t* InStack(int slot, uint64_t addr, uint64_t len) const;
+
+  // Carries out `ops` (after any queued installs) in the server, in order; results[i] gets
+  // op i's raw result. ops_mu_ held.
+  absl::Status ServerRunLocked(const Op* ops, int n, int64_t* results);
+  absl::Status FlushLocked();
+  absl::StatusOr<int64_t> ServerCall(const Op& op, const char* what);
+  // Passes the vkernel's `fd` to the stub; returns its number there. ops_mu_ held.
+  absl::StatusOr<int> SendFdLocked(int fd);
+  int LowestFreeFd() const;
+
+  absl::StatusOr<Context*> CreateContext(pid_t tracer);
+  // Waits (bounded) for report `want` of context `c` with signals as they are.
+  absl::Status AwaitReport(Context& c, uint32_t want, int64_t limit_ns);
+  absl::StatusOr<GuestExit> RunContext(Context& c, GuestState& state, const RunLimits& limits);
+  // Reads the report of `c` just published: validates it, fills c.uc.
+  absl::Status TakeReport(Context& c, int& sig, uint8_t*& info, uint64_t*& gregs,
+                          uint8_t*& fpregs);
+  // Writes `state` into the frame of `c`'s current report.
+  absl::Status LoadFrame(Context& c, const GuestState& state);
+  void Resume(Context& c);
+  bool ContextAlive(const Context& c) const;
+  absl::Status Died(const char* why);
+
+  const pid_t pid_;
+  const int sock_;
+  uint8_t* const shm_;
+  std::atomic<bool> dead_{false};
+  const bool use_arch_prctl_ = !HaveFsgsbase();
+
+  std::mutex ops_mu_;  // the server channel and the queued installs. Innermost lock.
+  Op pending_[SRV_MAX_OPS];
+  int npending_ = 0;
+  uint32_t server_seq_ = 0;
+  int server_cpu_ = -1;
+  std::array<bool, 1024> used_fds_ = {};  // the stub's descriptor table as we made it
+
+  std::mutex contexts_mu_;  // context creation and release
+  std::array<Context, VKRT_SC_SLOTS> contexts_;
+};
+
+SeccompAddressSpace::~SeccompAddressSpace() {
+  kill(pid_, SIGKILL);
+  int status;
+  while (syscall(SYS_wait4, pid_, &status, __WALL, nullptr) < 0 && errno == EINTR) {
+  }
+  close(sock_);
+  munmap(shm_, VKRT_SC_MEMFD_SIZE);
+}
+
+absl::Status SeccompAddressSpace::Died(const char* why) {
+  dead_.store(true);
+  return ErrnoError(EFAULT, absl::StrFormat("the guest address space (stub %d) died: %s", pid_,
+                                            why));
+}
+
+uint8_t* SeccompAddressSpace::InStack(int slot, uint64_t addr, uint64_t len) const {
+  const uint64_t lo = VKRT_SC_RW + static_cast<uint64_t>(slot) * VKRT_SC_SLOT_SIZE +
+                      VKRT_SC_STACK_OFFSET;
+  const uint64_t hi = VKRT_SC_RW + static_cast<uint64_t>(slot + 1) * VKRT_SC_SLOT_SIZE;
+  if (addr < lo || addr > hi || len > hi - addr) return nullptr;
+  return shm_ + (addr - VKRT_SC_RW);
+}
+
+// ---- the server channel --------------------------------------------------------------------
+
+absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t* results) {
+  if (dead_.load()) return Died("earlier");
+  const int total = npending_ + n;
+  if (total > SRV_MAX_OPS) return ErrnoError(E2BIG, "stub server batch too large");
+  uint8_t* cmd = Command(VKRT_SC_SERVER_SLOT);
+  memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
+  memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
+  Store(cmd + SRV_COUNT, static_cast<uint32_t>(total));
+  // Keep the server on this CPU: waking it is then a local wakeup, and our blocking read of
+  // its acknowledgement hands it the CPU (a wakeup across CPUs costs 30-70 us here).
+  const int cpu = CurrentCpu();
+  if (cpu >= 0 && cpu != server_cpu_) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(pid_, sizeof(set), &set) == 0) server_cpu_ = cpu;
+  }
+  ++server_seq_;
+  Store(cmd + SRV_SEQ, server_seq_);
+  Futex(cmd + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
+  // The acknowledgement comes through the kernel (the socket), never through memory a
+  // guest could write.
+  uint64_t ack = 0;
+  size_t got = 0;
+  while (got < sizeof(ack)) {
+    const ssize_t r = read(sock_, reinterpret_cast<char*>(&ack) + got, sizeof(ack) - got);
+    if (r > 0) {
+      got += static_cast<size_t>(r);
+    } else if (r < 0 && errno == EINTR) {
+      continue;
+    } else {
+      return Died("its server stopped answering");
+    }
+  }
+  const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
+  int64_t first_error = 0;
+  for (int i = 0; i < total; ++i) {
+    int64_t r;
+    memcpy(&r, res + 8 * i, sizeof(r));
+    if (i < npending_) {
+      if (r < 0 && r > -4096 && first_error == 0) first_error = r;
+    } else {
+      results[i - npending_] = r;
+    }
+  }
+  npending_ = 0;
+  if (first_error != 0) {
+    return ErrnoError(static_cast<int>(-first_error),
+                      absl::StrFormat("mmap of a VPAGETABLE translation in stub %d", pid_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::FlushLocked() {
+  if (npending_ == 0) return absl::OkStatus();
+  return ServerRunLocked(nullptr, 0, nullptr);
+}
+
+absl::StatusOr<int64_t> SeccompAddressSpace::ServerCall(const Op& op, const char* what) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  int64_t result = 0;
+  if (auto s = ServerRunLocked(&op, 1, &result); !s.ok()) return s;
+  if (result < 0 && result > -4096) {
+    return ErrnoError(static_cast<int>(-result),
+                      absl::StrFormat("%s(%#x, %#x, %#x, %#x, %#x, %#x) in stub %d", what,
+                                      op.a[0], op.a[1], op.a[2], op.a[3], op.a[4], op.a[5],
+                                      pid_));
+  }
+  return result;
+}
+
+absl::Status SeccompAddressSpace::Ping() {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  return ServerRunLocked(nullptr, 0, nullptr);
+}
+
+int SeccompAddressSpace::LowestFreeFd() const {
+  for (int i = 0; i < static_cast<int>(used_fds_.size()); ++i) {
+    if (!used_fds_[i]) return i;
+  }
+  return -1;
+}
+
+absl::StatusOr<int> SeccompAddressSpace::SendFdLocked(int fd) {
+  const int number = LowestFreeFd();
+  if (number < 0) return ErrnoError(EMFILE, "stub descriptor table full");
+  char byte = 'F';
+  struct iovec iov = {&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  if (sendmsg(sock_, &msg, MSG_NOSIGNAL) != 1) {
+    return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid_));
+  }
+  // The server receives into its mailbox page: a msghdr, its iovec, the byte, the control
+  // buffer. (A guest could disturb these; the descriptor still lands at the lowest free
+  // number, which is what we use.)
+  const uint64_t base = VKRT_SC_RW + VKRT_SC_SERVER_SLOT * uint64_t{VKRT_SC_SLOT_SIZE} + 1024;
+  uint8_t* view = shm_ + (base - VKRT_SC_RW);
+  struct msghdr remote = {};
+  remote.msg_iov = reinterpret_cast<struct iovec*>(base + 64);
+  remote.msg_iovlen = 1;
+  remote.msg_control = reinterpret_cast<void*>(base + 128);
+  remote.msg_controllen = 64;
+  struct iovec remote_iov = {reinterpret_cast<void*>(base + 96), 1};
+  memcpy(view, &remote, sizeof(remote));
+  memcpy(view + 64, &remote_iov, sizeof(remote_iov));
+  Op op = {SYS_recvmsg, {SC_FD_SOCKET, base, MSG_CMSG_CLOEXEC, 0, 0, 0}};
+  int64_t result = 0;
+  if (auto s = ServerRunLocked(&op, 1, &result); !s.ok()) return s;
+  if (result != 1) {
+    return ErrnoError(result < 0 ? static_cast<int>(-result) : EIO,
+                      absl::StrFormat("recvmsg(SCM_RIGHTS) in stub %d", pid_));
+  }
+  used_fds_[number] = true;
+  return number;
+}
+
+// ---- memory -------------------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> SeccompAddressSpace::Map(const MapRequest& r) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  const int flags = r.flags & ~MAP_VPAGETABLE;
+  int fd = -1;
+  if (r.fd >= 0) {
+    auto sent = SendFdLocked(r.fd);
+    if (!sent.ok()) return sent.status();
+    fd = *sent;
+  }
+  Op ops[2] = {
+      {SYS_mmap, {r.addr, r.len, static_cast<uint64_t>(r.prot), static_cast<uint64_t>(flags),
+                  static_cast<uint64_t>(static_cast<int64_t>(fd)), static_cast<uint64_t>(r.offset)}},
+      {SYS_close, {static_cast<uint64_t>(fd), 0, 0, 0, 0, 0}},
+  };
+  int64_t results[2] = {};
+  absl::Status s = ServerRunLocked(ops, fd >= 0 ? 2 : 1, results);
+  if (fd >= 0) used_fds_[fd] = false;
+  if (!s.ok()) return s;
+  if (results[0] < 0 && results[0] > -4096) {
+    return ErrnoError(static_cast<int>(-results[0]),
+                      absl::StrFormat("mmap(%#x, %#x, %#x, %#x, %d, %d) in stub %d", r.addr,
+                                      r.len, r.prot, flags, fd, static_cast<long long>(r.offset),
+                                      pid_));
+  }
+  const uint64_t addr = static_cast<uint64_t>(results[0]);
+  if ((addr & (kPage - 1)) != 0 || addr >= kStubBase) {
+    return ErrnoError(EFAULT, absl::StrFormat("stub %d reported mmap result %#x", pid_, addr));
+  }
+  return addr;
+}
+
+absl::StatusOr<int> SeccompAddressSpace::AttachObject(int fd) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  return SendFdLocked(fd);
+}
+
+absl::Status SeccompAddressSpace::DetachObject(int handle) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  if (handle < SC_FD_FIRST_OBJECT || handle >= static_cast<int>(used_fds_.size())) {
+    return ErrnoError(EBADF, absl::StrFormat("stub %d: no object %d", pid_, handle));
+  }
+  Op op = {SYS_close, {static_cast<uint64_t>(handle), 0, 0, 0, 0, 0}};
+  int64_t result = 0;
+  absl::Status s = ServerRunLocked(&op, 1, &result);
+  used_fds_[handle] = false;
+  return s;
+}
+
+absl::Status SeccompAddressSpace::Install(uint64_t addr, uint64_t len, int prot, int handle,
+                                          uint64_t offset) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  if (npending_ == SRV_MAX_OPS) {
+    if (auto s = FlushLocked(); !s.ok()) return s;
+  }
+  pending_[npending_++] = {SYS_mmap, {addr, len, static_cast<uint64_t>(prot),
+                                      MAP_SHARED | MAP_FIXED, static_cast<uint64_t>(handle),
+                                      offset}};
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::FlushInstalls() {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  return FlushLocked();
+}
+
+absl::Status SeccompAddressSpace::Unmap(uint64_t addr, uint64_t len) {
+  auto r = ServerCall({SYS_munmap, {addr, len, 0, 0, 0, 0}}, "munmap");
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::Status SeccompAddressSpace::Advise(uint64_t addr, uint64_t len, int behav) {
+  int advice;
+  switch (behav) {
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
+    case MADV_DONTNEED:
+      advice = behav;
+      break;
+    case VKRT_MADV_FREE: advice = MADV_DONTNEED; break;
+    case MADV_NOCORE: advice = MADV_DONTDUMP; break;
+    case MADV_CORE: advice = MADV_DODUMP; break;
+    default: return absl::OkStatus();
+  }
+  auto r = ServerCall({SYS_madvise, {addr, len, static_cast<uint64_t>(advice), 0, 0, 0}},
+                      "madvise");
+  if (!r.ok() && ErrnoOf(r.status()) == EFAULT) return r.status();
+  return absl::OkStatus();  // hints the host refuses are ignored
+}
+
+absl::StatusOr<size_t> SeccompAddressSpace::Read(uint64_t addr, void* buf, size_t len) {
+  struct iovec local = {buf, len};
+  struct iovec remote = {reinterpret_cast<void*>(addr), len};
+  ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+  if (n < 0) {
+    return ErrnoError(errno == ESRCH ? EFAULT : errno,
+                      absl::StrFormat("process_vm_readv(stub %d, %#x, %zu)", pid_, addr, len));
+  }
+  return static_cast<size_t>(n);
+}
+
+absl::StatusOr<size_t> SeccompAddressSpace::Write(uint64_t addr, const void* buf, size_t len) {
+  struct iovec local = {const_cast<void*>(buf), len};
+  struct iovec remote = {reinterpret_cast<void*>(addr), len};
+  ssize_t n = process_vm_writev(pid_, &local, 1, &remote, 1, 0);
+  if (n < 0) {
+    return ErrnoError(errno == ESRCH ? EFAULT : errno,
+                      absl::StrFormat("process_vm_writev(stub %d, %#x, %zu)", pid_, addr, len));
+  }
+  return static_cast<size_t>(n);
+}
+
+// ---- contexts -----------------------------------------------------------------------------
+
+absl::StatusOr<Context*> SeccompAddressSpace::CallerContext() {
+  const pid_t me = ThreadState::CurrentTid();
+  for (Context& c : contexts_) {
+    if (c.tracer.load(std::memory_order_acquire) == me) return &c;
+  }
+  return CreateContext(me);
+}
+
+bool SeccompAddressSpace::ContextAlive(const Context& c) const {
+  return syscall(SYS_tgkill, pid_, c.tid, 0) == 0 || errno != ESRCH;
+}
+
+absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
+  if (dead_.load()) return Died("earlier");
+  (void)ThreadState::Current();  // the thread's exit hook releases its contexts
+  std::lock_guard<std::mutex> lock(contexts_mu_);
+  // A parked context another thread released is reused as it is: it waits in its handler.
+  for (Context& c : contexts_) {
+    if (c.tid != 0 && c.tracer.load(std::memory_order_relaxed) == 0) {
+      c.tracer.store(tracer, std::memory_order_release);
+      return &c;
+    }
+  }
+  int slot = -1;
+  for (int i = 0; i < VKRT_SC_SLOTS; ++i) {
+    if (contexts_[i].tid == 0) {
+      slot = i;
+      break;
+    }
+  }
+  if (slot < 0) {
+    return ErrnoError(EAGAIN, absl::StrFormat("vmspace: more than %d vkernel threads use it",
+                                              VKRT_SC_SLOTS));
+  }
+  uint8_t* cmd = Command(slot);
+  uint8_t* mb = Mailbox(slot);
+  memset(cmd, 0, kPage);
+  memset(mb, 0, 128);
+  Store(cmd + CMD_SPIN, kStubSpin);
+  Store(cmd + CMD_USE_ARCH_PRCTL, use_arch_prctl_ ? 1 : 0);
+  const struct timespec slice = {0, 10'000'000};  // the context re-checks every 10 ms
+  memcpy(cmd + CMD_TIMEOUT, &slice, sizeof(slice));
+  auto before = ListTasks(pid_);
+  if (!before.ok()) return before.status();
+  auto created = ServerCall({SYS_clone, {kContextCloneFlags, 0, 0, 0, 0,
+                                         static_cast<uint64_t>(slot)}}, "clone");
+  if (!created.ok()) return created.status();
+  auto after = ListTasks(pid_);
+  if (!after.ok()) return after.status();
+  std::vector<pid_t> fresh;
+  std::set_difference(after->begin(), after->end(), before->begin(), before->end(),
+                      std::back_inserter(fresh));
+  if (fresh.size() != 1) {
+    return ErrnoError(EFAULT, absl::StrFormat("stub %d: %zu new threads, expected 1", pid_,
+                                              fresh.size()));
+  }
+  Context& c = contexts_[slot];
+  c.tid = fresh[0];
+  c.seq = 0;
+  c.kicks_pending = 0;
+  c.last_cpu = -1;
+  c.rcx_reported_as_r10 = false;
+  // The new thread traps once on purpose (its first report): from then on it waits in its
+  // handler with a signal frame the first RUN fills in.
+  if (auto s = AwaitReport(c, 1, 10'000'000'000); !s.ok()) return s;
+  int sig;
+  uint8_t* info;
+  uint64_t* gregs;
+  uint8_t* fpregs;
+  if (auto s = TakeReport(c, sig, info, gregs, fpregs); !s.ok()) return s;
+  const uint64_t ready = VKRT_SC_CODE + x86_64::vkrt_seccomp_stub_offsets.context_ready;
+  if (sig != SIGILL || gregs[x86_64::kSigRip] != ready) {
+    return ErrnoError(EFAULT, absl::StrFormat("stub %d: context thread did not start (signal "
+                                              "%d at %#x)", pid_, sig, gregs[x86_64::kSigRip]));
+  }
+  c.tracer.store(tracer, std::memory_order_release);
+  return &c;
+}
+
+void SeccompAddressSpace::ReleaseCallerContext() {
+  const pid_t me = ThreadState::CurrentTid();
+  std::lock_guard<std::mutex> lock(contexts_mu_);
+  for (Context& c : contexts_) {
+    // The context stays parked in its handler for the next thread that needs one.
+    if (c.tracer.load(std::memory_order_relaxed) == me) c.tracer.store(0);
+  }
+}
+
+absl::Status SeccompAddressSpace::AwaitReport(Context& c, uint32_t want, int64_t limit_ns) {
+  const uint8_t* mb = Mailbox(SlotOf(c));
+  const struct timespec slice = {0, kWaitSliceNs};
+  int64_t waited = 0;
+  while (Load(mb + MB_REPORT_SEQ) != want) {
+    uint8_t* cmd = Command(SlotOf(c));
+    Store(cmd + CMD_VKERNEL_SLEEPING, 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    const uint32_t now = Load(mb + MB_REPORT_SEQ);
+    if (now != want) {
+      long r = Futex(mb + MB_REPORT_SEQ, FUTEX_WAIT, now, &slice);
+      if (r < 0 && errno == ETIMEDOUT) {
+        waited += kWaitSliceNs;
+        if (!ContextAlive(c)) {
+          Store(cmd + CMD_VKERNEL_SLEEPING, 0);
+          return Died("a context thread is gone");
+        }
+        if (limit_ns > 0 && waited >= limit_ns) {
+          Store(cmd + CMD_VKERNEL_SLEEPING, 0);
+          return ErrnoError(EFAULT, absl::StrFormat("stub %d: no report from thread %d", pid_,
+                                                    c.tid));
+        }
+      }
+    }
+    Store(cmd + CMD_VKERNEL_SLEEPING, 0);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::TakeReport(Context& c, int& sig, uint8_t*& info,
+                                             uint64_t*& gregs, uint8_t*& fpregs) {
+  const int slot = SlotOf(c);
+  const uint8_t* mb = Mailbox(slot);
+  c.seq = Load(mb + MB_REPORT_SEQ);
+  // Everything in the mailbox is guest-writable: check it all before use.
+  sig = static_cast<int>(Load(mb + MB_SIG));
+  c.last_cpu = static_cast<int>(Load(mb + MB_CPU));
+  uint64_t info_addr, uc_addr;
+  memcpy(&info_addr, mb + MB_INFO, 8);
+  memcpy(&uc_addr, mb + MB_UC, 8);
+  info = InStack(slot, info_addr, kSiginfoSize);
+  uint8_t* uc = InStack(slot, uc_addr, kUcSize);
+  if (info == nullptr || uc == nullptr || (uc_addr & 7) != 0) {
+    kill(pid_, SIGKILL);
+    return Died("its signal frame was overwritten");
+  }
+  c.uc = uc_addr;
+  gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
+  uint64_t fp_addr;
+  memcpy(&fp_addr, uc + kUcFpregs, 8);
+  fpregs = InStack(slot, fp_addr, 576);
+  uint32_t magic = 0, size = 0;
+  if (fpregs != nullptr) {
+    memcpy(&magic, fpregs + kFpxSw, 4);
+    memcpy(&size, fpregs + kFpxSw + 16, 4);
+  }
+  if (fpregs == nullptr || (fp_addr & 63) != 0 || magic != kFpXstateMagic1 ||
+      InStack(slot, fp_addr, size) == nullptr || size < x86_64::AvxXstateSize()) {
+    kill(pid_, SIGKILL);
+    return Died("its signal frame's FPU area was overwritten");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state) {
+  const int slot = SlotOf(c);
+  uint8_t* uc = InStack(slot, c.uc, kUcSize);
+  if (uc == nullptr) return Died("no signal frame");
+  auto* gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
+  uint64_t fp_addr;
+  memcpy(&fp_addr, uc + kUcFpregs, 8);
+  uint8_t* fp = InStack(slot, fp_addr, 576);
+  uint32_t frame_size = 0;
+  uint64_t frame_features = 0;
+  if (fp != nullptr) {
+    memcpy(&frame_size, fp + kFpxSw + 16, 4);
+    memcpy(&frame_features, fp + kFpxSw + 8, 8);
+  }
+  if (fp == nullptr || InStack(slot, fp_addr, frame_size) == nullptr) {
+    kill(pid_, SIGKILL);
+    return Died("its signal frame's FPU area was overwritten");
+  }
+  // The caller's FPU state, as sigreturn will accept it: MXCSR without reserved bits, the
+  // standard (not compacted) format, only features the frame carries; the frame's own
+  // software bytes and PKRU stay as the kernel wrote them.
+  const auto* src = static_cast<const uint8_t*>(state.xstate);
+  uint32_t mxcsr;
+  memcpy(&mxcsr, src + 24, 4);
+  if ((mxcsr & ~0xFFFFu) != 0) {
+    return ErrnoError(EINVAL, absl::StrFormat("vmspace_ctl: MXCSR %#x has reserved bits set",
+                                              mxcsr));
+  }
+  uint64_t bv;
+  memcpy(&bv, src + kXstateBv, 8);
+  const size_t n = std::min<size_t>(
+      x86_64::UsesAvx512(src) ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize(),
+      frame_size);
+  uint64_t frame_bv;
+  memcpy(&frame_bv, fp + kXstateBv, 8);
+  memcpy(fp, src, kFpxSw);
+  memcpy(fp + kXstateBv + 64, src + kXstateBv + 64, n - kXstateBv - 64);
+  const uint64_t new_bv =
+      ((bv & kGuestFeatures) | (frame_bv & ~kGuestFeatures)) & frame_features;
+  memcpy(fp + kXstateBv, &new_bv, 8);
+  memset(fp + kXstateBv + 8, 0, 56);  // XCOMP_BV and the reserved header bytes
+  // Registers. After a system call exit the frame's rcx was reported as r10 (DragonFly); a
+  // vkernel that leaves it so gets the rcx the `syscall` instruction left.
+  trapframe tf = *state.tf;
+  if (c.rcx_reported_as_r10 && tf.tf_rcx == tf.tf_r10) {
+    tf.tf_rcx = static_cast<int64_t>(c.syscall_rcx);
+  }
+  c.rcx_reported_as_r10 = false;
+  x86_64::FrameToSigGregs(tf, gregs);
+  uint8_t* cmd = Command(slot);
+  memcpy(cmd + CMD_FS_BASE, &state.fs_base, 8);
+  memcpy(cmd + CMD_GS_BASE, &state.gs_base, 8);
+  return absl::OkStatus();
+}
+
+void SeccompAddressSpace::Resume(Context& c) {
+  uint8_t* cmd = Command(SlotOf(c));
+  // Spinning only helps when the guest runs on another CPU than ours.
+  const int cpu = CurrentCpu();
+  Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : kStubSpin);
+  Store(cmd + CMD_RESP_SEQ, c.seq);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);  // against the context's "sleeping" flag (Dekker)
+  if (Load(Mailbox(SlotOf(c)) + MB_STUB_SLEEPING) != 0) {
+    Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
+  }
+}
+
+absl::StatusOr<GuestExit> SeccompAddressSpace::Run(GuestState& state, const RunLimits& limits) {
+  auto ctx = CallerContext();
+  if (!ctx.ok()) return ctx.status();
+  return RunContext(**ctx, state, limits);
+}
+
+// Copies the guest's FPU state out of a frame into `area`.
+void StoreXstate(const uint8_t* fp, void* area) {
+  const size_t n = x86_64::UsesAvx512(fp) ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize();
+  memcpy(area, fp, n);
+}
+
+absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState& state,
+                                                          const RunLimits& limits) {
+  ThreadState& ts = ThreadState::Current();
+  uint64_t old_mask = 0;
+  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
+  const uint64_t wait_mask = old_mask | kIgnoredByDefault;
+  bool timer_armed = false;
+  absl::Cleanup cleanup = [&] {  // no allocation on the RUN path
+    if (timer_armed) ts.DisarmTimer();
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
+  };
+  if (ts.TakeInterrupt()) return GuestExit{};
+  if (limits.timeout_ns != 0) {
+    if (auto s = ts.ArmTimer(limits.timeout_ns); !s.ok()) return s;
+    timer_armed = true;
+  }
+  if (auto s = LoadFrame(c, state); !s.ok()) return s;
+
+  const int slot = SlotOf(c);
+  uint8_t* mb = Mailbox(slot);
+  uint8_t* cmd = Command(slot);
+  const uint32_t kicks_at_start = ThreadState::Kicks();
+  bool interrupted = false;  // we kicked the guest in this RUN
+  auto TakePendingSignal = [&] {
+    if (ThreadState::Kicks() != kicks_at_start) return true;
+    uint64_t pending = 0;
+    syscall(SYS_rt_sigpending, &pending, 8);
+    if ((pending & ~wait_mask) == 0) return false;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);  // let it run
+    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+    return true;
+  };
+  auto Kick = [&] {
+    (void)ts.TakeInterrupt();
+    if (!interrupted) {
+      interrupted = true;
+      ++c.kicks_pending;
+      syscall(SYS_tgkill, pid_, c.tid, SC_KICK_SIGNAL);
+    }
+  };
+
+  for (;;) {
+    Resume(c);
+    const uint32_t want = c.seq + 1;
+    // Wait for the next report: spin (the guest runs on another CPU), then sleep.
+    bool got = false;
+    if (c.last_cpu != CurrentCpu()) {
+      for (int i = 0; i < kVkernelSpin; ++i) {
+        if (Load(mb + MB_REPORT_SEQ) == want) {
+          got = true;
+          break;
+        }
+        __builtin_ia32_pause();
+      }
+    }
+    while (!got) {
+      if (Load(mb + MB_REPORT_SEQ) == want) break;
+      if (!interrupted && TakePendingSignal()) {
+        Kick();
+        continue;
+      }
+      Store(cmd + CMD_VKERNEL_SLEEPING, 1);
+      __atomic_thread_fence(__ATOMIC_SEQ_CST);
+      const uint32_t now = Load(mb + MB_REPORT_SEQ);
+      if (now == want) {
+        Store(cmd + CMD_VKERNEL_SLEEPING, 0);
+        break;
+      }
+      const struct timespec slice = {0, kWaitSliceNs};
+      long r;
+      struct rseq* rs = interrupted ? nullptr : ThreadRseq();
+      if (rs != nullptr) {
+        // Unblock and wait in one restartable sequence: a handler that runs in between (even
+        // with SA_RESTART) is noticed.
+        __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_futex_rseq_cs),
+                         __ATOMIC_RELAXED);
+        r = vkrt_futex_wait_in_rseq(&wait_mask, reinterpret_cast<uint32_t*>(mb + MB_REPORT_SEQ),
+                                    now, &slice);
+        __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+      } else if (!interrupted) {
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
+        r = Futex(mb + MB_REPORT_SEQ, FUTEX_WAIT, now, &slice);
+        if (r < 0) r = -errno;
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+      } else {
+        r = Futex(mb + MB_REPORT_SEQ, FUTEX_WAIT, now, &slice);
+        if (r < 0) r = -errno;
+      }
+      Store(cmd + CMD_VKERNEL_SLEEPING, 0);
+      if (r == kSignalled || r == -EINTR) {
+        if (!interrupted) Kick();
+      } else if (r == -ETIMEDOUT) {
+        if (!ContextAlive(c)) return Died("a context thread is gone");
+        if (!interrupted && ThreadState::Kicks() != kicks_at_start) Kick();
+      } else if (r == kPreemptedUnblocked || r == kPreemptedBlocked) {
+        continue;
+      }
+    }
+
+    int sig;
+    uint8_t* info;
+    uint64_t* gregs;
+    uint8_t* fpregs;
+    if (auto s = TakeReport(c, sig, info, gregs, fpregs); !s.ok()) return s;
+    int si_code;
+    memcpy(&si_code, info + 8, 4);
+    GuestExit exit;
+    auto report = [&](GuestExit e) -> GuestExit {
+      x86_64::SigGregsToFrame(gregs, *state.tf);
+      StoreXstate(fpregs, state.xstate);
+      return e;
+    };
+
+    if (sig == SC_KICK_SIGNAL) {
+      if (c.kicks_pending > 0) --c.kicks_pending;
+      if (interrupted && c.kicks_pending == 0) return report(GuestExit{});  // kInterrupted
+      continue;  // a kick from an earlier RUN, or a forged report: the guest goes on
+    }
+    if (si_code <= 0 && sig != SIGSYS) continue;  // sent by somebody else: not the guest's
+
+    if (sig == SIGSYS) {
+      uint64_t call_addr;
+      int nr;
+      uint32_t arch;
+      memcpy(&call_addr, info + 16, 8);
+      memcpy(&nr, info + 24, 4);
+      memcpy(&arch, info + 28, 4);
+      if ((call_addr & ~uint64_t{0xFFF}) == 0xFFFFFFFFFF600000ULL) {
+        // A call into the vsyscall page, which Linux emulates as a system call: to the
+        // guest, an instruction fetch from a page that is not there. Linux has already
+        // emulated the `ret`; undo it.
+        exit.kind = GuestExit::Kind::kPageFault;
+        exit.trapno = T_PAGEFLT;
+        exit.err = PGEX_U | PGEX_I;
+        exit.addr = call_addr;
+        report(exit);
+        if (gregs[x86_64::kSigRip] != call_addr) {
+          state.tf->tf_rip = static_cast<int64_t>(call_addr);
+          state.tf->tf_rsp -= 8;
+        }
+        return exit;
+      }
+      exit.kind = GuestExit::Kind::kSyscall;
+      exit.trapno = T_FAST_SYSCALL;
+      exit.err = 2;
+      if (arch == AUDIT_ARCH_I386) {
+        uint16_t opcode = 0;
+        (void)Read(gregs[x86_64::kSigRip] - 2, &opcode, sizeof(opcode));
+        if (opcode == 0x80CD) {
+          exit.kind = GuestExit::Kind::kSyscall80;
+          exit.trapno = T_SYSCALL80;
+        } else {
+          // sysenter, which Linux runs as a 32-bit system call: refused as AMD refuses it.
+          exit.kind = GuestExit::Kind::kException;
+          exit.trapno = T_PRIVINFLT;
+          exit.err = 0;
+        }
+      }
+      report(exit);
+      state.tf->tf_rax = nr;
+      c.syscall_rcx = gregs[x86_64::kSigRcx];
+      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
+      return exit;
+    }
+
+    // A hardware exception: the frame has the vector, error code and fault address.
+    const int vector = static_cast<int>(gregs[x86_64::kSigTrapno]);
+    exit.trapno = x86_64::TrapCodeForVector(vector);
+    exit.kind = GuestExit::Kind::kException;
+    exit.err = gregs[x86_64::kSigErr];
+    if (exit.trapno == T_PAGEFLT) {
+      const uint64_t hw = gregs[x86_64::kSigErr];
+      exit.kind = GuestExit::Kind::kPageFault;
+      exit.addr = gregs[x86_64::kSigCr2];
+      exit.err = (hw & (PGEX_P | PGEX_W | PGEX_RSV | PGEX_I)) | PGEX_U;
+      if (si_code == SEGV_ACCERR || si_code == SEGV_PKUERR) exit.err |= PGEX_P;
+      int installed = -1;
+      if (sig == SIGSEGV && vpt() != nullptr && !(hw & 0x20) &&
+          vpt()->Lookup(exit.addr, installed)) {
+        const vpt::Access access = (hw & PGEX_W)   ? vpt::Access::kWrite
+                                   : (hw & PGEX_I) ? vpt::Access::kExecute
+                                                   : vpt::Access::kRead;
+        SpaceInstaller installer(*this);
+        auto resolved = vpt()->Resolve(exit.addr, access, installer);
+        if (!resolved.ok()) return resolved.status();
+        using Outcome = vpt::Resolution::Outcome;
+        if (resolved->outcome == Outcome::kInstalled || resolved->outcome == Outcome::kNotVpt) {
+          if (!interrupted && TakePendingSignal()) {
+            // A signal came while resolving (a fault storm would otherwise never end RUN):
+            // end here, at the faulting instruction, which retries next time.
+            return report(GuestExit{});
+          }
+          continue;  // the guest retries the access
+        }
+        if (resolved->outcome == Outcome::kFault) exit.err = resolved->err;
+      }
+    }
+    return report(exit);
+  }
+}
+
+}  // namespace
+
+SeccompBackend* SeccompBackend::Get() {
+  static auto* backend = new SeccompBackend();
+  return backend;
+}
+
+const char* SeccompBackend::Unavailable() {
+  static const char* const reason = []() -> const char* {
+    if (prctl(PR_GET_SECCOMP, 0, 0, 0, 0) < 0 && errno == EINVAL) {
+      return "the kernel has no seccomp (CONFIG_SECCOMP)";
+    }
+    uint32_t action = SECCOMP_RET_TRAP;
+    if (syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) != 0) {
+      return errno == EINVAL || errno == ENOSYS
+                 ? "the kernel has no seccomp filters with SECCOMP_RET_TRAP"
+                 : "the seccomp system call is refused here (a seccomp policy?)";
+    }
+    if (const char* why = StubPrograms().error) return why;
+    return nullptr;
+  }();
+  return reason;
+}
+
+absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace() {
+  const Programs& programs = StubPrograms();
+  if (programs.error != nullptr) {
+    return ErrnoError(EOPNOTSUPP, absl::StrFormat("seccomp backend: %s", programs.error));
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return SyscallError("socketpair(AF_UNIX, SOCK_STREAM) for a seccomp stub");
+  }
+  const int memfd = static_cast<int>(syscall(SYS_memfd_create, "vkrt-stub", MFD_CLOEXEC));
+  if (memfd < 0 || ftruncate(memfd, VKRT_SC_MEMFD_SIZE) != 0) {
+    absl::Status s = SyscallError("memfd_create/ftruncate for a seccomp stub's shared pages");
+    if (memfd >= 0) close(memfd);
+    close(sv[0]);
+    close(sv[1]);
+    return s;
+  }
+  void* shm = mmap(nullptr, VKRT_SC_MEMFD_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (shm == MAP_FAILED) {
+    absl::Status s = SyscallError("mmap of a seccomp stub's shared pages");
+    close(memfd);
+    close(sv[0]);
+    close(sv[1]);
+    return s;
+  }
+  auto* view = static_cast<uint8_t*>(shm);
+  // The server's command page: empty batch, and how often it looks for its vkernel.
+  uint8_t* srv = view + VKRT_SC_RW_SIZE + VKRT_SC_SERVER_SLOT * kPage;
+  const struct timespec server_slice = {1, 0};
+  memcpy(srv + SRV_TIMEOUT, &server_slice, sizeof(server_slice));
+  const int pidfd = SelfPidfd();
+  x86_64::SeccompBootArgs args = {sv[1], pidfd, memfd, 0, &programs.server_prog,
+                                  &programs.context_prog};
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, 0, 0, 0, 0, 0));
+  if (pid == 0) {
+    // Child: raw system calls only.
+    syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (struct rseq* rs = ThreadRseq(/*register_own=*/false)) {
+      if (syscall(SYS_rseq, rs, __rseq_size, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) != 0) {
+        syscall(SYS_rseq, rs, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
+      }
+    }
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &kAllSignals, nullptr, 8);
+    x86_64::vkrt_seccomp_stub_boot(&args);
+  }
+  const int clone_errno = errno;
+  close(sv[1]);
+  close(memfd);
+  if (pid < 0) {
+    close(sv[0]);
+    munmap(shm, VKRT_SC_MEMFD_SIZE);
+    return ErrnoError(clone_errno, "clone() of a seccomp stub process");
+  }
+  auto space = std::make_unique<SeccompAddressSpace>(pid, sv[0], view);
+  if (auto s = space->Ping(); !s.ok()) {
+    return ErrnoError(EFAULT, absl::StrFormat("seccomp stub %d did not start: %s", pid,
+                                              s.message()));
+  }
+  if (auto c = space->CallerContext(); !c.ok()) return c.status();
+  return std::unique_ptr<AddressSpace>(std::move(space));
+}
+
+}  // namespace vkrt
