@@ -51,6 +51,7 @@
 #define CMD_FS_BASE 16          /* u64 */
 #define CMD_GS_BASE 24          /* u64 */
 #define CMD_TIMEOUT 32          /* struct timespec: the context's futex wait bound */
+#define CMD_EXIT 48             /* u32: instead of resuming, the context thread exits */
 
 /* Server command page (RO): a batch of system calls the vkernel decided. */
 #define SRV_SEQ 0               /* u32: futex word the server waits on */

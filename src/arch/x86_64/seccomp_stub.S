@@ -404,6 +404,8 @@ vkrt_seccomp_stub_boot:
 .Lhandler_woken:
 	movl $0, MB_STUB_SLEEPING(%rbx)
 .Lhandler_resume:
+	cmpl $0, CMD_EXIT(%r13)
+	jne .Lcontext_exit
 	cmpl $0, CMD_USE_ARCH_PRCTL(%r13)
 	jne 7f
 	mov CMD_FS_BASE(%r13), %rax
@@ -420,6 +422,10 @@ vkrt_seccomp_stub_boot:
 	mov CMD_GS_BASE(%r13), %rsi
 	syscall
 	ret
+.Lcontext_exit:
+	mov $60, %eax                /* exit(0): this thread only (its vkernel thread left) */
+	xor %edi, %edi
+	syscall
 .Lhandler_die:
 	ud2                          /* SIGILL while blocked: the kernel kills the stub */
 

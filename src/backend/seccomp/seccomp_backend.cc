@@ -55,7 +55,8 @@ constexpr uint64_t kIgnoredByDefault =
     SigBit(SIGCHLD) | SigBit(SIGCONT) | SigBit(SIGWINCH) | SigBit(SIGURG);
 const uint64_t kAllSignals = ~uint64_t{0};
 
-constexpr uint64_t kContextCloneFlags = 0x50F00;  // VM|FS|FILES|SIGHAND|THREAD|SYSVSEM
+constexpr uint64_t kContextCloneFlags = 0x50F00;
+constexpr int kUretprobeSyscall = 335;  // VM|FS|FILES|SIGHAND|THREAD|SYSVSEM
 constexpr uint64_t kPage = 4096;
 
 // Signal-frame layout (x86-64 Linux): ucontext { uc_flags, uc_link, uc_stack (24 bytes),
@@ -505,13 +506,6 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   if (dead_.load()) return Died("earlier");
   (void)ThreadState::Current();  // the thread's exit hook releases its contexts
   std::lock_guard<std::mutex> lock(contexts_mu_);
-  // A parked context another thread released is reused as it is: it waits in its handler.
-  for (Context& c : contexts_) {
-    if (c.tid != 0 && c.tracer.load(std::memory_order_relaxed) == 0) {
-      c.tracer.store(tracer, std::memory_order_release);
-      return &c;
-    }
-  }
   int slot = -1;
   for (int i = 0; i < VKRT_SC_SLOTS; ++i) {
     if (contexts_[i].tid == 0) {
@@ -572,8 +566,17 @@ void SeccompAddressSpace::ReleaseCallerContext() {
   const pid_t me = ThreadState::CurrentTid();
   std::lock_guard<std::mutex> lock(contexts_mu_);
   for (Context& c : contexts_) {
-    // The context stays parked in its handler for the next thread that needs one.
-    if (c.tracer.load(std::memory_order_relaxed) == me) c.tracer.store(0);
+    if (c.tracer.load(std::memory_order_relaxed) != me) continue;
+    // The context thread waits in its handler: tell it to exit, and wait (bounded) until it
+    // is gone before the slot can be used again.
+    Store(Command(SlotOf(c)) + CMD_EXIT, 1);
+    Resume(c);
+    for (int i = 0; i < 2000 && ContextAlive(c); ++i) {
+      const struct timespec ms = {0, 1'000'000};
+      nanosleep(&ms, nullptr);
+    }
+    if (!ContextAlive(c)) c.tid = 0;  // else the slot stays taken
+    c.tracer.store(0, std::memory_order_release);
   }
 }
 
@@ -843,10 +846,8 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
 
     if (sig == SIGSYS) {
       uint64_t call_addr;
-      int nr;
       uint32_t arch;
       memcpy(&call_addr, info + 16, 8);
-      memcpy(&nr, info + 24, 4);
       memcpy(&arch, info + 28, 4);
       if ((call_addr & ~uint64_t{0xFFF}) == 0xFFFFFFFFFF600000ULL) {
         // A call into the vsyscall page, which Linux emulates as a system call: to the
@@ -879,13 +880,27 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
           exit.err = 0;
         }
       }
-      report(exit);
-      state.tf->tf_rax = nr;
+      report(exit);  // rax: the number as the guest loaded it (seccomp rolled it back)
       c.syscall_rcx = gregs[x86_64::kSigRcx];
       c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
       return exit;
     }
 
+    if (sig == SIGILL && si_code == SI_KERNEL && gregs[x86_64::kSigRcx] == gregs[x86_64::kSigRip]) {
+      // Linux (6.11+) lets system call 335, uretprobe, past seccomp; made from anywhere but
+      // its trampoline it raises SIGILL and returns -1. To the vkernel it is that call.
+      uint16_t opcode = 0;
+      if (Read(gregs[x86_64::kSigRip] - 2, &opcode, sizeof(opcode)).ok() && opcode == 0x050F) {
+        exit.kind = GuestExit::Kind::kSyscall;
+        exit.trapno = T_FAST_SYSCALL;
+        exit.err = 2;
+        report(exit);
+        state.tf->tf_rax = kUretprobeSyscall;
+        c.syscall_rcx = gregs[x86_64::kSigRcx];
+        c.rcx_reported_as_r10 = true;
+        return exit;
+      }
+    }
     // A hardware exception: the frame has the vector, error code and fault address.
     const int vector = static_cast<int>(gregs[x86_64::kSigTrapno]);
     exit.trapno = x86_64::TrapCodeForVector(vector);

@@ -129,6 +129,7 @@ absl::StatusOr<std::vector<sock_filter>> ServerProgram(uint64_t code_start, uint
       {SCMP_SYS(sigaltstack), {}},
       {SCMP_SYS(seccomp), {Eq(0, SECCOMP_SET_MODE_FILTER), Eq(1, 0)}},
       {SCMP_SYS(exit_group), {}},
+      {SCMP_SYS(exit), {Eq(0, 0)}},
       {SCMP_SYS(sched_yield), {}},
       {SCMP_SYS(arch_prctl), {Eq(0, kArchSetFs)}},
       {SCMP_SYS(arch_prctl), {Eq(0, kArchSetGs)}},
@@ -149,6 +150,7 @@ absl::StatusOr<std::vector<sock_filter>> ContextProgram(uint64_t code_start, uin
       {SCMP_SYS(sched_yield), {}},
       {SCMP_SYS(arch_prctl), {Eq(0, kArchSetFs)}},
       {SCMP_SYS(arch_prctl), {Eq(0, kArchSetGs)}},
+      {SCMP_SYS(exit), {Eq(0, 0)}},  // the context leaves when its vkernel thread does
   };
   return Build(code_start, code_end, rules, "stub context filter");
 }

@@ -24,7 +24,8 @@ namespace vkrt::seccomp_filter {
 absl::StatusOr<std::vector<sock_filter>> ServerProgram(uint64_t code_start, uint64_t code_end);
 
 // Context threads (they run guest code): futex WAIT/WAKE on stub addresses, rt_sigreturn,
-// sched_yield, arch_prctl(ARCH_SET_FS/ARCH_SET_GS). Nothing that maps, opens or signals.
+// sched_yield, arch_prctl(ARCH_SET_FS/ARCH_SET_GS), exit(0). Nothing that maps, opens or
+// signals.
 absl::StatusOr<std::vector<sock_filter>> ContextProgram(uint64_t code_start, uint64_t code_end);
 
 }  // namespace vkrt::seccomp_filter
