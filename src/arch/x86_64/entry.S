@@ -166,7 +166,9 @@ vkrt_wait_rseq_cs:
  * vkrt_wait_in_rseq's twin for the seccomp backend: sets the signal mask, then
  * futex(uaddr, FUTEX_WAIT, val, timeout) (shared, not private: the word lives in memory
  * shared with a stub process), both inside one restartable sequence (vkrt_futex_rseq_cs).
- * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above.
+ * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above. The
+ * sequence also covers the instruction after the futex call, so that a handler that runs as
+ * the call returns (a timeout and a signal at once) is seen too.
  */
 	.text
 	.globl vkrt_futex_wait_in_rseq
@@ -200,6 +202,8 @@ vkrt_futex_wait_in_rseq:
 	mov %r14d, %edx
 	mov %r15, %r10
 	syscall
+.Lfafter:
+	nop                          /* inside the sequence: a handler run at the futex's return */
 .Lfcs_end:
 	pop %r15
 	pop %r14
@@ -208,22 +212,24 @@ vkrt_futex_wait_in_rseq:
 	ret
 	.long 0x53053053             /* RSEQ_SIG */
 .Lfcs_abort:
-	lea .Lfcs_end(%rip), %rdx
+	mov %rax, %r8                /* the futex's result, if it had returned */
+	lea .Lfafter(%rip), %rdx
 	cmp %rdx, %rcx
-	je 3f
+	je 4f
 	lea .Lfunblocked(%rip), %rdx
 	cmp %rdx, %rcx
 	je 1f
 	mov $-1001, %rax
 	jmp .Lfcs_end
-1:	lea -256(%rsp), %rdi
+1:	mov $-1002, %r8              /* between the calls: a preemption, unless a frame shows */
+4:	lea -256(%rsp), %rdi         /* at or after the futex: a handler ran if a frame shows */
 	mov $32, %ecx
 2:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
 	je 3f
 	add $4, %rdi
 	dec %ecx
 	jnz 2b
-	mov $-1002, %rax
+	mov %r8, %rax                /* no handler: preempted (or the futex's own result) */
 	jmp .Lfcs_end
 3:	mov $-1003, %rax
 	jmp .Lfcs_end
