@@ -41,6 +41,7 @@
 #define MB_CPU 12           /* u32: the CPU the handler ran on (RDTSCP's TSC_AUX) */
 #define MB_INFO 16          /* u64: siginfo_t* (a stub address) */
 #define MB_UC 24            /* u64: ucontext_t* (a stub address) */
+#define MB_DONE_SEQ 32      /* server slot: u32, the last batch carried out (a hint) */
 #define MB_RESULTS 64       /* server slot: u64 results[SERVER_MAX_OPS] */
 
 /* Command page (RO in the stub, per slot): written by the vkernel. */
@@ -52,6 +53,8 @@
 #define CMD_GS_BASE 24          /* u64 */
 #define CMD_TIMEOUT 32          /* struct timespec: the context's futex wait bound */
 #define CMD_EXIT 48             /* u32: instead of resuming, the context thread exits */
+#define CMD_SERVER_WAIT 52      /* u32: before resuming, wake the server and wait until its
+                                   batch of this number is done (translations for this fault) */
 
 /* Server command page (RO): a batch of system calls the vkernel decided. */
 #define SRV_SEQ 0               /* u32: futex word the server waits on */

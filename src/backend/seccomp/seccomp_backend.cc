@@ -73,8 +73,11 @@ constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_
 
 // Handoff tuning. A spin is bounded; after it the waiter sleeps on a futex. An idle guest or
 // vkernel therefore burns at most one spin's worth of CPU.
-constexpr uint32_t kStubSpin = 20000;    // pause iterations in the stub's handler
-constexpr int kVkernelSpin = 20000;      // pause iterations in RUN before the futex
+// Spins poll without PAUSE: under a hypervisor with pause-loop exiting each PAUSE may leave
+// the guest (1.1 us on the development machine, docs/performance.md). Each bound is some
+// tens of microseconds of polling.
+constexpr uint32_t kStubSpin = 50000;    // polls in the stub's handler
+constexpr int kVkernelSpin = 50000;      // polls in RUN before the futex
 constexpr long kWaitSliceNs = 50'000'000;  // a sleeping RUN checks the stub this often
 
 uint32_t Load(const void* p) {
@@ -150,7 +153,12 @@ struct Context {
   int kicks_pending = 0;      // kick signals sent whose report has not been seen
   bool rcx_reported_as_r10 = false;
   uint64_t syscall_rcx = 0;   // rcx at the last system call (the return address)
+  uint32_t server_wait = 0;   // a server batch the context must see done before resuming
 };
+
+// The context whose fault the calling thread is resolving: its translations go to the
+// server without waiting, and the context waits for them (see FlushInstalls).
+thread_local Context* t_resolving = nullptr;
 
 class SeccompAddressSpace : public AddressSpace {
  public:
@@ -190,6 +198,12 @@ class SeccompAddressSpace : public AddressSpace {
   // op i's raw result. ops_mu_ held.
   absl::Status ServerRunLocked(const Op* ops, int n, int64_t* results);
   absl::Status FlushLocked();
+  // Posts the queued installs as a batch nobody waits for here: the context resolving a
+  // fault wakes the server and waits for it itself. ops_mu_ held.
+  absl::Status PostAsyncLocked(Context& c);
+  // Collects the acknowledgement of a batch posted by PostAsyncLocked. ops_mu_ held.
+  absl::Status DrainLocked();
+  absl::Status ReadAck();
   absl::StatusOr<int64_t> ServerCall(const Op& op, const char* what);
   // Passes the vkernel's `fd` to the stub; returns its number there. ops_mu_ held.
   absl::StatusOr<int> SendFdLocked(int fd);
@@ -218,7 +232,10 @@ class SeccompAddressSpace : public AddressSpace {
   Op pending_[SRV_MAX_OPS];
   int npending_ = 0;
   uint32_t server_seq_ = 0;
-  int server_cpu_ = -1;
+  bool async_outstanding_ = false;  // a posted batch whose acknowledgement is unread
+  int async_count_ = 0;
+  int async_errno_ = 0;             // the first failure of an earlier posted batch
+  int server_cpu_ = -1;             // the CPU the server is pinned to, if any
   std::array<bool, 1024> used_fds_ = {};  // the stub's descriptor table as we made it
 
   std::mutex contexts_mu_;  // context creation and release
@@ -250,28 +267,9 @@ uint8_t* SeccompAddressSpace::InStack(int slot, uint64_t addr, uint64_t len) con
 
 // ---- the server channel --------------------------------------------------------------------
 
-absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t* results) {
-  if (dead_.load()) return Died("earlier");
-  const int total = npending_ + n;
-  if (total > SRV_MAX_OPS) return ErrnoError(E2BIG, "stub server batch too large");
-  uint8_t* cmd = Command(VKRT_SC_SERVER_SLOT);
-  memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
-  memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
-  Store(cmd + SRV_COUNT, static_cast<uint32_t>(total));
-  // Keep the server on this CPU: waking it is then a local wakeup, and our blocking read of
-  // its acknowledgement hands it the CPU (a wakeup across CPUs costs 30-70 us here).
-  const int cpu = CurrentCpu();
-  if (cpu >= 0 && cpu != server_cpu_) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(pid_, sizeof(set), &set) == 0) server_cpu_ = cpu;
-  }
-  ++server_seq_;
-  Store(cmd + SRV_SEQ, server_seq_);
-  Futex(cmd + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
-  // The acknowledgement comes through the kernel (the socket), never through memory a
-  // guest could write.
+absl::Status SeccompAddressSpace::ReadAck() {
+  // The acknowledgement comes through the kernel (the socket), never through memory a guest
+  // could write.
   uint64_t ack = 0;
   size_t got = 0;
   while (got < sizeof(ack)) {
@@ -284,6 +282,73 @@ absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t*
       return Died("its server stopped answering");
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::DrainLocked() {
+  if (!async_outstanding_) return absl::OkStatus();
+  async_outstanding_ = false;
+  // Normally the context woke the server and the acknowledgement is there; if the context's
+  // RUN ended before it resumed, nobody woke the server: do it.
+  uint64_t ack;
+  const ssize_t r = recv(sock_, &ack, sizeof(ack), MSG_DONTWAIT | MSG_PEEK);
+  if (r != static_cast<ssize_t>(sizeof(ack))) {
+    Futex(Command(VKRT_SC_SERVER_SLOT) + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
+  }
+  if (auto s = ReadAck(); !s.ok()) return s;
+  const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
+  for (int i = 0; i < async_count_ && async_errno_ == 0; ++i) {
+    int64_t r;
+    memcpy(&r, res + 8 * i, sizeof(r));
+    if (r < 0 && r > -4096) async_errno_ = static_cast<int>(-r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::PostAsyncLocked(Context& c) {
+  if (auto s = DrainLocked(); !s.ok()) return s;
+  if (async_errno_ != 0) {
+    // An earlier batch failed (out of host mappings): say so now; the caller flushes and
+    // retries (vpt::Space::Resolve).
+    const int err = async_errno_;
+    async_errno_ = 0;
+    npending_ = 0;
+    return ErrnoError(err, absl::StrFormat("mmap of a VPAGETABLE translation in stub %d", pid_));
+  }
+  uint8_t* cmd = Command(VKRT_SC_SERVER_SLOT);
+  memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
+  Store(cmd + SRV_COUNT, static_cast<uint32_t>(npending_));
+  ++server_seq_;
+  Store(cmd + SRV_SEQ, server_seq_);
+  async_outstanding_ = true;
+  async_count_ = npending_;
+  // The context hands the server its CPU: keep the server where the context runs, so the
+  // handoff is a local wakeup (to an idle CPU a wakeup costs 30-70 us here).
+  if (c.last_cpu >= 0 && c.last_cpu != server_cpu_) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(c.last_cpu, &set);
+    if (sched_setaffinity(pid_, sizeof(set), &set) == 0) server_cpu_ = c.last_cpu;
+  }
+
+  npending_ = 0;
+  c.server_wait = server_seq_ == 0 ? 1 : server_seq_;
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t* results) {
+  if (dead_.load()) return Died("earlier");
+  if (auto s = DrainLocked(); !s.ok()) return s;
+  const int total = npending_ + n;
+  if (total > SRV_MAX_OPS) return ErrnoError(E2BIG, "stub server batch too large");
+  uint8_t* cmd = Command(VKRT_SC_SERVER_SLOT);
+  memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
+  memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
+  Store(cmd + SRV_COUNT, static_cast<uint32_t>(total));
+  ++server_seq_;
+  Store(cmd + SRV_SEQ, server_seq_);
+  Futex(cmd + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
+  if (auto s = ReadAck(); !s.ok()) return s;
   const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
   int64_t first_error = 0;
   for (int i = 0; i < total; ++i) {
@@ -440,6 +505,11 @@ absl::Status SeccompAddressSpace::Install(uint64_t addr, uint64_t len, int prot,
 
 absl::Status SeccompAddressSpace::FlushInstalls() {
   std::lock_guard<std::mutex> lock(ops_mu_);
+  if (npending_ == 0) return absl::OkStatus();
+  if (Context* c = t_resolving;
+      c != nullptr && c >= contexts_.data() && c < contexts_.data() + contexts_.size()) {
+    return PostAsyncLocked(*c);
+  }
   return FlushLocked();
 }
 
@@ -538,6 +608,26 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   if (fresh.size() != 1) {
     return ErrnoError(EFAULT, absl::StrFormat("stub %d: %zu new threads, expected 1", pid_,
                                               fresh.size()));
+  }
+  // Placement: the fast handoff is a spin with the guest on another CPU than its vkernel
+  // thread, and the server, which the context hands its CPU when it needs translations, on
+  // the guest's CPU. Spinning waiters block whatever else wants their CPU, so the context
+  // stays on one CPU: the first one the stub may use that is not the caller's now.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) CPU_SET(cpu, &set);
+  sched_setaffinity(fresh[0], sizeof(set), &set);  // the kernel trims it to the cpuset
+  if (sched_getaffinity(fresh[0], sizeof(set), &set) == 0 && CPU_COUNT(&set) > 1) {
+    const int mine = CurrentCpu();
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (cpu != mine && CPU_ISSET(cpu, &set)) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        sched_setaffinity(fresh[0], sizeof(one), &one);
+        break;
+      }
+    }
   }
   Context& c = contexts_[slot];
   c.tid = fresh[0];
@@ -704,6 +794,8 @@ void SeccompAddressSpace::Resume(Context& c) {
   // Spinning only helps when the guest runs on another CPU than ours.
   const int cpu = CurrentCpu();
   Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : kStubSpin);
+  Store(cmd + CMD_SERVER_WAIT, c.server_wait);
+  c.server_wait = 0;
   Store(cmd + CMD_RESP_SEQ, c.seq);
   __atomic_thread_fence(__ATOMIC_SEQ_CST);  // against the context's "sleeping" flag (Dekker)
   if (Load(Mailbox(SlotOf(c)) + MB_STUB_SLEEPING) != 0) {
@@ -775,7 +867,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
           got = true;
           break;
         }
-        __builtin_ia32_pause();
+        asm volatile("" ::: "memory");
       }
     }
     while (!got) {
@@ -919,7 +1011,9 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
                                    : (hw & PGEX_I) ? vpt::Access::kExecute
                                                    : vpt::Access::kRead;
         SpaceInstaller installer(*this);
+        t_resolving = &c;
         auto resolved = vpt()->Resolve(exit.addr, access, installer);
+        t_resolving = nullptr;
         if (!resolved.ok()) return resolved.status();
         using Outcome = vpt::Resolution::Outcome;
         if (resolved->outcome == Outcome::kInstalled || resolved->outcome == Outcome::kNotVpt) {

@@ -53,9 +53,11 @@ struct Rule {
 absl::StatusOr<std::vector<sock_filter>> Build(uint64_t start, uint64_t end,
                                                const std::vector<Rule>& rules,
                                                const char* what) {
-  if ((start >> 32) != ((end - 1) >> 32) || end <= start) {
-    return ErrnoError(EINVAL, absl::StrFormat("%s: stub code [%#x, %#x) crosses 4 GiB", what,
-                                              start, end));
+  // The prefix compares the low 32 bits of the instruction pointer: both ends must lie in
+  // one 4 GiB block (an end exactly on the next block's start would compare as 0).
+  if ((start >> 32) != (end >> 32) || end <= start) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: stub code [%#x, %#x) is empty or not inside "
+                                              "one 4 GiB block", what, start, end));
   }
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
   if (ctx == nullptr) return ErrnoError(ENOMEM, absl::StrFormat("%s: seccomp_init", what));
@@ -63,6 +65,11 @@ absl::StatusOr<std::vector<sock_filter>> Build(uint64_t start, uint64_t end,
     scmp_filter_ctx ctx;
     ~Release() { seccomp_release(ctx); }
   } release{ctx};
+  // x32 calls (an x86-64 arch with bit 30 in the number) reach libseccomp's "bad arch"
+  // answer: that too must end the whole stub, not one thread.
+  if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0) {
+    return ErrnoError(-rc, absl::StrFormat("%s: seccomp_attr_set(ACT_BADARCH)", what));
+  }
   for (const Rule& r : rules) {
     const int rc = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, r.nr,
                                           static_cast<unsigned>(r.args.size()),
