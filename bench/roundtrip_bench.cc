@@ -11,19 +11,35 @@
 //                               thread answers (rax = rdi + 1), then rt_sigreturns. The guest runs
 //                               on another CPU (label guest_cpu=N): the seccomp backend's target.
 //   BM_VkrtSyscallRoundTrip     one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_FAST_SYSCALL.
+//                               Arg type = the backend (1 VKRT_TYPE_PTRACE, 2 VKRT_TYPE_SECCOMP).
 //   BM_VkrtFaultRoundTrip       one vmspace_ctl(VMSPACE_CTL_RUN) that returns T_PAGEFLT for a load
 //                               from an unmapped guest address (the fault is re-taken each RUN).
+//                               Arg type = the backend (1 ptrace, 2 seccomp).
 //   BM_VkrtCreateDestroy        vmspace_create + vmspace_destroy of a fresh, empty vmspace.
+//                               Arg type = the backend (1 ptrace, 2 seccomp).
 //   BM_VkrtCreateMapRunDestroy  create, map one code page, pwrite the guest code, one RUN up to the
 //                               first syscall, destroy: the cost of a short-lived guest.
+//                               Arg type = the backend (1 ptrace, 2 seccomp).
+//   BM_PairedSyscallRatio       alternating batches of the ptrace floor and the vkrt syscall round
+//                               trip (ptrace backend only, no arg); counters floor_us, vkrt_us,
+//                               ratio (medians over batches, see the section below).
+//   BM_PairedSeccompRatio       the same for seccomp (seccomp backend only, no arg): alternating
+//                               batches of the SIGSYS spin-handoff probe and the vkrt syscall round
+//                               trip; counters floor_us, vkrt_us, ratio = vkrt/floor (medians over
+//                               batches). Target: ratio <= 1.35 and vkrt_us <= 3.
+//
+// A vkrt benchmark whose backend is not available here (vkrt_backend_available) stops with
+// SkipWithError and the reason.
 //
 // CPU placement dominates these numbers on this 2-vCPU machine (see /work/shared/probes/README.md:
 // the bare SYSEMU round trip is ~9.5 us with tracer and tracee on one CPU, 30-70 us across CPUs),
-// so main() pins the benchmark thread to CPU 0 before anything else runs. vkrt gives its guest
-// the creating thread's affinity, and the ptrace floor's child pins itself to the same CPU, so
-// those benchmarks are "same CPU" measurements. The exception is BM_FloorSigsysSpinHandoff: both of
-// its sides spin, so its guest is pinned to the first other CPU this process was allowed to use
-// (it is skipped if there is none; with VKRT_BENCH_CPU=none the guest is left unpinned too).
+// so main() pins the benchmark thread to CPU 0 before anything else runs. The ptrace backend gives
+// its guest the creating thread's affinity, and the ptrace floor's child pins itself to the same
+// CPU, so those benchmarks are "same CPU" measurements. The exceptions spin on both sides, so their
+// guest runs on another CPU: BM_FloorSigsysSpinHandoff (and the probe in BM_PairedSeccompRatio)
+// pins its guest to the first other CPU this process was allowed to use (skipped if there is none;
+// with VKRT_BENCH_CPU=none the guest is left unpinned too), and the seccomp backend itself pins
+// each guest context thread to a CPU other than the one its vkernel thread runs on at creation.
 // VKRT_BENCH_CPU=<n> pins to CPU n instead; VKRT_BENCH_CPU=none leaves the affinity alone (to look
 // at the unpinned/cross-CPU cost).
 //
@@ -263,14 +279,40 @@ constexpr uint64_t kSyscallNextRip = kCodeAddr + 7;  // tf_rip after the syscall
 constexpr unsigned char kFaultLoop[] = {0x48, 0x8b, 0x03, 0xeb, 0xfb};
 
 // vmspace ids are opaque keys compared by pointer value; one per benchmark.
-char g_ids[4];
+char g_ids[5];
 
-// create + map the code page RWX at kCodeAddr (+ a stack page at kStackAddr if `stack`) + pwrite
+// The backend name for a VKRT_TYPE_* (the names vkrt_backend_available() takes).
+const char* BackendName(int64_t type) {
+  switch (type) {
+    case VKRT_TYPE_PTRACE:
+      return "ptrace";
+    case VKRT_TYPE_SECCOMP:
+      return "seccomp";
+    case VKRT_TYPE_KVM:
+      return "kvm";
+    default:
+      return "unknown";
+  }
+}
+
+// "" if backend `type` can run here; else why not (for SkipWithError). Also labels the run.
+std::string CheckBackend(benchmark::State& state, int64_t type) {
+  const char* name = BackendName(type);
+  state.SetLabel(name);
+  const char* why = nullptr;
+  if (vkrt_backend_available(name, &why) != 0) {
+    return std::string("backend ") + name + " unavailable: " +
+           (why != nullptr ? why : std::strerror(errno));
+  }
+  return "";
+}
+
+// create (backend `type`, a VKRT_TYPE_*) + map the code page RWX at kCodeAddr (+ a stack page at kStackAddr if `stack`) + pwrite
 // the code; fills *tf / *vf with a fresh user context starting at kCodeAddr. Returns "" or an
 // error message. On error the vmspace is destroyed again.
-std::string MakeGuest(void* id, const unsigned char* code, size_t len, bool stack,
+std::string MakeGuest(void* id, int type, const unsigned char* code, size_t len, bool stack,
                       struct trapframe* tf, struct vextframe* vf) {
-  if (vmspace_create(id, VKRT_TYPE_PTRACE, nullptr) != 0) return Errno("vmspace_create");
+  if (vmspace_create(id, type, nullptr) != 0) return Errno("vmspace_create");
   std::string err;
   const int anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
   void* want = reinterpret_cast<void*>(kCodeAddr);
@@ -329,9 +371,11 @@ std::string CheckFaultTrap(int rc, const struct trapframe& tf) {
 
 void BM_VkrtSyscallRoundTrip(benchmark::State& state) {
   void* id = &g_ids[0];
+  const int type = static_cast<int>(state.range(0));
   struct trapframe tf;
   struct vextframe vf;
-  std::string err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
+  std::string err = CheckBackend(state, type);
+  if (err.empty()) err = MakeGuest(id, type, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
   if (!err.empty()) {
     state.SkipWithError(err.c_str());
     return;
@@ -379,7 +423,7 @@ void BM_PairedSyscallRatio(benchmark::State& state) {
     state.SkipWithError(err.c_str());
     return;
   }
-  err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
+  err = MakeGuest(id, VKRT_TYPE_PTRACE, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
   if (!err.empty()) {
     floor.Stop();
     state.SkipWithError(err.c_str());
@@ -412,13 +456,75 @@ void BM_PairedSyscallRatio(benchmark::State& state) {
   state.counters["ratio"] = Median(ratio);
 }
 
+// The same for the seccomp backend: batches of the SIGSYS spin-handoff probe (its guest on the
+// first allowed CPU other than g_cpu, as in BM_FloorSigsysSpinHandoff) alternating with batches
+// of the vkrt seccomp syscall round trip (whose context thread the backend pins away from this
+// thread's CPU). Counters: floor_us (probe), vkrt_us, ratio = vkrt/floor, medians over batches.
+void BM_PairedSeccompRatio(benchmark::State& state) {
+  constexpr int kBatch = 200;
+  void* id = &g_ids[4];
+  struct trapframe tf;
+  struct vextframe vf;
+  std::string err = CheckBackend(state, VKRT_TYPE_SECCOMP);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  const int guest_cpu = SigsysGuestCpu();
+  if (guest_cpu == -2) {
+    state.SkipWithError("the spin handoff needs a second CPU besides the benchmark thread's");
+    return;
+  }
+  state.SetLabel(guest_cpu >= 0 ? "seccomp probe_guest_cpu=" + std::to_string(guest_cpu)
+                                : std::string("seccomp probe_guest_cpu=unpinned"));
+  sigsys_probe::Probe probe;
+  err = probe.Start(guest_cpu);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  err = MakeGuest(id, VKRT_TYPE_SECCOMP, kSyscallLoop, sizeof kSyscallLoop, true, &tf, &vf);
+  if (!err.empty()) {
+    probe.Stop();
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+  std::vector<double> floor_ns, vkrt_ns, ratio;
+  for (auto _ : state) {
+    if (!err.empty()) break;
+    const double t0 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) err = probe.RoundTrip();
+    const double t1 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) {
+      tf.tf_rax = tf.tf_rdi + 1;
+      err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
+    }
+    const double t2 = NowNs();
+    floor_ns.push_back((t1 - t0) / kBatch);
+    vkrt_ns.push_back((t2 - t1) / kBatch);
+    ratio.push_back((t2 - t1) / (t1 - t0));
+  }
+  probe.Stop();
+  if (vmspace_destroy(id) != 0 && err.empty()) err = Errno("vmspace_destroy");
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  state.counters["floor_us"] = Median(floor_ns) / 1000;
+  state.counters["vkrt_us"] = Median(vkrt_ns) / 1000;
+  state.counters["ratio"] = Median(ratio);
+}
+
 // ---- 3. page fault round trip ----
 
 void BM_VkrtFaultRoundTrip(benchmark::State& state) {
   void* id = &g_ids[1];
+  const int type = static_cast<int>(state.range(0));
   struct trapframe tf;
   struct vextframe vf;
-  std::string err = MakeGuest(id, kFaultLoop, sizeof kFaultLoop, true, &tf, &vf);
+  std::string err = CheckBackend(state, type);
+  if (err.empty()) err = MakeGuest(id, type, kFaultLoop, sizeof kFaultLoop, true, &tf, &vf);
   if (!err.empty()) {
     state.SkipWithError(err.c_str());
     return;
@@ -442,9 +548,14 @@ void BM_VkrtFaultRoundTrip(benchmark::State& state) {
 
 void BM_VkrtCreateDestroy(benchmark::State& state) {
   void* id = &g_ids[2];
-  std::string err;
+  const int type = static_cast<int>(state.range(0));
+  std::string err = CheckBackend(state, type);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
   for (auto _ : state) {
-    if (vmspace_create(id, VKRT_TYPE_PTRACE, nullptr) != 0) {
+    if (vmspace_create(id, type, nullptr) != 0) {
       err = Errno("vmspace_create");
     } else if (vmspace_destroy(id) != 0) {
       err = Errno("vmspace_destroy");
@@ -458,11 +569,16 @@ void BM_VkrtCreateDestroy(benchmark::State& state) {
 
 void BM_VkrtCreateMapRunDestroy(benchmark::State& state) {
   void* id = &g_ids[3];
+  const int type = static_cast<int>(state.range(0));
   struct trapframe tf;
   struct vextframe vf;
-  std::string err;
+  std::string err = CheckBackend(state, type);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
   for (auto _ : state) {
-    err = MakeGuest(id, kSyscallLoop, sizeof kSyscallLoop, false, &tf, &vf);
+    err = MakeGuest(id, type, kSyscallLoop, sizeof kSyscallLoop, false, &tf, &vf);
     if (err.empty()) {
       err = CheckSyscallTrap(Run(id, &tf, &vf), tf);
       if (vmspace_destroy(id) != 0 && err.empty()) err = Errno("vmspace_destroy");
@@ -472,6 +588,11 @@ void BM_VkrtCreateMapRunDestroy(benchmark::State& state) {
       break;
     }
   }
+}
+
+// The backend is the one argument ("type": 1 = VKRT_TYPE_PTRACE, 2 = VKRT_TYPE_SECCOMP).
+void Backends(benchmark::internal::Benchmark* b) {
+  b->ArgName("type")->Arg(VKRT_TYPE_PTRACE)->Arg(VKRT_TYPE_SECCOMP);
 }
 
 #endif  // VKRT_FLOOR_ONLY
@@ -491,11 +612,14 @@ void Configure(benchmark::internal::Benchmark* b, benchmark::IterationCount iter
 BENCHMARK(BM_FloorPtraceSysemu)->Apply([](auto* b) { Configure(b, 20000); });
 BENCHMARK(BM_FloorSigsysSpinHandoff)->Apply([](auto* b) { Configure(b, 20000); });
 #ifndef VKRT_FLOOR_ONLY
-BENCHMARK(BM_VkrtSyscallRoundTrip)->Apply([](auto* b) { Configure(b, 20000); });
-BENCHMARK(BM_VkrtFaultRoundTrip)->Apply([](auto* b) { Configure(b, 10000); });
-BENCHMARK(BM_VkrtCreateDestroy)->Apply([](auto* b) { Configure(b, 100); });
-BENCHMARK(BM_VkrtCreateMapRunDestroy)->Apply([](auto* b) { Configure(b, 100); });
+BENCHMARK(BM_VkrtSyscallRoundTrip)->Apply(Backends)->Apply([](auto* b) { Configure(b, 20000); });
+BENCHMARK(BM_VkrtFaultRoundTrip)->Apply(Backends)->Apply([](auto* b) { Configure(b, 10000); });
+BENCHMARK(BM_VkrtCreateDestroy)->Apply(Backends)->Apply([](auto* b) { Configure(b, 100); });
+BENCHMARK(BM_VkrtCreateMapRunDestroy)
+    ->Apply(Backends)
+    ->Apply([](auto* b) { Configure(b, 100); });
 BENCHMARK(BM_PairedSyscallRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_PairedSeccompRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 
 int main(int argc, char** argv) {

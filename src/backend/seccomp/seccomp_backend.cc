@@ -79,6 +79,7 @@ constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_
 constexpr uint32_t kStubSpin = 50000;    // polls in the stub's handler
 constexpr int kVkernelSpin = 50000;      // polls in RUN before the futex
 constexpr long kWaitSliceNs = 50'000'000;  // a sleeping RUN checks the stub this often
+constexpr int64_t kKickGraceNs = 2'000'000'000;  // a kicked guest must report within this
 
 uint32_t Load(const void* p) {
   return __atomic_load_n(static_cast<const uint32_t*>(p), __ATOMIC_ACQUIRE);
@@ -847,10 +848,12 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
     return true;
   };
+  int64_t waited_since_kick_ns = 0;
   auto Kick = [&] {
     (void)ts.TakeInterrupt();
     if (!interrupted) {
       interrupted = true;
+      waited_since_kick_ns = 0;
       ++c.kicks_pending;
       syscall(SYS_tgkill, pid_, c.tid, SC_KICK_SIGNAL);
     }
@@ -909,6 +912,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         if (!interrupted) Kick();
       } else if (r == -ETIMEDOUT) {
         if (!ContextAlive(c)) return Died("a context thread is gone");
+        if (interrupted && (waited_since_kick_ns += kWaitSliceNs) >= kKickGraceNs) {
+          // The guest blocked the kick signal (rt_sigreturn with a forged frame can do that)
+          // and does not trap: it cannot be stopped any other way.
+          kill(pid_, SIGKILL);
+          return Died("the guest did not answer an interrupt (it blocked the stub's kick "
+                      "signal); the stub was killed");
+        }
         if (!interrupted && ThreadState::Kicks() != kicks_at_start) Kick();
       } else if (r == kPreemptedUnblocked || r == kPreemptedBlocked) {
         continue;
