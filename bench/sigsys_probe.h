@@ -15,6 +15,10 @@
 // but it leaves as soon as Stop() raises the stop flag, and Stop() (also run by the destructor)
 // kills and reaps it in any case. The controller's waits give up after kTimeoutNs.
 //
+// Park()/Unpark() (untimed, for benchmarks that interleave the probe with something else that
+// wants the guest's CPU): Park() makes the guest, spinning for its next answer, sleep on a futex
+// instead, and returns once it does; Unpark() wakes it and returns once it spins again.
+//
 // Header-only, no vkrt dependency; everything is in namespace sigsys_probe.
 
 #ifndef VKRT_BENCH_SIGSYS_PROBE_H_
@@ -22,6 +26,7 @@
 
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/futex.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
@@ -86,6 +91,8 @@ struct Shared {
   uint64_t result;                             // written before resp_seq (release)
   alignas(64) greg_t gregs[NGREG];             // written before req_seq (release)
   alignas(64) std::atomic<uint32_t> stop;      // controller -> guest: leave now
+  alignas(64) std::atomic<uint32_t> park;      // controller -> guest: sleep on this futex word
+  std::atomic<uint32_t> parked;                // guest: 1 while it is parked
   alignas(64) std::atomic<uint64_t> mismatches;   // guest: results != i + 1
   std::atomic<uint64_t> bad_signals;              // guest: SIGSYS that is not our seccomp trap
   std::atomic<int> setup_step;                    // guest: failed SetupStep, or kStepNone
@@ -115,6 +122,16 @@ inline void OnSigsys(int, siginfo_t* si, void* ctx) {
   s->req_seq.store(seq, std::memory_order_release);
   while (s->resp_seq.load(std::memory_order_acquire) != seq) {
     if (s->stop.load(std::memory_order_relaxed) != 0) _exit(0);
+    if (s->park.load(std::memory_order_relaxed) != 0) {
+      s->parked.store(1, std::memory_order_release);
+      while (s->park.load(std::memory_order_acquire) != 0) {
+        if (s->stop.load(std::memory_order_relaxed) != 0) _exit(0);
+        // Shared (not PRIVATE): the controller is another process. 1 = still parked.
+        syscall(SYS_futex, reinterpret_cast<uint32_t*>(&s->park), FUTEX_WAIT, 1, nullptr,
+                nullptr, 0);
+      }
+      s->parked.store(0, std::memory_order_release);
+    }
     asm volatile("" ::: "memory");  // no PAUSE: it exits to the hypervisor here
   }
   uc->uc_mcontext.gregs[REG_RAX] = static_cast<greg_t>(s->result);
@@ -240,6 +257,20 @@ class Probe {
     return "";
   }
 
+  // Untimed. Puts the guest to sleep while it waits for its next answer; "" once it sleeps.
+  std::string Park() {
+    s_->park.store(1, std::memory_order_release);
+    return WaitParked(1);
+  }
+
+  // Untimed. Wakes a parked guest; "" once it is back to spinning for its answer.
+  std::string Unpark() {
+    s_->park.store(0, std::memory_order_release);
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&s_->park), FUTEX_WAKE, 1, nullptr, nullptr,
+            0);
+    return WaitParked(0);
+  }
+
   // Tells the guest to leave, kills and reaps it, unmaps the page. Safe to call more than once.
   void Stop() {
     if (s_ != nullptr) s_->stop.store(1, std::memory_order_relaxed);
@@ -288,6 +319,21 @@ class Probe {
       }
     }
     if (cur != seq) return "guest request sequence skipped to " + std::to_string(cur);
+    return "";
+  }
+
+  // Waits (sched_yield between polls) until the guest's parked flag is `want`.
+  std::string WaitParked(uint32_t want) {
+    const int64_t deadline = MonoNs() + kTimeoutNs;
+    while (s_->parked.load(std::memory_order_acquire) != want) {
+      int st;
+      if (waitpid(pid_, &st, WNOHANG | __WALL) == pid_) {
+        pid_ = -1;
+        return "guest died while (un)parking";
+      }
+      if (MonoNs() > deadline) return want ? "timed out parking the guest" : "timed out unparking";
+      sched_yield();
+    }
     return "";
   }
 

@@ -2682,13 +2682,20 @@ TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
   std::atomic<int> reads{0};
   std::atomic<int> faults{0};
   std::atomic<int> errors{0};
+  std::mutex error_mu;
+  std::string first_error;
+  auto fail = [&](const std::string& what) {
+    std::lock_guard<std::mutex> lock(error_mu);
+    if (first_error.empty()) first_error = what;
+    errors.fetch_add(1);
+  };
   auto runner = [&] {
     while (!done.load()) {
       const uint64_t floor = completed.load();
       trapframe tf = Frame();
       tf.tf_rdi = static_cast<int64_t>(kVptAddr);
       if (RunGuest(vm.id(), &tf) != 0) {
-        errors.fetch_add(1);
+        fail(std::string("RUN: ") + vkrt_last_error());
         return;
       }
       if (tf.tf_trapno == T_FAST_SYSCALL) {
@@ -2697,7 +2704,7 @@ TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
       } else if (tf.tf_trapno == T_PAGEFLT) {
         faults.fetch_add(1);
       } else {
-        errors.fetch_add(1);
+        fail("unexpected exit: " + Describe(tf));
         return;
       }
     }
@@ -2714,7 +2721,7 @@ TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
       pm.Store(entry, f | kVpteUser);
     }
     if (vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kPage, MADV_INVAL, 0) != 0) {
-      errors.fetch_add(1);
+      fail(std::string("MADV_INVAL: ") + vkrt_last_error());
       break;
     }
     completed.store(k);
@@ -2723,7 +2730,7 @@ TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
   done.store(true);
   r1.join();
   r2.join();
-  EXPECT_EQ(0, errors.load());
+  EXPECT_EQ(0, errors.load()) << first_error;
   EXPECT_EQ(0, stale.load()) << "reads " << reads.load() << ", faults " << faults.load();
   EXPECT_GT(reads.load(), 0);
 }

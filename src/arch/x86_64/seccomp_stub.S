@@ -271,7 +271,10 @@ vkrt_seccomp_stub_boot:
 .Lserver_op:
 	cmp %r13d, %r14d
 	jae .Lserver_ack
-	mov 0(%r15), %rax
+	/* Everything the new thread of a clone needs is in registers: the vkernel may write
+	 * the next batch over this page before the new thread first runs. */
+	mov 0(%r15), %rbx            /* the call's number */
+	mov %rbx, %rax
 	mov 8(%r15), %rdi
 	mov 16(%r15), %rsi
 	mov 24(%r15), %rdx
@@ -282,9 +285,10 @@ vkrt_seccomp_stub_boot:
 	syscall
 	test %rax, %rax
 	jnz 4f
-	cmpq $SYS_clone, 0(%r15)
+	cmp $SYS_clone, %rbx
 	je .Lcontext_start           /* the new context thread */
-4:	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_RESULTS), %rdi
+4:	mov $(VKRT_SC_RO + VKRT_SC_SERVER_SLOT * 0x1000), %rbx
+	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_RESULTS), %rdi
 	mov %rax, (%rdi,%r14,8)
 	inc %r14d
 	add $SRV_OP_SIZE, %r15

@@ -292,11 +292,12 @@ absl::Status SeccompAddressSpace::DrainLocked() {
   // Normally the context woke the server and the acknowledgement is there; if the context's
   // RUN ended before it resumed, nobody woke the server: do it.
   uint64_t ack;
-  const ssize_t r = recv(sock_, &ack, sizeof(ack), MSG_DONTWAIT | MSG_PEEK);
+  const ssize_t r = recv(sock_, &ack, sizeof(ack), MSG_DONTWAIT);
   if (r != static_cast<ssize_t>(sizeof(ack))) {
+    if (r > 0) return Died("its server sent a short acknowledgement");
     Futex(Command(VKRT_SC_SERVER_SLOT) + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
+    if (auto s = ReadAck(); !s.ok()) return s;
   }
-  if (auto s = ReadAck(); !s.ok()) return s;
   const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
   for (int i = 0; i < async_count_ && async_errno_ == 0; ++i) {
     int64_t r;
