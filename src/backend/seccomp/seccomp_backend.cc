@@ -344,7 +344,7 @@ absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t*
   const int total = npending_ + n;
   if (total > SRV_MAX_OPS) return ErrnoError(E2BIG, "stub server batch too large");
   uint8_t* cmd = Command(VKRT_SC_SERVER_SLOT);
-  memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
+  if (n > 0) memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
   memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
   Store(cmd + SRV_COUNT, static_cast<uint32_t>(total));
   ++server_seq_;
