@@ -26,7 +26,9 @@
 //   BM_PairedSeccompRatio       the same for seccomp (seccomp backend only, no arg): alternating
 //                               batches of the SIGSYS spin-handoff probe and the vkrt syscall round
 //                               trip; counters floor_us, vkrt_us, ratio = vkrt/floor (medians over
-//                               batches). Target: ratio <= 1.35 and vkrt_us <= 3.
+//                               batches). Target: ratio <= 1.35 and vkrt_us <= 3. The probe's
+//                               guest shares its CPU with the vkrt context, so it is parked on a
+//                               futex (untimed) while the vkrt batch runs.
 //
 // A vkrt benchmark whose backend is not available here (vkrt_backend_available) stops with
 // SkipWithError and the reason.
@@ -460,6 +462,9 @@ void BM_PairedSyscallRatio(benchmark::State& state) {
 // first allowed CPU other than g_cpu, as in BM_FloorSigsysSpinHandoff) alternating with batches
 // of the vkrt seccomp syscall round trip (whose context thread the backend pins away from this
 // thread's CPU). Counters: floor_us (probe), vkrt_us, ratio = vkrt/floor, medians over batches.
+// Unlike the ptrace floor's stopped tracee, the probe's guest spins for its next answer between
+// batches, on the CPU the vkrt context uses: it is parked (Probe::Park, untimed) for each vkrt
+// batch and unparked before each probe batch (without that, vkrt_us came out 13-50 us, not ~6).
 void BM_PairedSeccompRatio(benchmark::State& state) {
   constexpr int kBatch = 200;
   void* id = &g_ids[4];
