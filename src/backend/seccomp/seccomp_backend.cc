@@ -155,6 +155,10 @@ struct Context {
   bool rcx_reported_as_r10 = false;
   uint64_t syscall_rcx = 0;   // rcx at the last system call (the return address)
   uint32_t server_wait = 0;   // a server batch the context must see done before resuming
+  // The FPU state the frame holds, as last reported (GuestXstateSize() bytes): RUN writes the
+  // caller's state into the frame only when it differs.
+  bool xstate_known = false;
+  std::unique_ptr<unsigned char[]> xstate;
 };
 
 // The context whose fault the calling thread is resolving: its translations go to the
@@ -219,6 +223,9 @@ class SeccompAddressSpace : public AddressSpace {
                           uint8_t*& fpregs);
   // Writes `state` into the frame of `c`'s current report.
   absl::Status LoadFrame(Context& c, const GuestState& state);
+  // Writes the caller's FPU state `xstate` into a frame's XSAVE area `fp`.
+  absl::Status LoadXstate(uint8_t* fp, uint32_t frame_size, uint64_t frame_features,
+                          const void* xstate);
   void Resume(Context& c);
   bool ContextAlive(const Context& c) const;
   absl::Status Died(const char* why);
@@ -637,6 +644,8 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   c.kicks_pending = 0;
   c.last_cpu = -1;
   c.rcx_reported_as_r10 = false;
+  c.xstate_known = false;
+  if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   // The new thread traps once on purpose (its first report): from then on it waits in its
   // handler with a signal frame the first RUN fills in.
   if (auto s = AwaitReport(c, 1, 10'000'000'000); !s.ok()) return s;
@@ -741,23 +750,45 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
   uint8_t* uc = InStack(slot, c.uc, kUcSize);
   if (uc == nullptr) return Died("no signal frame");
   auto* gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
-  uint64_t fp_addr;
-  memcpy(&fp_addr, uc + kUcFpregs, 8);
-  uint8_t* fp = InStack(slot, fp_addr, 576);
-  uint32_t frame_size = 0;
-  uint64_t frame_features = 0;
-  if (fp != nullptr) {
-    memcpy(&frame_size, fp + kFpxSw + 16, 4);
-    memcpy(&frame_features, fp + kFpxSw + 8, 8);
+  // The frame already holds the guest's FPU state as last reported: write the caller's only
+  // if the vkernel changed it (the usual system call leaves it alone).
+  if (!c.xstate_known || !x86_64::SameGuestXstate(c.xstate.get(), state.xstate)) {
+    uint64_t fp_addr;
+    memcpy(&fp_addr, uc + kUcFpregs, 8);
+    uint8_t* fp = InStack(slot, fp_addr, 576);
+    uint32_t frame_size = 0;
+    uint64_t frame_features = 0;
+    if (fp != nullptr) {
+      memcpy(&frame_size, fp + kFpxSw + 16, 4);
+      memcpy(&frame_features, fp + kFpxSw + 8, 8);
+    }
+    if (fp == nullptr || InStack(slot, fp_addr, frame_size) == nullptr) {
+      kill(pid_, SIGKILL);
+      return Died("its signal frame's FPU area was overwritten");
+    }
+    if (auto s = LoadXstate(fp, frame_size, frame_features, state.xstate); !s.ok()) return s;
   }
-  if (fp == nullptr || InStack(slot, fp_addr, frame_size) == nullptr) {
-    kill(pid_, SIGKILL);
-    return Died("its signal frame's FPU area was overwritten");
+  c.xstate_known = false;  // the guest runs: the next report tells
+  // Registers. After a system call exit the frame's rcx was reported as r10 (DragonFly); a
+  // vkernel that leaves it so gets the rcx the `syscall` instruction left.
+  trapframe tf = *state.tf;
+  if (c.rcx_reported_as_r10 && tf.tf_rcx == tf.tf_r10) {
+    tf.tf_rcx = static_cast<int64_t>(c.syscall_rcx);
   }
+  c.rcx_reported_as_r10 = false;
+  x86_64::FrameToSigGregs(tf, gregs);
+  uint8_t* cmd = Command(slot);
+  memcpy(cmd + CMD_FS_BASE, &state.fs_base, 8);
+  memcpy(cmd + CMD_GS_BASE, &state.gs_base, 8);
+  return absl::OkStatus();
+}
+
+absl::Status SeccompAddressSpace::LoadXstate(uint8_t* fp, uint32_t frame_size,
+                                             uint64_t frame_features, const void* xstate) {
   // The caller's FPU state, as sigreturn will accept it: MXCSR without reserved bits, the
   // standard (not compacted) format, only features the frame carries; the frame's own
   // software bytes and PKRU stay as the kernel wrote them.
-  const auto* src = static_cast<const uint8_t*>(state.xstate);
+  const auto* src = static_cast<const uint8_t*>(xstate);
   uint32_t mxcsr;
   memcpy(&mxcsr, src + 24, 4);
   if ((mxcsr & ~0xFFFFu) != 0) {
@@ -777,17 +808,6 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
       ((bv & kGuestFeatures) | (frame_bv & ~kGuestFeatures)) & frame_features;
   memcpy(fp + kXstateBv, &new_bv, 8);
   memset(fp + kXstateBv + 8, 0, 56);  // XCOMP_BV and the reserved header bytes
-  // Registers. After a system call exit the frame's rcx was reported as r10 (DragonFly); a
-  // vkernel that leaves it so gets the rcx the `syscall` instruction left.
-  trapframe tf = *state.tf;
-  if (c.rcx_reported_as_r10 && tf.tf_rcx == tf.tf_r10) {
-    tf.tf_rcx = static_cast<int64_t>(c.syscall_rcx);
-  }
-  c.rcx_reported_as_r10 = false;
-  x86_64::FrameToSigGregs(tf, gregs);
-  uint8_t* cmd = Command(slot);
-  memcpy(cmd + CMD_FS_BASE, &state.fs_base, 8);
-  memcpy(cmd + CMD_GS_BASE, &state.gs_base, 8);
   return absl::OkStatus();
 }
 
@@ -811,10 +831,23 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::Run(GuestState& state, const RunL
   return RunContext(**ctx, state, limits);
 }
 
-// Copies the guest's FPU state out of a frame into `area`.
+// Copies the guest's FPU state out of a frame into `area`, reading only the components the
+// frame's XSTATE_BV says are in use (the rest is in its initial state, which XRSTOR and
+// SameGuestXstate take from the header alone): the frame was written on the guest's CPU,
+// and every cache line read here crosses CPUs.
 void StoreXstate(const uint8_t* fp, void* area) {
-  const size_t n = x86_64::UsesAvx512(fp) ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize();
-  memcpy(area, fp, n);
+  auto* out = static_cast<uint8_t*>(area);
+  uint64_t bv;
+  memcpy(&bv, fp + kXstateBv, 8);
+  memcpy(out, fp, 32);                                // FCW..MXCSR_MASK (MXCSR always counts)
+  if (bv & 1) memcpy(out + 32, fp + 32, 128);         // x87 registers
+  if (bv & 2) memcpy(out + 160, fp + 160, 256);       // XMM registers
+  memcpy(out + kXstateBv, fp + kXstateBv, 64);        // the XSAVE header
+  const size_t avx_end = x86_64::AvxXstateSize();
+  if (bv & 4) memcpy(out + 576, fp + 576, avx_end - 576);  // AVX upper halves
+  if (x86_64::UsesAvx512(fp)) {
+    memcpy(out + avx_end, fp + avx_end, x86_64::GuestXstateSize() - avx_end);
+  }
 }
 
 absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState& state,
@@ -937,6 +970,8 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     auto report = [&](GuestExit e) -> GuestExit {
       x86_64::SigGregsToFrame(gregs, *state.tf);
       StoreXstate(fpregs, state.xstate);
+      memcpy(c.xstate.get(), state.xstate, x86_64::GuestXstateSize());
+      c.xstate_known = true;
       return e;
     };
 
