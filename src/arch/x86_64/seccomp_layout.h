@@ -41,7 +41,10 @@
 #define MB_CPU 12           /* u32: the CPU the handler ran on (RDTSCP's TSC_AUX) */
 #define MB_INFO 16          /* u64: siginfo_t* (a stub address) */
 #define MB_UC 24            /* u64: ucontext_t* (a stub address) */
-#define MB_DONE_SEQ 32      /* server slot: u32, the last batch carried out (a hint) */
+#define MB_SI_CODE 40       /* u32: the siginfo fields the vkernel needs, copied into this */
+#define MB_SI_ARCH 44       /* u32: cache line (the frame is read across CPUs) */
+#define MB_SI_ADDR 48       /* u64: si_addr / si_call_addr */
+#define MB_DONE_SEQ 32      /* server slot only: u32, the last batch carried out (a hint) */
 #define MB_RESULTS 64       /* server slot: u64 results[SERVER_MAX_OPS] */
 
 /* Command page (RO in the stub, per slot): written by the vkernel. */

@@ -380,6 +380,12 @@ vkrt_seccomp_stub_boot:
 	mov %edi, MB_SIG(%rbx)
 	mov %rsi, MB_INFO(%rbx)
 	mov %rdx, MB_UC(%rbx)
+	mov 8(%rsi), %eax            /* si_code */
+	mov %eax, MB_SI_CODE(%rbx)
+	mov 28(%rsi), %eax           /* si_arch (SIGSYS) */
+	mov %eax, MB_SI_ARCH(%rbx)
+	mov 16(%rsi), %rax           /* si_addr, si_call_addr */
+	mov %rax, MB_SI_ADDR(%rbx)
 	rdtscp                       /* ecx = TSC_AUX: the CPU number (Linux) */
 	and $0xFFF, %ecx
 	mov %ecx, MB_CPU(%rbx)

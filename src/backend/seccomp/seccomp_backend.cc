@@ -64,10 +64,8 @@ constexpr uint64_t kPage = 4096;
 constexpr uint64_t kUcMcontext = 40;
 constexpr uint64_t kUcFpregs = kUcMcontext + 8 * x86_64::kSigGregs;
 constexpr uint64_t kUcSize = kUcMcontext + 256 + 8;
-constexpr uint64_t kSiginfoSize = 128;
 // The XSAVE area's software bytes (struct _fpx_sw_bytes at offset 464).
 constexpr uint64_t kFpxSw = 464;
-constexpr uint32_t kFpXstateMagic1 = 0x46505853;
 constexpr uint64_t kXstateBv = 512;
 constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM
 
@@ -219,8 +217,15 @@ class SeccompAddressSpace : public AddressSpace {
   absl::Status AwaitReport(Context& c, uint32_t want, int64_t limit_ns);
   absl::StatusOr<GuestExit> RunContext(Context& c, GuestState& state, const RunLimits& limits);
   // Reads the report of `c` just published: validates it, fills c.uc.
-  absl::Status TakeReport(Context& c, int& sig, uint8_t*& info, uint64_t*& gregs,
-                          uint8_t*& fpregs);
+  struct Report {
+    int sig;
+    int32_t code;     // si_code
+    uint32_t arch;    // si_arch (SIGSYS)
+    uint64_t addr;    // si_addr / si_call_addr
+    uint64_t* gregs;   // the frame's, in shared memory
+    uint8_t* fpregs;   // the frame's XSAVE area (GuestXstateSize() bytes inside the slot)
+  };
+  absl::Status TakeReport(Context& c, Report& report);
   // Writes `state` into the frame of `c`'s current report.
   absl::Status LoadFrame(Context& c, const GuestState& state);
   // Writes the caller's FPU state `xstate` into a frame's XSAVE area `fp`.
@@ -649,15 +654,13 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   // The new thread traps once on purpose (its first report): from then on it waits in its
   // handler with a signal frame the first RUN fills in.
   if (auto s = AwaitReport(c, 1, 10'000'000'000); !s.ok()) return s;
-  int sig;
-  uint8_t* info;
-  uint64_t* gregs;
-  uint8_t* fpregs;
-  if (auto s = TakeReport(c, sig, info, gregs, fpregs); !s.ok()) return s;
+  Report first;
+  if (auto s = TakeReport(c, first); !s.ok()) return s;
   const uint64_t ready = VKRT_SC_CODE + x86_64::vkrt_seccomp_stub_offsets.context_ready;
-  if (sig != SIGILL || gregs[x86_64::kSigRip] != ready) {
+  if (first.sig != SIGILL || first.gregs[x86_64::kSigRip] != ready) {
     return ErrnoError(EFAULT, absl::StrFormat("stub %d: context thread did not start (signal "
-                                              "%d at %#x)", pid_, sig, gregs[x86_64::kSigRip]));
+                                              "%d at %#x)", pid_, first.sig,
+                                              first.gregs[x86_64::kSigRip]));
   }
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
@@ -710,35 +713,31 @@ absl::Status SeccompAddressSpace::AwaitReport(Context& c, uint32_t want, int64_t
   return absl::OkStatus();
 }
 
-absl::Status SeccompAddressSpace::TakeReport(Context& c, int& sig, uint8_t*& info,
-                                             uint64_t*& gregs, uint8_t*& fpregs) {
+absl::Status SeccompAddressSpace::TakeReport(Context& c, Report& r) {
   const int slot = SlotOf(c);
   const uint8_t* mb = Mailbox(slot);
   c.seq = Load(mb + MB_REPORT_SEQ);
-  // Everything in the mailbox is guest-writable: check it all before use.
-  sig = static_cast<int>(Load(mb + MB_SIG));
+  // Everything in the mailbox is guest-writable: check it all before use. What the vkernel
+  // needs of the siginfo the handler copied into the mailbox's first cache line; the frame
+  // is read only where it must be (each line read here crosses CPUs).
+  r.sig = static_cast<int>(Load(mb + MB_SIG));
   c.last_cpu = static_cast<int>(Load(mb + MB_CPU));
-  uint64_t info_addr, uc_addr;
-  memcpy(&info_addr, mb + MB_INFO, 8);
+  memcpy(&r.code, mb + MB_SI_CODE, 4);
+  memcpy(&r.arch, mb + MB_SI_ARCH, 4);
+  memcpy(&r.addr, mb + MB_SI_ADDR, 8);
+  uint64_t uc_addr;
   memcpy(&uc_addr, mb + MB_UC, 8);
-  info = InStack(slot, info_addr, kSiginfoSize);
   uint8_t* uc = InStack(slot, uc_addr, kUcSize);
-  if (info == nullptr || uc == nullptr || (uc_addr & 7) != 0) {
+  if (uc == nullptr || (uc_addr & 7) != 0) {
     kill(pid_, SIGKILL);
     return Died("its signal frame was overwritten");
   }
   c.uc = uc_addr;
-  gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
+  r.gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
   uint64_t fp_addr;
   memcpy(&fp_addr, uc + kUcFpregs, 8);
-  fpregs = InStack(slot, fp_addr, 576);
-  uint32_t magic = 0, size = 0;
-  if (fpregs != nullptr) {
-    memcpy(&magic, fpregs + kFpxSw, 4);
-    memcpy(&size, fpregs + kFpxSw + 16, 4);
-  }
-  if (fpregs == nullptr || (fp_addr & 63) != 0 || magic != kFpXstateMagic1 ||
-      InStack(slot, fp_addr, size) == nullptr || size < x86_64::AvxXstateSize()) {
+  r.fpregs = InStack(slot, fp_addr, x86_64::GuestXstateSize());
+  if (r.fpregs == nullptr || (fp_addr & 63) != 0) {
     kill(pid_, SIGKILL);
     return Died("its signal frame's FPU area was overwritten");
   }
@@ -776,7 +775,13 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
     tf.tf_rcx = static_cast<int64_t>(c.syscall_rcx);
   }
   c.rcx_reported_as_r10 = false;
-  x86_64::FrameToSigGregs(tf, gregs);
+  // Only the registers that changed: a line the vkernel writes must travel to the guest's CPU.
+  uint64_t want[x86_64::kSigGregs];
+  memcpy(want, gregs, sizeof(want));
+  x86_64::FrameToSigGregs(tf, want);
+  for (int i = 0; i <= x86_64::kSigEflags; ++i) {
+    if (gregs[i] != want[i]) gregs[i] = want[i];
+  }
   uint8_t* cmd = Command(slot);
   memcpy(cmd + CMD_FS_BASE, &state.fs_base, 8);
   memcpy(cmd + CMD_GS_BASE, &state.gs_base, 8);
@@ -959,13 +964,12 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       }
     }
 
-    int sig;
-    uint8_t* info;
-    uint64_t* gregs;
-    uint8_t* fpregs;
-    if (auto s = TakeReport(c, sig, info, gregs, fpregs); !s.ok()) return s;
-    int si_code;
-    memcpy(&si_code, info + 8, 4);
+    Report rep;
+    if (auto s = TakeReport(c, rep); !s.ok()) return s;
+    const int sig = rep.sig;
+    const int si_code = rep.code;
+    uint64_t* const gregs = rep.gregs;
+    uint8_t* const fpregs = rep.fpregs;
     GuestExit exit;
     auto report = [&](GuestExit e) -> GuestExit {
       x86_64::SigGregsToFrame(gregs, *state.tf);
@@ -983,10 +987,8 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     if (si_code <= 0 && sig != SIGSYS) continue;  // sent by somebody else: not the guest's
 
     if (sig == SIGSYS) {
-      uint64_t call_addr;
-      uint32_t arch;
-      memcpy(&call_addr, info + 16, 8);
-      memcpy(&arch, info + 28, 4);
+      const uint64_t call_addr = rep.addr;
+      const uint32_t arch = rep.arch;
       if ((call_addr & ~uint64_t{0xFFF}) == 0xFFFFFFFFFF600000ULL) {
         // A call into the vsyscall page, which Linux emulates as a system call: to the
         // guest, an instruction fetch from a page that is not there. Linux has already
