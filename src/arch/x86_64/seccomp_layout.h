@@ -50,7 +50,7 @@
 /* Command page (RO in the stub, per slot): written by the vkernel. */
 #define CMD_RESP_SEQ 0          /* u32: futex word the context waits on */
 #define CMD_VKERNEL_SLEEPING 4  /* u32: the vkernel waits in FUTEX_WAIT */
-#define CMD_SPIN 8              /* u32: pause iterations before the context sleeps */
+#define CMD_SPIN 8              /* u32: TSC ticks the context spins before it sleeps */
 #define CMD_USE_ARCH_PRCTL 12   /* u32: no FSGSBASE instructions: set bases by arch_prctl */
 #define CMD_FS_BASE 16          /* u64 */
 #define CMD_GS_BASE 24          /* u64 */

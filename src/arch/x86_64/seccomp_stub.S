@@ -401,13 +401,20 @@ vkrt_seccomp_stub_boot:
 	mov $1, %edx
 	syscall
 .Lhandler_wait:
-	mov CMD_SPIN(%r13), %ecx
+	/* Spin until the TSC passes now + CMD_SPIN ticks, then sleep. No PAUSE: under a
+	 * hypervisor with pause-loop exiting it leaves the guest (1.1 us each here). */
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	mov CMD_SPIN(%r13), %r15d
+	add %rax, %r15               /* r15 = the deadline */
 5:	cmp CMD_RESP_SEQ(%r13), %r14d
 	je .Lhandler_resume
-	test %ecx, %ecx
-	jz 6f
-	dec %ecx                     /* no PAUSE: under a hypervisor it may exit (1.1 us here) */
-	jmp 5b
+	rdtsc
+	shl $32, %rdx
+	or %rdx, %rax
+	cmp %r15, %rax
+	jb 5b
 6:	movl $1, MB_STUB_SLEEPING(%rbx)
 	mfence
 	mov CMD_RESP_SEQ(%r13), %edx

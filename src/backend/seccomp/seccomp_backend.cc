@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <array>
@@ -71,11 +72,31 @@ constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_
 
 // Handoff tuning. A spin is bounded; after it the waiter sleeps on a futex. An idle guest or
 // vkernel therefore burns at most one spin's worth of CPU.
-// Spins poll without PAUSE: under a hypervisor with pause-loop exiting each PAUSE may leave
-// the guest (1.1 us on the development machine, docs/performance.md). Each bound is some
-// tens of microseconds of polling.
-constexpr uint32_t kStubSpin = 50000;    // polls in the stub's handler
-constexpr int kVkernelSpin = 50000;      // polls in RUN before the futex
+// Both sides of a handoff spin, then sleep on a futex. A spin must outlast the other side's
+// wakeup from a sleep (30-70 us to an idle CPU here, more under host load), or each sleeping
+// side makes the other sleep too and every round trip pays two wakeups; it must stay short
+// enough that an idle guest or vkernel costs nothing to speak of. Spins poll without PAUSE:
+// under a hypervisor with pause-loop exiting each PAUSE may leave the guest (1.1 us here).
+constexpr uint64_t kSpinNs = 100'000;
+
+// TSC ticks per microsecond, measured once.
+uint64_t TscPerUs() {
+  static const uint64_t per_us = [] {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    const uint64_t t0 = __rdtsc();
+    do {
+      clock_gettime(CLOCK_MONOTONIC, &b);
+    } while ((b.tv_sec - a.tv_sec) * 1'000'000'000L + (b.tv_nsec - a.tv_nsec) < 2'000'000);
+    const uint64_t ticks = __rdtsc() - t0;
+    const uint64_t ns = (b.tv_sec - a.tv_sec) * 1'000'000'000L + (b.tv_nsec - a.tv_nsec);
+    return std::max<uint64_t>(1, ticks * 1000 / ns);
+  }();
+  return per_us;
+}
+uint32_t SpinTicks() {
+  return static_cast<uint32_t>(std::min<uint64_t>(TscPerUs() * (kSpinNs / 1000), 0xFFFFFFFF));
+}
 constexpr long kWaitSliceNs = 50'000'000;  // a sleeping RUN checks the stub this often
 constexpr int64_t kKickGraceNs = 2'000'000'000;  // a kicked guest must report within this
 
@@ -207,6 +228,14 @@ class SeccompAddressSpace : public AddressSpace {
   // Collects the acknowledgement of a batch posted by PostAsyncLocked. ops_mu_ held.
   absl::Status DrainLocked();
   absl::Status ReadAck();
+  // Moves the server to `cpu` (if it is not there): it runs where its waker waits.
+  void PinServer(int cpu) {
+    if (cpu < 0 || cpu == server_cpu_) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(pid_, sizeof(set), &set) == 0) server_cpu_ = cpu;
+  }
   absl::StatusOr<int64_t> ServerCall(const Op& op, const char* what);
   // Passes the vkernel's `fd` to the stub; returns its number there. ops_mu_ held.
   absl::StatusOr<int> SendFdLocked(int fd);
@@ -338,12 +367,7 @@ absl::Status SeccompAddressSpace::PostAsyncLocked(Context& c) {
   async_count_ = npending_;
   // The context hands the server its CPU: keep the server where the context runs, so the
   // handoff is a local wakeup (to an idle CPU a wakeup costs 30-70 us here).
-  if (c.last_cpu >= 0 && c.last_cpu != server_cpu_) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(c.last_cpu, &set);
-    if (sched_setaffinity(pid_, sizeof(set), &set) == 0) server_cpu_ = c.last_cpu;
-  }
+  PinServer(c.last_cpu);
 
   npending_ = 0;
   c.server_wait = server_seq_ == 0 ? 1 : server_seq_;
@@ -359,6 +383,9 @@ absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t*
   if (n > 0) memcpy(cmd + SRV_OPS + npending_ * sizeof(Op), ops, n * sizeof(Op));
   memcpy(cmd + SRV_OPS, pending_, npending_ * sizeof(Op));
   Store(cmd + SRV_COUNT, static_cast<uint32_t>(total));
+  // This thread waits for the server: run it here (our CPU is free while we wait; the
+  // guest's CPU may be busy with a context spinning in its handler).
+  PinServer(CurrentCpu());
   ++server_seq_;
   Store(cmd + SRV_SEQ, server_seq_);
   Futex(cmd + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
@@ -605,7 +632,7 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   uint8_t* mb = Mailbox(slot);
   memset(cmd, 0, kPage);
   memset(mb, 0, 128);
-  Store(cmd + CMD_SPIN, kStubSpin);
+  Store(cmd + CMD_SPIN, SpinTicks());
   Store(cmd + CMD_USE_ARCH_PRCTL, use_arch_prctl_ ? 1 : 0);
   const struct timespec slice = {0, 10'000'000};  // the context re-checks every 10 ms
   memcpy(cmd + CMD_TIMEOUT, &slice, sizeof(slice));
@@ -820,7 +847,7 @@ void SeccompAddressSpace::Resume(Context& c) {
   uint8_t* cmd = Command(SlotOf(c));
   // Spinning only helps when the guest runs on another CPU than ours.
   const int cpu = CurrentCpu();
-  Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : kStubSpin);
+  Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : SpinTicks());
   Store(cmd + CMD_SERVER_WAIT, c.server_wait);
   c.server_wait = 0;
   Store(cmd + CMD_RESP_SEQ, c.seq);
@@ -904,13 +931,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     // Wait for the next report: spin (the guest runs on another CPU), then sleep.
     bool got = false;
     if (c.last_cpu != CurrentCpu()) {
-      for (int i = 0; i < kVkernelSpin; ++i) {
+      const uint64_t deadline = __rdtsc() + SpinTicks();
+      do {
         if (Load(mb + MB_REPORT_SEQ) == want) {
           got = true;
           break;
         }
-        asm volatile("" ::: "memory");
-      }
+      } while (__rdtsc() < deadline);
     }
     while (!got) {
       if (Load(mb + MB_REPORT_SEQ) == want) break;
