@@ -1,6 +1,9 @@
 #include "backend/host.h"
 
 #include <dirent.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,6 +27,26 @@ int SelfPidfd() {
     owner = getpid();
   }
   return fd;
+}
+
+absl::Status SendFdOverSocket(int sock, int fd, pid_t pid) {
+  char byte = 'F';
+  struct iovec iov = {&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1) {
+    return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {

@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace vkrt {
@@ -14,6 +15,10 @@ namespace vkrt {
 // A pidfd for this process, inherited by stubs: it polls readable when we are gone. -1 if
 // the kernel has none. Created once per process (again in a fork() child).
 int SelfPidfd();
+
+// Sends the vkernel's descriptor `fd` over the Unix socket `sock` to stub `pid` (one byte
+// with SCM_RIGHTS): the stub then holds the same open file description.
+absl::Status SendFdOverSocket(int sock, int fd, pid_t pid);
 
 // The thread ids of process `pid`, sorted.
 absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid);

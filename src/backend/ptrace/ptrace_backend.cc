@@ -469,22 +469,7 @@ absl::StatusOr<long> PtraceAddressSpace::Inject(Context& c, long nr, uint64_t a0
 absl::StatusOr<int> PtraceAddressSpace::SendFd(Context& c, int fd) {
   // Hand the vkernel's file to the stub over its fd socket (SCM_RIGHTS): the stub gets the
   // same open file description.
-  char byte = 'F';
-  struct iovec iov = {&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-  if (sendmsg(fd_sock_, &msg, MSG_NOSIGNAL) != 1) {
-    return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid_));
-  }
+  if (auto s = SendFdOverSocket(fd_sock_, fd, pid_); !s.ok()) return s;
   // The stub's msghdr lives in the context's slot scratch page.
   const uint64_t base = SlotBase(static_cast<int>(&c - contexts_.data())) + 0x100;
   struct Remote {

@@ -442,22 +442,7 @@ int SeccompAddressSpace::LowestFreeFd() const {
 absl::StatusOr<int> SeccompAddressSpace::SendFdLocked(int fd) {
   const int number = LowestFreeFd();
   if (number < 0) return ErrnoError(EMFILE, "stub descriptor table full");
-  char byte = 'F';
-  struct iovec iov = {&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-  if (sendmsg(sock_, &msg, MSG_NOSIGNAL) != 1) {
-    return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid_));
-  }
+  if (auto s = SendFdOverSocket(sock_, fd, pid_); !s.ok()) return s;
   // The server receives into its mailbox page: a msghdr, its iovec, the byte, the control
   // buffer. (A guest could disturb these; the descriptor still lands at the lowest free
   // number, which is what we use.)
