@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
@@ -14,6 +15,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
+#include "vkrt/vmspace.h"
 
 namespace vkrt {
 
@@ -47,6 +49,33 @@ absl::Status SendFdOverSocket(int sock, int fd, pid_t pid) {
     return SyscallError(absl::StrFormat("sendmsg(SCM_RIGHTS fd %d to stub %d)", fd, pid));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> CopyProcessMemory(pid_t pid, bool write, uint64_t addr, void* buf,
+                                         size_t len) {
+  struct iovec local = {buf, len};
+  struct iovec remote = {reinterpret_cast<void*>(addr), len};
+  const ssize_t n = write ? process_vm_writev(pid, &local, 1, &remote, 1, 0)
+                          : process_vm_readv(pid, &local, 1, &remote, 1, 0);
+  if (n < 0) {
+    return ErrnoError(errno == ESRCH ? EFAULT : errno,
+                      absl::StrFormat("%s(stub %d, %#x, %zu)",
+                                      write ? "process_vm_writev" : "process_vm_readv", pid,
+                                      addr, len));
+  }
+  return static_cast<size_t>(n);
+}
+
+int LinuxAdvice(int behav) {
+  switch (behav) {
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
+    case MADV_DONTNEED:
+      return behav;  // DragonFly and Linux agree on 0..4
+    case VKRT_MADV_FREE: return MADV_DONTNEED;
+    case MADV_NOCORE: return MADV_DONTDUMP;
+    case MADV_CORE: return MADV_DODUMP;
+    default: return -1;
+  }
 }
 
 absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid) {

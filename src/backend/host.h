@@ -20,6 +20,16 @@ int SelfPidfd();
 // with SCM_RIGHTS): the stub then holds the same open file description.
 absl::Status SendFdOverSocket(int sock, int fd, pid_t pid);
 
+// Copies between this process's `buf` and `len` bytes at `addr` in process `pid`
+// (process_vm_readv/writev). Outcomes: the bytes copied (short at an inaccessible page), or
+// the error (EFAULT, also when `pid` is gone).
+absl::StatusOr<size_t> CopyProcessMemory(pid_t pid, bool write, uint64_t addr, void* buf,
+                                         size_t len);
+
+// The Linux madvise advice for DragonFly behaviour `behav` (0..9), or -1 where Linux has
+// nothing to do (MADV_NOSYNC, MADV_AUTOSYNC, MADV_INVAL/SETMAP are handled elsewhere).
+int LinuxAdvice(int behav);
+
 // The thread ids of process `pid`, sorted.
 absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid);
 

@@ -579,17 +579,8 @@ absl::Status PtraceAddressSpace::Unmap(uint64_t addr, uint64_t len) {
 }
 
 absl::Status PtraceAddressSpace::Advise(uint64_t addr, uint64_t len, int behav) {
-  int advice;
-  switch (behav) {
-    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
-    case MADV_DONTNEED:
-      advice = behav;  // DragonFly and Linux agree on 0..4
-      break;
-    case VKRT_MADV_FREE: advice = MADV_DONTNEED; break;
-    case MADV_NOCORE: advice = MADV_DONTDUMP; break;
-    case MADV_CORE: advice = MADV_DODUMP; break;
-    default: return absl::OkStatus();  // NOSYNC, AUTOSYNC: nothing to do on Linux
-  }
+  const int advice = LinuxAdvice(behav);
+  if (advice < 0) return absl::OkStatus();  // NOSYNC, AUTOSYNC: nothing to do on Linux
   auto ctx = CallerContext();
   if (!ctx.ok()) return ctx.status();
   auto result = Inject(**ctx, SYS_madvise, addr, len, static_cast<uint64_t>(advice));
@@ -600,17 +591,7 @@ absl::Status PtraceAddressSpace::Advise(uint64_t addr, uint64_t len, int behav) 
 
 absl::StatusOr<size_t> PtraceAddressSpace::Transfer(bool write, uint64_t addr, void* buf,
                                                     size_t len) {
-  struct iovec local = {buf, len};
-  struct iovec remote = {reinterpret_cast<void*>(addr), len};
-  ssize_t n = write ? process_vm_writev(pid_, &local, 1, &remote, 1, 0)
-                    : process_vm_readv(pid_, &local, 1, &remote, 1, 0);
-  if (n < 0) {
-    int err = errno == ESRCH ? EFAULT : errno;
-    return ErrnoError(err, absl::StrFormat("%s(stub %d, %#x, %zu)",
-                                           write ? "process_vm_writev" : "process_vm_readv",
-                                           pid_, addr, len));
-  }
-  return static_cast<size_t>(n);
+  return CopyProcessMemory(pid_, write, addr, buf, len);
 }
 
 absl::StatusOr<size_t> PtraceAddressSpace::Read(uint64_t addr, void* buf, size_t len) {

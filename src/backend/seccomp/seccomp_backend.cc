@@ -545,17 +545,8 @@ absl::Status SeccompAddressSpace::Unmap(uint64_t addr, uint64_t len) {
 }
 
 absl::Status SeccompAddressSpace::Advise(uint64_t addr, uint64_t len, int behav) {
-  int advice;
-  switch (behav) {
-    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
-    case MADV_DONTNEED:
-      advice = behav;
-      break;
-    case VKRT_MADV_FREE: advice = MADV_DONTNEED; break;
-    case MADV_NOCORE: advice = MADV_DONTDUMP; break;
-    case MADV_CORE: advice = MADV_DODUMP; break;
-    default: return absl::OkStatus();
-  }
+  const int advice = LinuxAdvice(behav);
+  if (advice < 0) return absl::OkStatus();
   auto r = ServerCall({SYS_madvise, {addr, len, static_cast<uint64_t>(advice), 0, 0, 0}},
                       "madvise");
   if (!r.ok() && ErrnoOf(r.status()) == EFAULT) return r.status();
@@ -563,25 +554,11 @@ absl::Status SeccompAddressSpace::Advise(uint64_t addr, uint64_t len, int behav)
 }
 
 absl::StatusOr<size_t> SeccompAddressSpace::Read(uint64_t addr, void* buf, size_t len) {
-  struct iovec local = {buf, len};
-  struct iovec remote = {reinterpret_cast<void*>(addr), len};
-  ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
-  if (n < 0) {
-    return ErrnoError(errno == ESRCH ? EFAULT : errno,
-                      absl::StrFormat("process_vm_readv(stub %d, %#x, %zu)", pid_, addr, len));
-  }
-  return static_cast<size_t>(n);
+  return CopyProcessMemory(pid_, false, addr, buf, len);
 }
 
 absl::StatusOr<size_t> SeccompAddressSpace::Write(uint64_t addr, const void* buf, size_t len) {
-  struct iovec local = {const_cast<void*>(buf), len};
-  struct iovec remote = {reinterpret_cast<void*>(addr), len};
-  ssize_t n = process_vm_writev(pid_, &local, 1, &remote, 1, 0);
-  if (n < 0) {
-    return ErrnoError(errno == ESRCH ? EFAULT : errno,
-                      absl::StrFormat("process_vm_writev(stub %d, %#x, %zu)", pid_, addr, len));
-  }
-  return static_cast<size_t>(n);
+  return CopyProcessMemory(pid_, true, addr, const_cast<void*>(buf), len);
 }
 
 // ---- contexts -----------------------------------------------------------------------------
