@@ -1219,6 +1219,24 @@ TEST_P(Conformance, HostNeverExecutesGuestSyscall) {
   EXPECT_EQ(kCodeAddr + 3, AsU64(tf.tf_rip));
 }
 
+// Linux 6.11+ lets system call 335 (uretprobe) past seccomp filters; made by a guest it must
+// still reach the vkernel as that system call, with the guest able to go on.
+TEST_P(Conformance, SyscallNumber335ReachesTheVkernel) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallThenInt3));
+  trapframe tf = Frame();
+  tf.tf_rax = 335;
+  tf.tf_rdi = 7;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(335, tf.tf_rax);
+  EXPECT_EQ(7, tf.tf_rdi);
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+  tf.tf_rax = 0;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_BPTFLT));
+  EXPECT_EQ(kCodeAddr + 3, AsU64(tf.tf_rip));
+}
+
 TEST_P(Conformance, HostNeverExecutesGuestInt80) {
   ScopedVmspace vm(GetParam());
   ASSERT_TRUE(vm.Live());
