@@ -963,7 +963,10 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     auto report = [&](GuestExit e) -> GuestExit {
       x86_64::SigGregsToFrame(gregs, *state.tf);
       StoreXstate(fpregs, state.xstate);
-      memcpy(c.xstate.get(), state.xstate, x86_64::GuestXstateSize());
+      // What SameGuestXstate looks at: through AVX, and AVX-512 only while it is in use.
+      memcpy(c.xstate.get(), state.xstate,
+             x86_64::UsesAvx512(state.xstate) ? x86_64::GuestXstateSize()
+                                              : x86_64::AvxXstateSize());
       c.xstate_known = true;
       return e;
     };
