@@ -125,7 +125,7 @@ absl::StatusOr<uint64_t> Vmspace::MapVpagetable(uint64_t addr, uint64_t len, int
     return ErrnoError(EEXIST, what + ": MAP_FIXED_NOREPLACE over an existing mapping");
   }
   if (vpt_ == nullptr) {
-    vpt_ = std::make_unique<vpt::Space>(vpt::Space::StubBudget());
+    vpt_ = std::make_unique<vpt::Space>(space_->TranslationBudget());
     vpt_ptr_.store(vpt_.get(), std::memory_order_release);
     space_->set_vpt(vpt_.get());
   }

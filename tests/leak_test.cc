@@ -242,6 +242,6 @@ TEST_P(LeakTest, CreateRunDestroyCyclesLeakNothing) {
 
 std::string ParamName(const ::testing::TestParamInfo<int>& info) { return BackendName(info.param); }
 
-INSTANTIATE_TEST_SUITE_P(Backends, LeakTest, ::testing::Values(VKRT_TYPE_PTRACE, VKRT_TYPE_SECCOMP), ParamName);
+INSTANTIATE_TEST_SUITE_P(Backends, LeakTest, ::testing::Values(VKRT_TYPE_PTRACE, VKRT_TYPE_SECCOMP, VKRT_TYPE_KVM), ParamName);
 
 }  // namespace

@@ -133,6 +133,10 @@ class AddressSpace {
   void set_vpt(vpt::Space* space) { vpt_.store(space, std::memory_order_release); }
   vpt::Space* vpt() const { return vpt_.load(std::memory_order_acquire); }
 
+  // How many VPAGETABLE translations may be installed at once (vpt::Space's budget): a
+  // process-based backend pays host mappings for them, a VM only page-table entries.
+  virtual size_t TranslationBudget() const { return vpt::Space::StubBudget(); }
+
   // Drops the caller's guest context, if any (the caller thread is exiting).
   virtual void ReleaseCallerContext() = 0;
 

@@ -1,0 +1,95 @@
+// Ring-0 code of a kvm-backend VM (layout: kvm_layout.h). It is data for the host: the
+// backend copies the bytes between vkrt_kvm_guest_start and vkrt_kvm_guest_end to the
+// kernel slot's code page, mapped supervisor-only and read-only at VKRT_KVM_KERNEL_VA +
+// VKRT_KVM_CODE_OFF. Position independent: only relative jumps.
+//
+// Every exception the guest raises at CPL3 enters through the IDT on the vCPU's ring-0
+// stack (TSS.RSP0). The handler changes no general register: it pushes a uniform record
+// (CR2, vector, error code over the CPU's frame) and halts; KVM_EXIT_HLT hands the vCPU to
+// the host, which reads the record from the stack page. To resume, the host points rip at
+// vkrt_kvm_resume and rsp at a five-word iretq frame it wrote, with the guest's general
+// registers in place: one iretq returns to CPL3.
+
+#include "arch/x86_64/kvm_layout.h"
+
+        .section .rodata.vkrt_kvm_guest, "a"
+        .balign 64
+        .globl vkrt_kvm_guest_start
+vkrt_kvm_guest_start:
+
+// Vector stubs: 16 bytes each so that the IDT can be built from one table of offsets.
+.macro VEC_NOERR n
+        .balign 16
+vkrt_kvm_vec\n:
+        pushq $0
+        pushq $\n
+        jmp vkrt_kvm_common
+.endm
+.macro VEC_ERR n
+        .balign 16
+vkrt_kvm_vec\n:
+        pushq $\n
+        jmp vkrt_kvm_common
+.endm
+
+        VEC_NOERR 0
+        VEC_NOERR 1
+        VEC_NOERR 2
+        VEC_NOERR 3
+        VEC_NOERR 4
+        VEC_NOERR 5
+        VEC_NOERR 6
+        VEC_NOERR 7
+        VEC_ERR 8
+        VEC_NOERR 9
+        VEC_ERR 10
+        VEC_ERR 11
+        VEC_ERR 12
+        VEC_ERR 13
+        VEC_ERR 14
+        VEC_NOERR 15
+        VEC_NOERR 16
+        VEC_ERR 17
+        VEC_NOERR 18
+        VEC_NOERR 19
+        VEC_NOERR 20
+        VEC_ERR 21
+        VEC_NOERR 22
+        VEC_NOERR 23
+        VEC_NOERR 24
+        VEC_NOERR 25
+        VEC_NOERR 26
+        VEC_NOERR 27
+        VEC_NOERR 28
+        VEC_ERR 29
+        VEC_ERR 30
+        VEC_NOERR 31
+        VEC_NOERR 128   // int $0x80 through a DPL3 gate (hardware that delivers it)
+
+        .balign 16
+vkrt_kvm_common:
+        pushq %rax
+        movq %cr2, %rax
+        xchgq %rax, (%rsp)      // the record's first word is CR2; rax is the guest's again
+        .globl vkrt_kvm_halt
+vkrt_kvm_halt:
+        hlt                     // KVM_EXIT_HLT: the host takes over from here
+1:      hlt                     // never resumed here; halt again if it were
+        jmp 1b
+
+        .globl vkrt_kvm_resume
+vkrt_kvm_resume:
+        iretq                   // rsp = the host's five-word frame: back to the guest
+
+        .globl vkrt_kvm_guest_end
+vkrt_kvm_guest_end:
+
+// Offsets of the vector stubs from vkrt_kvm_guest_start, for the IDT: vectors 0..31, 128.
+        .balign 8
+        .globl vkrt_kvm_vector_offsets
+vkrt_kvm_vector_offsets:
+        .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,128
+        .quad vkrt_kvm_vec\n - vkrt_kvm_guest_start
+        .endr
+
+        .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,77 @@
+// Guest-physical and guest-virtual layout of a kvm-backend VM (SPEC §5 "kvm"), shared by the
+// backend (src/backend/kvm/) and the ring-0 code (kvm_guest.S). Machine-dependent.
+//
+// Guest virtual addresses:
+//   [0, 0x7FFFFFE00000)          the guest's (DragonFly's VM_MAX_USER_ADDRESS)
+//   kStubVa   (user, read-only)   the SYSCALL entry (LSTAR): one instruction that reads the
+//                                 exit page and so leaves the VM (KVM_EXIT_MMIO)
+//   kExitVa   (user, read-only)   the exit page: guest-physical kExitGpa, which no memory
+//                                 slot backs
+//   kKernelVa (supervisor only)   ring-0 code, GDT, IDT, then one page per vCPU: its TSS at
+//                                 the start, its ring-0 stack growing down from the end
+// Guest-physical addresses:
+//   [0, kKernelSlotSize)          the kernel slot: the pages above, at kKernelVa + gpa
+//   kZapGpa                       a one-page slot deleted and re-added to make KVM drop every
+//                                 shadow/TDP translation and flush every vCPU's TLB
+//   kExitGpa                      no slot: every access exits to the host
+//   kTablesGpa..                  the page-table pool (the runtime's page tables)
+//   kDataGpa..                    memory slots of the vmspace's mappings and objects
+#ifndef VKRT_SRC_ARCH_X86_64_KVM_LAYOUT_H_
+#define VKRT_SRC_ARCH_X86_64_KVM_LAYOUT_H_
+
+#define VKRT_KVM_KERNEL_VA 0xFFFFFFFF80000000
+#define VKRT_KVM_STUB_VA 0x7FFFFFE00000
+#define VKRT_KVM_EXIT_VA 0x7FFFFFE01000
+
+// Offsets in the kernel slot (and from VKRT_KVM_KERNEL_VA).
+#define VKRT_KVM_CODE_OFF 0x1000  // ring-0 code (kvm_guest.S), one page
+#define VKRT_KVM_STUB_OFF 0x2000  // the page mapped at VKRT_KVM_STUB_VA
+#define VKRT_KVM_GDT_OFF 0x3000
+#define VKRT_KVM_IDT_OFF 0x4000
+#define VKRT_KVM_VCPU_OFF 0x10000  // first per-vCPU page
+
+// Selectors (Linux's, so that a guest reading %cs or %ss sees what it would on Linux).
+#define VKRT_KVM_KERNEL_CS 0x10
+#define VKRT_KVM_KERNEL_SS 0x18
+#define VKRT_KVM_USER_SS 0x2b
+#define VKRT_KVM_USER_CS 0x33
+#define VKRT_KVM_TSS_SEL 0x40
+
+// The exception record the ring-0 handlers leave at the top of the vCPU's ring-0 stack,
+// in 8-byte words from its lowest address (the stack pointer at the `hlt`): CR2, vector,
+// error code (0 where the CPU pushes none), then the CPU's frame: rip, cs, rflags, rsp, ss.
+#define VKRT_KVM_RECORD_WORDS 8
+
+#ifdef __cplusplus
+#include <stdint.h>
+
+namespace vkrt::kvm_layout {
+
+inline constexpr uint64_t kPage = 4096;
+inline constexpr uint64_t kKernelVa = VKRT_KVM_KERNEL_VA;
+inline constexpr uint64_t kStubVa = VKRT_KVM_STUB_VA;
+inline constexpr uint64_t kExitVa = VKRT_KVM_EXIT_VA;
+inline constexpr uint64_t kCodeOff = VKRT_KVM_CODE_OFF;
+inline constexpr uint64_t kStubOff = VKRT_KVM_STUB_OFF;
+inline constexpr uint64_t kGdtOff = VKRT_KVM_GDT_OFF;
+inline constexpr uint64_t kIdtOff = VKRT_KVM_IDT_OFF;
+inline constexpr uint64_t kVcpuOff = VKRT_KVM_VCPU_OFF;
+inline constexpr uint64_t kKernelSlotSize = 2ULL << 20;
+inline constexpr int kMaxVcpus = static_cast<int>((kKernelSlotSize - kVcpuOff) / kPage);
+inline constexpr uint64_t kZapGpa = 0x3FFFF000;
+inline constexpr uint64_t kExitGpa = 0x3FFFE000;
+inline constexpr uint64_t kTablesGpa = 0x40000000;
+inline constexpr uint64_t kTablesSize = 256ULL << 20;  // 65536 table pages
+inline constexpr uint64_t kDataGpa = 1ULL << 32;
+inline constexpr uint16_t kKernelCs = VKRT_KVM_KERNEL_CS;
+inline constexpr uint16_t kKernelSs = VKRT_KVM_KERNEL_SS;
+inline constexpr uint16_t kUserCs = VKRT_KVM_USER_CS;
+inline constexpr uint16_t kUserSs = VKRT_KVM_USER_SS;
+inline constexpr uint16_t kTssSel = VKRT_KVM_TSS_SEL;
+inline constexpr int kRecordWords = VKRT_KVM_RECORD_WORDS;
+enum RecordWord { kRecCr2, kRecVector, kRecErr, kRecRip, kRecCs, kRecRflags, kRecRsp, kRecSs };
+
+}  // namespace vkrt::kvm_layout
+#endif
+
+#endif  // VKRT_SRC_ARCH_X86_64_KVM_LAYOUT_H_
