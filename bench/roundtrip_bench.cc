@@ -73,6 +73,7 @@
 #include <string>
 #include <vector>
 
+#include "kvm_probe.h"
 #include "sigsys_probe.h"
 
 #ifndef VKRT_FLOOR_ONLY
@@ -281,7 +282,7 @@ constexpr uint64_t kSyscallNextRip = kCodeAddr + 7;  // tf_rip after the syscall
 constexpr unsigned char kFaultLoop[] = {0x48, 0x8b, 0x03, 0xeb, 0xfb};
 
 // vmspace ids are opaque keys compared by pointer value; one per benchmark.
-char g_ids[5];
+char g_ids[7];
 
 // The backend name for a VKRT_TYPE_* (the names vkrt_backend_available() takes).
 const char* BackendName(int64_t type) {
@@ -529,6 +530,78 @@ void BM_PairedSeccompRatio(benchmark::State& state) {
   state.counters["ratio"] = Median(ratio);
 }
 
+// The same for the kvm backend against the raw KVM exit probe (bench/kvm_probe.h): batches
+// of the probe's guest `syscall` exits alternating with batches of vkrt kvm syscall round
+// trips, then the same for page faults. Counters: sys_floor_us, sys_vkrt_us, sys_ratio,
+// pf_floor_us, pf_vkrt_us, pf_ratio (vkrt/floor, medians over batches). Target: ratios <= 1.2.
+void BM_PairedKvmRatio(benchmark::State& state) {
+  constexpr int kBatch = 50;
+  void* sys_id = &g_ids[5];
+  void* pf_id = &g_ids[6];
+  struct trapframe sys_tf, pf_tf;
+  struct vextframe sys_vf, pf_vf;
+  std::string err = CheckBackend(state, VKRT_TYPE_KVM);
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  kvm_probe::Vm sys_probe, pf_probe;
+  err = sys_probe.Start(true);
+  if (err.empty()) err = pf_probe.Start(false);
+  if (err.empty()) {
+    err = MakeGuest(sys_id, VKRT_TYPE_KVM, kSyscallLoop, sizeof kSyscallLoop, true, &sys_tf,
+                    &sys_vf);
+  }
+  if (err.empty()) {
+    err = MakeGuest(pf_id, VKRT_TYPE_KVM, kFaultLoop, sizeof kFaultLoop, true, &pf_tf, &pf_vf);
+  }
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  pf_tf.tf_rbx = static_cast<int64_t>(kUnmappedAddr);
+  err = CheckSyscallTrap(Run(sys_id, &sys_tf, &sys_vf), sys_tf);
+  if (err.empty()) err = CheckFaultTrap(Run(pf_id, &pf_tf, &pf_vf), pf_tf);
+  std::vector<double> sys_floor, sys_vkrt, sys_ratio, pf_floor, pf_vkrt, pf_ratio;
+  for (auto _ : state) {
+    if (!err.empty()) break;
+    const double t0 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) err = sys_probe.SyscallExit();
+    const double t1 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) {
+      sys_tf.tf_rax = sys_tf.tf_rdi + 1;
+      err = CheckSyscallTrap(Run(sys_id, &sys_tf, &sys_vf), sys_tf);
+    }
+    const double t2 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) err = pf_probe.FaultExit();
+    const double t3 = NowNs();
+    for (int i = 0; i < kBatch && err.empty(); ++i) {
+      err = CheckFaultTrap(Run(pf_id, &pf_tf, &pf_vf), pf_tf);
+    }
+    const double t4 = NowNs();
+    sys_floor.push_back((t1 - t0) / kBatch);
+    sys_vkrt.push_back((t2 - t1) / kBatch);
+    sys_ratio.push_back((t2 - t1) / (t1 - t0));
+    pf_floor.push_back((t3 - t2) / kBatch);
+    pf_vkrt.push_back((t4 - t3) / kBatch);
+    pf_ratio.push_back((t4 - t3) / (t3 - t2));
+  }
+  if (vmspace_destroy(sys_id) != 0 && err.empty()) err = Errno("vmspace_destroy");
+  if (vmspace_destroy(pf_id) != 0 && err.empty()) err = Errno("vmspace_destroy");
+  if (!err.empty()) {
+    state.SkipWithError(err.c_str());
+    return;
+  }
+  state.SetLabel(sys_probe.LstarCpl() == 3 ? "kvm: syscall entry at CPL3 (kvm_pvm)"
+                                            : "kvm: syscall entry at CPL0 (VMX/SVM)");
+  state.counters["sys_floor_us"] = Median(sys_floor) / 1000;
+  state.counters["sys_vkrt_us"] = Median(sys_vkrt) / 1000;
+  state.counters["sys_ratio"] = Median(sys_ratio);
+  state.counters["pf_floor_us"] = Median(pf_floor) / 1000;
+  state.counters["pf_vkrt_us"] = Median(pf_vkrt) / 1000;
+  state.counters["pf_ratio"] = Median(pf_ratio);
+}
+
 // ---- 3. page fault round trip ----
 
 void BM_VkrtFaultRoundTrip(benchmark::State& state) {
@@ -605,7 +678,7 @@ void BM_VkrtCreateMapRunDestroy(benchmark::State& state) {
 
 // The backend is the one argument ("type": 1 = VKRT_TYPE_PTRACE, 2 = VKRT_TYPE_SECCOMP).
 void Backends(benchmark::internal::Benchmark* b) {
-  b->ArgName("type")->Arg(VKRT_TYPE_PTRACE)->Arg(VKRT_TYPE_SECCOMP);
+  b->ArgName("type")->Arg(VKRT_TYPE_PTRACE)->Arg(VKRT_TYPE_SECCOMP)->Arg(VKRT_TYPE_KVM);
 }
 
 #endif  // VKRT_FLOOR_ONLY
@@ -633,6 +706,7 @@ BENCHMARK(BM_VkrtCreateMapRunDestroy)
     ->Apply([](auto* b) { Configure(b, 100); });
 BENCHMARK(BM_PairedSyscallRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PairedSeccompRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_PairedKvmRatio)->Iterations(40)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 
 int main(int argc, char** argv) {

@@ -11,7 +11,7 @@ namespace L = kvm_layout;
 constexpr int kInt80 = 0x80CD;    // cd 80
 constexpr int kSysenter = 0x340F;  // 0f 34
 
-bool HasErrorCode(int vector) {
+bool HasErrorCode(int vector) {  // the CPU pushes one
   switch (vector) {
     case 8: case 10: case 11: case 12: case 13: case 14: case 17: case 21: case 29: case 30:
       return true;
@@ -20,21 +20,53 @@ bool HasErrorCode(int vector) {
   }
 }
 
+// Vectors no CPU exception raises in this VM (no NMI, no machine check, no `into` in 64-bit
+// mode, reserved numbers): if one arrives, the guest ran `int $N`.
+bool SoftwareOnly(int vector) {
+  switch (vector) {
+    case 2: case 4: case 9: case 15: case 18: case 20: case 22: case 23: case 24: case 25:
+    case 26: case 27: case 28: case 31:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
-KvmException DecodeKvmException(const uint64_t* record, int insn) {
+KvmException DecodeKvmException(const uint64_t* record,
+                                absl::FunctionRef<int(uint64_t)> insn) {
   KvmException out;
   const int vector = static_cast<int>(record[L::kRecVector]);
-  out.rip = record[L::kRecRip];
-  if (record[L::kRecCs] != L::kUserCs || record[L::kRecSs] != L::kUserSs ||
-      (vector > 31 && vector != 0x80)) {
+  // The CPU's frame, after the error code. A software `int $N` through the gate of a vector
+  // whose exceptions push an error code pushes none: the frame then starts one word early.
+  const uint64_t* frame = record + L::kRecRip;
+  bool pushed_error = HasErrorCode(vector);
+  if (pushed_error && frame[1] != L::kUserCs && frame[0] == L::kUserCs &&
+      record[L::kRecErr + 0] != 0) {
+    frame = record + L::kRecErr;
+    pushed_error = false;
+  }
+  if (frame[1] != L::kUserCs || frame[4] != L::kUserSs || (vector > 31 && vector != 0x80)) {
     return out;  // not a CPL3 exception: nothing the guest did
   }
   out.valid = true;
+  out.rip = frame[0];
+  out.rflags = frame[2];
+  out.rsp = frame[3];
   GuestExit& exit = out.exit;
   exit.kind = GuestExit::Kind::kException;
   exit.trapno = x86_64::TrapCodeForVector(vector);
-  exit.err = HasErrorCode(vector) ? record[L::kRecErr] : 0;
+  exit.err = pushed_error ? record[L::kRecErr] : 0;
+  if ((SoftwareOnly(vector) || (HasErrorCode(vector) && !pushed_error)) &&
+      insn(out.rip - 2) == (0xCD | (vector << 8))) {
+    // `int $N` through a gate the guest may not use: the #GP hardware raises for it, at the
+    // instruction, with the IDT error code.
+    exit.trapno = T_PROTFLT;
+    exit.err = (static_cast<uint64_t>(vector) << 3) | 2;
+    out.rip -= 2;
+    return out;
+  }
   switch (vector) {
     case 14:
       exit.kind = GuestExit::Kind::kPageFault;
@@ -48,19 +80,21 @@ KvmException DecodeKvmException(const uint64_t* record, int insn) {
       exit.err = 2;
       break;
     case 6:
-    case 13:
-      if (insn == kInt80 && (vector == 6 || record[L::kRecErr] == ((0x80 << 3) | 2))) {
+    case 13: {
+      const int bytes = insn(out.rip);
+      if (bytes == kInt80 && (vector == 6 || record[L::kRecErr] == ((0x80 << 3) | 2))) {
         // kvm_pvm raises #UD for `int $0x80`; a CPU whose gate were DPL0 would raise #GP.
         exit.kind = GuestExit::Kind::kSyscall80;
         exit.trapno = T_SYSCALL80;
         exit.err = 2;
         out.rip += 2;
-      } else if (insn == kSysenter) {
+      } else if (bytes == kSysenter) {
         // Refused as AMD refuses it in long mode (Intel raises #GP: SYSENTER_CS is 0).
         exit.trapno = T_PRIVINFLT;
         exit.err = 0;
       }
       break;
+    }
     default:
       break;
   }

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "absl/functional/function_ref.h"
 #include "backend/backend.h"
 
 namespace vkrt {
@@ -13,14 +14,19 @@ namespace vkrt {
 // One exception as the guest took it.
 struct KvmException {
   GuestExit exit;
-  uint64_t rip = 0;  // where the guest resumes if the vkernel changes nothing
+  // The guest's rip (where it resumes if the vkernel changes nothing), rsp and rflags.
+  uint64_t rip = 0;
+  uint64_t rsp = 0;
+  uint64_t rflags = 0;
   bool valid = false;  // false: the record is not of a CPL3 exception (the ring-0 code broke)
 };
 
 // `record`: the eight words of the exception record (kvm_layout.h RecordWord order).
-// `insn`: the two bytes at the recorded rip, little-endian, or -1 if they are unreadable;
-// they tell `int $0x80` (which kvm_pvm raises as #UD) and `sysenter` apart.
-KvmException DecodeKvmException(const uint64_t* record, int insn);
+// `insn(va)`: the two bytes at guest address `va`, little-endian, or -1 if unreadable; they
+// tell `int $0x80` (which kvm_pvm raises as #UD) and `sysenter` apart, and a software `int $N`
+// that kvm_pvm delivers through a gate the guest may not use from the exception it imitates.
+KvmException DecodeKvmException(const uint64_t* record,
+                                absl::FunctionRef<int(uint64_t)> insn);
 
 }  // namespace vkrt
 

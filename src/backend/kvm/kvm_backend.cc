@@ -1287,9 +1287,13 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
       case KVM_EXIT_MMIO: {
         v.at_cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
         if (run->mmio.is_write && run->mmio.phys_addr == L::kExitGpa && now.rip == kStubExitRip) {
-          // `syscall`: rcx holds the return address, r11 the flags.
-          g_syscall_cpl_mode.store(v.at_cpl3 ? 1 : 2, std::memory_order_relaxed);
-          report(now, now.rcx, now.rsp, now.r11);
+          // `syscall`: rcx holds the return address, r11 the flags (a guest that jumped to
+          // the stub chose them: only flags a guest can hold are reported).
+          if (g_syscall_cpl_mode.load(std::memory_order_relaxed) == 0) {
+            g_syscall_cpl_mode.store(v.at_cpl3 ? 1 : 2, std::memory_order_relaxed);
+          }
+          report(now, now.rcx, now.rsp,
+                 (now.r11 & x86_64::kRflagsUserChangeable) | x86_64::kRflagsAlwaysSet);
           if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
           GuestExit exit;
           exit.kind = GuestExit::Kind::kSyscall;
@@ -1319,8 +1323,8 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
                                         now.rsp));
         }
         const int vector = static_cast<int>(record[L::kRecVector]);
-        const int insn = (vector == 6 || vector == 13) ? InstructionAt(record[L::kRecRip]) : -1;
-        KvmException ex = DecodeKvmException(record, insn);
+        KvmException ex =
+            DecodeKvmException(record, [this](uint64_t va) { return InstructionAt(va); });
         if (!ex.valid) {
           return broken(absl::StrFormat("exception %d in ring 0 at %#x", vector,
                                         record[L::kRecRip]));
@@ -1328,7 +1332,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         if (ex.exit.kind == GuestExit::Kind::kPageFault && interrupted) {
           // A signal came while the fault was on its way: end the RUN at the faulting
           // instruction (it faults again, and is resolved then, when the guest resumes).
-          report(now, ex.rip, record[L::kRecRsp], record[L::kRecRflags]);
+          report(now, ex.rip, ex.rsp, ex.rflags);
           if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
           return GuestExit{};
         }
@@ -1337,9 +1341,9 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
           if (!fix.ok()) return fix.status();
           if (*fix == FaultFix::kPopulated) {
             guest = now;
-            guest.rip = record[L::kRecRip];
-            guest.rsp = record[L::kRecRsp];
-            guest.rflags = record[L::kRecRflags];
+            guest.rip = ex.rip;
+            guest.rsp = ex.rsp;
+            guest.rflags = ex.rflags;
             continue;
           }
           if (*fix == FaultFix::kProtection) ex.exit.err |= PGEX_P;
@@ -1352,9 +1356,9 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
             if (!resolved.ok()) return resolved.status();
             if (resolved->outcome == vpt::Resolution::Outcome::kInstalled) {
               guest = now;
-              guest.rip = record[L::kRecRip];
-              guest.rsp = record[L::kRecRsp];
-              guest.rflags = record[L::kRecRflags];
+              guest.rip = ex.rip;
+              guest.rsp = ex.rsp;
+              guest.rflags = ex.rflags;
               continue;
             }
             if (resolved->outcome == vpt::Resolution::Outcome::kFault) {
@@ -1362,7 +1366,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
             }
           }
         }
-        report(now, ex.rip, record[L::kRecRsp], record[L::kRecRflags]);
+        report(now, ex.rip, ex.rsp, ex.rflags);
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return ex.exit;
       }
