@@ -81,6 +81,16 @@ vkrt_kvm_halt:
 vkrt_kvm_resume:
         iretq                   // rsp = the host's five-word frame: back to the guest
 
+        // The same after the host dropped translations: a CR3 reload empties this vCPU's
+        // TLB of guest entries as well (KVM's own flush should have done it already).
+        .globl vkrt_kvm_resume_flush
+vkrt_kvm_resume_flush:
+        pushq %rax
+        movq %cr3, %rax
+        movq %rax, %cr3
+        popq %rax
+        iretq
+
         .globl vkrt_kvm_guest_end
 vkrt_kvm_guest_end:
 

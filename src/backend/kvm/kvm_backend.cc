@@ -36,6 +36,7 @@ extern const unsigned char vkrt_kvm_guest_start[];
 extern const unsigned char vkrt_kvm_guest_end[];
 extern const unsigned char vkrt_kvm_halt[];
 extern const unsigned char vkrt_kvm_resume[];
+extern const unsigned char vkrt_kvm_resume_flush[];
 extern const uint64_t vkrt_kvm_vector_offsets[33];
 }
 
@@ -238,6 +239,7 @@ struct Vcpu {
   uint64_t mask = 0;         // the KVM_SET_SIGNAL_MASK in force
   bool tls_known = false;
   uint64_t fs_base = 0, gs_base = 0;
+  uint64_t flush_gen = 0;     // the space's flush_gen_ this vCPU's TLB was last emptied at
   bool xstate_known = false;  // `xsave` holds the vCPU's FPU state
   alignas(64) unsigned char xsave[kXsaveSize];  // standard XSAVE layout (kvm_xsave)
 };
@@ -354,6 +356,7 @@ class KvmAddressSpace : public AddressSpace {
   std::unordered_map<int, Object> objects_;
   int next_handle_ = 1;
   bool flush_pending_ = false;
+  std::atomic<uint64_t> flush_gen_{1};  // counts flushes (read by RUN without mu_)
 
   // vCPUs. vcpus_mu_ is taken alone.
   std::mutex vcpus_mu_;
@@ -532,6 +535,7 @@ absl::StatusOr<int> KvmAddressSpace::NewSlot(unsigned char* host, uint64_t size,
 absl::Status KvmAddressSpace::DeleteSlot(int id) {
   Slot slot = slots_[id];
   // Deleting a slot makes KVM drop every shadow/TDP translation and flush every vCPU.
+  flush_gen_.fetch_add(1, std::memory_order_release);
   absl::Status s = SetSlot(id, slot.gpa, 0, slot.host, false);
   munmap(slot.host, slot.size);
   slots_.erase(id);
@@ -569,6 +573,7 @@ absl::Status KvmAddressSpace::FlushLocked() {
   // entries the host changed in memory (invlpg and CR3 reloads in the guest do not; the
   // shadow MMU trusts the tables it write-protected). Delete and re-add a dummy slot.
   flush_pending_ = false;
+  flush_gen_.fetch_add(1, std::memory_order_release);
   if (auto s = SetSlot(kZapSlot, L::kZapGpa, 0, zap_page_, false); !s.ok()) return s;
   return SetSlot(kZapSlot, L::kZapGpa, kPage, zap_page_, false);
 }
@@ -1111,6 +1116,11 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
     frame[3] = guest.rsp;
     frame[4] = L::kUserSs;
     r.rip = CodeVa(vkrt_kvm_resume);
+    const uint64_t gen = flush_gen_.load(std::memory_order_acquire);
+    if (v.flush_gen != gen) {
+      r.rip = CodeVa(vkrt_kvm_resume_flush);
+      v.flush_gen = gen;
+    }
     r.rsp = VcpuPageVa(v.index) + kPage - 5 * 8;
     r.rflags = 0x2;
   }
@@ -1260,7 +1270,10 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     if (r < 0 && errno == EINTR) {
       const kvm_regs& now = run->s.regs.regs;
       const bool cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
-      if (!cpl3 && now.rip == CodeVa(vkrt_kvm_resume)) {
+      if (!cpl3 && (now.rip == CodeVa(vkrt_kvm_resume) ||
+                    (now.rip >= CodeVa(vkrt_kvm_resume_flush) &&
+                     now.rip <= CodeVa(vkrt_kvm_resume_flush) + 8))) {
+        v.flush_gen = 0;  // the flush may not have run
         // Stopped before the guest ran: its state is what we were about to load.
         v.at_cpl3 = false;
         report(guest, guest.rip, guest.rsp, guest.rflags);
