@@ -602,6 +602,32 @@ void BM_PairedKvmRatio(benchmark::State& state) {
   state.counters["pf_ratio"] = Median(pf_ratio);
 }
 
+// The raw KVM floors on their own (bench/kvm_probe.h): one guest `syscall` exit, one guest
+// page-fault exit, per iteration.
+void BM_FloorKvmSyscallExit(benchmark::State& state) {
+  kvm_probe::Vm vm;
+  std::string err = vm.Start(true);
+  if (err.empty()) err = vm.SyscallExit();  // the first entry (untimed)
+  for (auto _ : state) {
+    if (!err.empty()) break;
+    err = vm.SyscallExit();
+  }
+  if (!err.empty()) state.SkipWithError(err.c_str());
+  else SetRoundTripCounter(state);
+}
+
+void BM_FloorKvmFaultExit(benchmark::State& state) {
+  kvm_probe::Vm vm;
+  std::string err = vm.Start(false);
+  if (err.empty()) err = vm.FaultExit();
+  for (auto _ : state) {
+    if (!err.empty()) break;
+    err = vm.FaultExit();
+  }
+  if (!err.empty()) state.SkipWithError(err.c_str());
+  else SetRoundTripCounter(state);
+}
+
 // ---- 3. page fault round trip ----
 
 void BM_VkrtFaultRoundTrip(benchmark::State& state) {
@@ -706,6 +732,8 @@ BENCHMARK(BM_VkrtCreateMapRunDestroy)
     ->Apply([](auto* b) { Configure(b, 100); });
 BENCHMARK(BM_PairedSyscallRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PairedSeccompRatio)->Iterations(60)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_FloorKvmSyscallExit)->Apply([](auto* b) { Configure(b, 20000); });
+BENCHMARK(BM_FloorKvmFaultExit)->Apply([](auto* b) { Configure(b, 10000); });
 BENCHMARK(BM_PairedKvmRatio)->Iterations(40)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 

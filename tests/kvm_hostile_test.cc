@@ -115,9 +115,11 @@ const Target kRingZero[] = {
     {"ring-0 code", L::kKernelVa + L::kCodeOff},
     {"GDT", L::kKernelVa + L::kGdtOff},
     {"IDT", L::kKernelVa + L::kIdtOff},
-    {"vCPU 0 TSS and stack", L::kKernelVa + L::kVcpuOff},
-    {"vCPU 0 exception record", L::kKernelVa + L::kVcpuOff + kPage - 64},
-    {"vCPU 1 TSS and stack", L::kKernelVa + L::kVcpuOff + kPage},
+    {"vCPU 0 TSS", L::kKernelVa + L::TssOff(0)},
+    {"vCPU 0 ring-0 stack", L::kKernelVa + L::StackPageOff(0)},
+    {"vCPU 0 exception record", L::kKernelVa + L::StackTopOff(0) - 64},
+    {"vCPU 1 TSS", L::kKernelVa + L::TssOff(1)},
+    {"vCPU 1 ring-0 stack", L::kKernelVa + L::StackPageOff(1)},
 };
 
 TEST_F(KvmHostile, RingZeroPagesCannotBeReadWrittenOrExecuted) {

@@ -5,10 +5,12 @@
 //
 // Every exception the guest raises at CPL3 enters through the IDT on the vCPU's ring-0
 // stack (TSS.RSP0). The handler changes no general register: it pushes a uniform record
-// (CR2, vector, error code over the CPU's frame) and halts; KVM_EXIT_HLT hands the vCPU to
-// the host, which reads the record from the stack page. To resume, the host points rip at
-// vkrt_kvm_resume and rsp at a five-word iretq frame it wrote, with the guest's general
-// registers in place: one iretq returns to CPL3.
+// (room for CR2, vector, error code over the CPU's frame), saves the FPU state into the
+// vCPU's page and halts; KVM_EXIT_HLT hands the vCPU to the host, which reads both from the
+// page. To resume, the host rewrites the
+// frame in the record and lets the handler go on (it drops the first three words and
+// returns with iretq); from anywhere else in ring 0 it points rip at vkrt_kvm_resume and rsp
+// at a five-word iretq frame it wrote, with the guest's general registers in place.
 
 #include "arch/x86_64/kvm_layout.h"
 
@@ -68,14 +70,29 @@ vkrt_kvm_vec\n:
 
         .balign 16
 vkrt_kvm_common:
-        pushq %rax
-        movq %cr2, %rax
-        xchgq %rax, (%rsp)      // the record's first word is CR2; rax is the guest's again
+        // The record's first word is for CR2, which the host takes from the vCPU's registers:
+        // under kvm_pvm, ring 0 runs in host user mode and reading CR2 here would trap.
+        pushq $0
         .globl vkrt_kvm_halt
 vkrt_kvm_halt:
         hlt                     // KVM_EXIT_HLT: the host takes over from here
-1:      hlt                     // never resumed here; halt again if it were
-        jmp 1b
+        // The host resumes here when the guest goes on from this exception: it rewrote the
+        // CPU's frame in the record, and the general registers if they changed.
+        .globl vkrt_kvm_tail
+vkrt_kvm_tail:
+        addq $24, %rsp          // CR2, vector, error code
+        iretq
+        // The same after the host dropped translations: a CR3 reload empties this vCPU's
+        // TLB of guest entries as well (KVM's own flush should have done it already).
+        .globl vkrt_kvm_tail_flush
+vkrt_kvm_tail_flush:
+        pushq %rax
+        movq %cr3, %rax
+        movq %rax, %cr3
+        popq %rax
+        jmp vkrt_kvm_tail
+        .globl vkrt_kvm_tail_end
+vkrt_kvm_tail_end:
 
         .globl vkrt_kvm_resume
 vkrt_kvm_resume:

@@ -7,8 +7,10 @@
 //                                 exit page and so leaves the VM (KVM_EXIT_MMIO)
 //   kExitVa   (user, read-only)   the exit page: guest-physical kExitGpa, which no memory
 //                                 slot backs
-//   kKernelVa (supervisor only)   ring-0 code, GDT, IDT, then one page per vCPU: its TSS at
-//                                 the start, its ring-0 stack growing down from the end
+//   kKernelVa (supervisor only)   ring-0 code, GDT, IDT, then two pages per vCPU: its TSS,
+//                                 and its ring-0 stack page (growing down from the end).
+//                                 Apart: kvm_pvm may write-protect a TSS page, and pushes to
+//                                 it would then be emulated.
 // Guest-physical addresses:
 //   [0, kKernelSlotSize)          the kernel slot: the pages above, at kKernelVa + gpa
 //   kZapGpa                       a one-page slot deleted and re-added to make KVM drop every
@@ -28,7 +30,7 @@
 #define VKRT_KVM_STUB_OFF 0x2000  // the page mapped at VKRT_KVM_STUB_VA
 #define VKRT_KVM_GDT_OFF 0x3000
 #define VKRT_KVM_IDT_OFF 0x4000
-#define VKRT_KVM_VCPU_OFF 0x10000  // first per-vCPU page
+#define VKRT_KVM_VCPU_OFF 0x10000  // first per-vCPU page pair
 
 // Selectors (Linux's, so that a guest reading %cs or %ss sees what it would on Linux).
 #define VKRT_KVM_KERNEL_CS 0x10
@@ -38,8 +40,9 @@
 #define VKRT_KVM_TSS_SEL 0x40
 
 // The exception record the ring-0 handlers leave at the top of the vCPU's ring-0 stack,
-// in 8-byte words from its lowest address (the stack pointer at the `hlt`): CR2, vector,
-// error code (0 where the CPU pushes none), then the CPU's frame: rip, cs, rflags, rsp, ss.
+// in 8-byte words from its lowest address (the stack pointer at the `hlt`): CR2 (pushed as
+// 0; the host fills it in from the vCPU's CR2), vector, error code (0 where the CPU pushes
+// none), then the CPU's frame: rip, cs, rflags, rsp, ss.
 #define VKRT_KVM_RECORD_WORDS 8
 
 #ifdef __cplusplus
@@ -57,7 +60,13 @@ inline constexpr uint64_t kGdtOff = VKRT_KVM_GDT_OFF;
 inline constexpr uint64_t kIdtOff = VKRT_KVM_IDT_OFF;
 inline constexpr uint64_t kVcpuOff = VKRT_KVM_VCPU_OFF;
 inline constexpr uint64_t kKernelSlotSize = 2ULL << 20;
-inline constexpr int kMaxVcpus = static_cast<int>((kKernelSlotSize - kVcpuOff) / kPage);
+inline constexpr uint64_t kVcpuPages = 2;  // TSS page, stack page
+inline constexpr int kMaxVcpus =
+    static_cast<int>((kKernelSlotSize - kVcpuOff) / (kVcpuPages * kPage));
+// A vCPU's TSS and the top of its ring-0 stack, as offsets in the kernel slot.
+constexpr uint64_t TssOff(int vcpu) { return kVcpuOff + uint64_t(vcpu) * kVcpuPages * kPage; }
+constexpr uint64_t StackPageOff(int vcpu) { return TssOff(vcpu) + kPage; }
+constexpr uint64_t StackTopOff(int vcpu) { return StackPageOff(vcpu) + kPage; }
 inline constexpr uint64_t kZapGpa = 0x3FFFF000;
 inline constexpr uint64_t kExitGpa = 0x3FFFE000;
 inline constexpr uint64_t kTablesGpa = 0x40000000;

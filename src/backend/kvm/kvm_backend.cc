@@ -35,6 +35,9 @@ extern "C" {
 extern const unsigned char vkrt_kvm_guest_start[];
 extern const unsigned char vkrt_kvm_guest_end[];
 extern const unsigned char vkrt_kvm_halt[];
+extern const unsigned char vkrt_kvm_tail[];
+extern const unsigned char vkrt_kvm_tail_flush[];
+extern const unsigned char vkrt_kvm_tail_end[];
 extern const unsigned char vkrt_kvm_resume[];
 extern const unsigned char vkrt_kvm_resume_flush[];
 extern const uint64_t vkrt_kvm_vector_offsets[33];
@@ -69,7 +72,8 @@ constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 uint64_t CodeVa(const unsigned char* sym) {
   return L::kKernelVa + L::kCodeOff + static_cast<uint64_t>(sym - vkrt_kvm_guest_start);
 }
-uint64_t VcpuPageVa(int index) { return L::kKernelVa + L::kVcpuOff + uint64_t(index) * kPage; }
+uint64_t TssVa(int index) { return L::kKernelVa + L::TssOff(index); }
+uint64_t StackTopVa(int index) { return L::kKernelVa + L::StackTopOff(index); }
 
 // <linux/kvm.h> sizes its ioctl numbers with sizeof of structs that end in flexible arrays,
 // which C++ compilers size differently from C (12 instead of 8 for kvm_cpuid2 here): the
@@ -234,6 +238,7 @@ struct Vcpu {
   pid_t tid = 0;
   bool initialised = false;  // segment, control and MSR state loaded
   bool at_cpl3 = false;      // stopped at CPL3 (kvm_pvm's syscall stub): resume by registers
+  bool in_handler = false;   // stopped at the exception handler's halt: resume through it
   bool read_pending = false; // stopped in the middle of an emulated read: complete it first
   bool mask_known = false;
   uint64_t mask = 0;         // the KVM_SET_SIGNAL_MASK in force
@@ -329,11 +334,13 @@ class KvmAddressSpace : public AddressSpace {
   absl::Status InitVcpu(Vcpu& v);
   absl::Status LoadXstate(Vcpu& v, const void* area);
   absl::Status StoreXstate(Vcpu& v, void* area);
+  // Merges `in` (standard XSAVE layout) into the caller's `out`; keeps the copy in v.xsave.
+  void ReportXstate(Vcpu& v, const unsigned char* in, void* out);
+
   absl::Status Settle(Vcpu& v);
   void PrepareEntry(Vcpu& v, const kvm_regs& guest);
   uint64_t* Record(const Vcpu& v) const {
-    return reinterpret_cast<uint64_t*>(kernel_ + L::kVcpuOff + uint64_t(v.index) * kPage +
-                                       kPage) - L::kRecordWords;
+    return reinterpret_cast<uint64_t*>(kernel_ + L::StackTopOff(v.index)) - L::kRecordWords;
   }
   absl::StatusOr<GuestExit> RunVcpu(Vcpu& v, GuestState& state, uint64_t run_mask);
   absl::StatusOr<bool> CompleteOwnCode(Vcpu& v);
@@ -440,8 +447,8 @@ absl::Status KvmAddressSpace::Init() {
     idt[vector * 2 + 1] = handler >> 32;
   }
   for (int i = 0; i < L::kMaxVcpus; ++i) {
-    unsigned char* page = kernel_ + L::kVcpuOff + uint64_t(i) * kPage;
-    const uint64_t rsp0 = VcpuPageVa(i) + kPage;
+    unsigned char* page = kernel_ + L::TssOff(i);
+    const uint64_t rsp0 = StackTopVa(i);
     memcpy(page + 4, &rsp0, 8);
     const uint16_t iomap = 104;  // no I/O bitmap: `in`/`out` at CPL3 raise #GP
     memcpy(page + 102, &iomap, 2);
@@ -469,8 +476,9 @@ absl::Status KvmAddressSpace::Init() {
       {L::kExitVa, L::kExitGpa, PROT_READ | PROT_WRITE, true},
   };
   for (int i = 0; i < L::kMaxVcpus; ++i) {
-    fixed.push_back({VcpuPageVa(i), L::kVcpuOff + uint64_t(i) * kPage, PROT_READ | PROT_WRITE,
-                     false});
+    fixed.push_back({TssVa(i), L::TssOff(i), PROT_READ | PROT_WRITE, false});
+    fixed.push_back({L::kKernelVa + L::StackPageOff(i), L::StackPageOff(i),
+                     PROT_READ | PROT_WRITE, false});
   }
   for (const Fixed& f : fixed) {
     auto set = tables_.Set(f.va, PageTables::Leaf(f.gpa, f.prot, f.user));
@@ -991,7 +999,7 @@ absl::Status KvmAddressSpace::InitVcpu(Vcpu& v) {
   // them (and the FS/GS bases) as they are.
   sregs.ds = sregs.es = sregs.fs = sregs.gs = segment(0, false, 3);
   sregs.tr = kvm_segment{};
-  sregs.tr.base = VcpuPageVa(v.index);
+  sregs.tr.base = TssVa(v.index);
   sregs.tr.limit = 0x67;
   sregs.tr.selector = L::kTssSel;
   sregs.tr.type = 11;  // busy 64-bit TSS
@@ -1042,6 +1050,7 @@ absl::Status KvmAddressSpace::InitVcpu(Vcpu& v) {
   v.run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
   v.initialised = true;
   v.at_cpl3 = false;
+  v.in_handler = false;
   v.read_pending = false;
   v.tls_known = true;
   v.fs_base = v.gs_base = 0;
@@ -1075,9 +1084,13 @@ absl::Status KvmAddressSpace::StoreXstate(Vcpu& v, void* area) {
     v.xstate_known = false;
     return r.status();
   }
+  ReportXstate(v, v.xsave, area);
+  return absl::OkStatus();
+}
+
+void KvmAddressSpace::ReportXstate(Vcpu& v, const unsigned char* in, void* area) {
   v.xstate_known = true;
   auto* out = static_cast<unsigned char*>(area);
-  const unsigned char* in = v.xsave;
   uint64_t old_bv, guest_bv;
   memcpy(&old_bv, out + 512, 8);
   memcpy(&guest_bv, in + 512, 8);
@@ -1089,7 +1102,6 @@ absl::Status KvmAddressSpace::StoreXstate(Vcpu& v, void* area) {
   memcpy(out + 512, &bv, 8);
   // Kept for comparison with what the caller passes next: the area as returned.
   memcpy(v.xsave + 512, &bv, 8);
-  return absl::OkStatus();
 }
 
 absl::Status KvmAddressSpace::Settle(Vcpu& v) {
@@ -1106,6 +1118,33 @@ absl::Status KvmAddressSpace::Settle(Vcpu& v) {
 
 void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
   kvm_regs& r = v.run->s.regs.regs;
+  const uint64_t gen = flush_gen_.load(std::memory_order_acquire);
+  if (v.in_handler) {
+    // The handler that exited goes on: its tail returns through the frame in its record
+    // (from the top, wherever a signal stopped it). Only registers the vkernel changed are written (KVM then need not take them).
+    uint64_t* frame = Record(v) + L::kRecRip;
+    frame[0] = guest.rip;
+    frame[1] = L::kUserCs;
+    frame[2] = guest.rflags;
+    frame[3] = guest.rsp;
+    frame[4] = L::kUserSs;
+    kvm_regs want = guest;
+    want.rip = CodeVa(vkrt_kvm_tail);
+    if (v.flush_gen != gen) {
+      want.rip = CodeVa(vkrt_kvm_tail_flush);
+      v.flush_gen = gen;
+    }
+    want.rsp = StackTopVa(v.index) - 8 * L::kRecordWords;
+    want.rflags = 0x2;
+    if (memcmp(&want, &r, sizeof(want)) == 0) {
+      v.run->kvm_dirty_regs = 0;
+    } else {
+      r = want;
+      v.run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+    }
+    return;
+  }
+  v.in_handler = false;
   r = guest;
   if (!v.at_cpl3) {
     // From ring 0: iretq through a frame on the vCPU's ring-0 stack.
@@ -1116,12 +1155,11 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
     frame[3] = guest.rsp;
     frame[4] = L::kUserSs;
     r.rip = CodeVa(vkrt_kvm_resume);
-    const uint64_t gen = flush_gen_.load(std::memory_order_acquire);
     if (v.flush_gen != gen) {
       r.rip = CodeVa(vkrt_kvm_resume_flush);
       v.flush_gen = gen;
     }
-    r.rsp = VcpuPageVa(v.index) + kPage - 5 * 8;
+    r.rsp = StackTopVa(v.index) - 5 * 8;
     r.rflags = 0x2;
   }
   v.run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
@@ -1270,12 +1308,16 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     if (r < 0 && errno == EINTR) {
       const kvm_regs& now = run->s.regs.regs;
       const bool cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
-      if (!cpl3 && (now.rip == CodeVa(vkrt_kvm_resume) ||
+      const bool in_tail =
+          now.rip >= CodeVa(vkrt_kvm_tail) && now.rip < CodeVa(vkrt_kvm_tail_end);
+      if (!cpl3 && (in_tail || now.rip == CodeVa(vkrt_kvm_resume) ||
                     (now.rip >= CodeVa(vkrt_kvm_resume_flush) &&
                      now.rip <= CodeVa(vkrt_kvm_resume_flush) + 8))) {
+        // Stopped before the guest ran: its state is what we were about to load (in the
+        // handler's tail, which starts over next time).
         v.flush_gen = 0;  // the flush may not have run
-        // Stopped before the guest ran: its state is what we were about to load.
         v.at_cpl3 = false;
+        v.in_handler = in_tail;
         report(guest, guest.rip, guest.rsp, guest.rflags);
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return GuestExit{};
@@ -1283,6 +1325,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
       const bool own = !cpl3 || (now.rip >= L::kStubVa && now.rip < L::kStubVa + kPage);
       if (!own) {
         v.at_cpl3 = true;
+        v.in_handler = false;
         report(now, now.rip, now.rsp, now.rflags);
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return GuestExit{};
@@ -1298,6 +1341,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     const kvm_regs& now = run->s.regs.regs;
     switch (run->exit_reason) {
       case KVM_EXIT_MMIO: {
+        v.in_handler = false;
         v.at_cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
         if (run->mmio.is_write && run->mmio.phys_addr == L::kExitGpa && now.rip == kStubExitRip) {
           // `syscall`: rcx holds the return address, r11 the flags (a guest that jumped to
@@ -1329,9 +1373,11 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
       }
       case KVM_EXIT_HLT: {
         v.at_cpl3 = false;
-        const uint64_t* record = Record(v);
-        const uint64_t record_va = VcpuPageVa(v.index) + kPage - 8 * L::kRecordWords;
-        if (now.rip != CodeVa(vkrt_kvm_halt) + 1 || now.rsp != record_va) {
+        v.in_handler = true;
+        uint64_t* record = Record(v);
+        record[L::kRecCr2] = run->s.regs.sregs.cr2;
+        const uint64_t record_va = StackTopVa(v.index) - 8 * L::kRecordWords;
+        if (now.rip != CodeVa(vkrt_kvm_tail) || now.rsp != record_va) {
           return broken(absl::StrFormat("the ring-0 code stopped at rip %#x rsp %#x", now.rip,
                                         now.rsp));
         }
@@ -1388,6 +1434,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
             (run->s.regs.sregs.cs.selector & 3) == 3) {
           // An instruction KVM cannot emulate touched the exit page: refuse it.
           v.at_cpl3 = true;
+          v.in_handler = false;
           report(now, now.rip, now.rsp, now.rflags);
           if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
           GuestExit exit;
@@ -1395,7 +1442,13 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
           exit.trapno = T_PROTFLT;
           return exit;
         }
-        return broken(absl::StrFormat("KVM internal error %u", run->internal.suberror));
+        return broken(absl::StrFormat(
+            "KVM internal error %u at rip %#x (cpl %d; data %#x %#x %#x %#x)",
+            run->internal.suberror, now.rip, run->s.regs.sregs.cs.selector & 3,
+            run->internal.ndata > 0 ? run->internal.data[0] : 0,
+            run->internal.ndata > 1 ? run->internal.data[1] : 0,
+            run->internal.ndata > 2 ? run->internal.data[2] : 0,
+            run->internal.ndata > 3 ? run->internal.data[3] : 0));
       case KVM_EXIT_SHUTDOWN:
         return broken("the vCPU shut down (triple fault)");
       case KVM_EXIT_FAIL_ENTRY:
