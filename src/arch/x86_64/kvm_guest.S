@@ -4,13 +4,12 @@
 // VKRT_KVM_CODE_OFF. Position independent: only relative jumps.
 //
 // Every exception the guest raises at CPL3 enters through the IDT on the vCPU's ring-0
-// stack (TSS.RSP0). The handler changes no general register: it pushes a uniform record
-// (room for CR2, vector, error code over the CPU's frame), saves the FPU state into the
-// vCPU's page and halts; KVM_EXIT_HLT hands the vCPU to the host, which reads both from the
-// page. To resume, the host rewrites the
-// frame in the record and lets the handler go on (it drops the first three words and
-// returns with iretq); from anywhere else in ring 0 it points rip at vkrt_kvm_resume and rsp
-// at a five-word iretq frame it wrote, with the guest's general registers in place.
+// stack (TSS.RSP0), where the CPU leaves its frame (and an error code for some vectors). The
+// vector's stub halts at once: KVM_EXIT_HLT hands the vCPU to the host, which reads the frame
+// from the stack page, the vector from where the vCPU halted and CR2 from its registers. To
+// let the guest go on, the host rewrites the frame and resumes the stub (it drops the error
+// code and returns with iretq); from anywhere else in ring 0 it points rip at vkrt_kvm_resume
+// and rsp at a five-word iretq frame it wrote, with the guest's general registers in place.
 
 #include "arch/x86_64/kvm_layout.h"
 
@@ -19,19 +18,24 @@
         .globl vkrt_kvm_guest_start
 vkrt_kvm_guest_start:
 
-// Vector stubs: 16 bytes each so that the IDT can be built from one table of offsets.
+// Vector stubs, 16 bytes apart: the host tells the vector from where the vCPU halted. Each
+// halts at once (under kvm_pvm every ring-0 instruction costs, so there are as few as
+// possible: no record is pushed, CR2 comes from the vCPU's registers) and, when the host lets
+// the guest go on, drops the error code the CPU pushed for its vector and returns.
+        .globl vkrt_kvm_vectors
+vkrt_kvm_vectors:
 .macro VEC_NOERR n
         .balign 16
 vkrt_kvm_vec\n:
-        pushq $0
-        pushq $\n
-        jmp vkrt_kvm_common
+        hlt
+        iretq
 .endm
 .macro VEC_ERR n
         .balign 16
 vkrt_kvm_vec\n:
-        pushq $\n
-        jmp vkrt_kvm_common
+        hlt
+        addq $8, %rsp
+        iretq
 .endm
 
         VEC_NOERR 0
@@ -67,32 +71,9 @@ vkrt_kvm_vec\n:
         VEC_ERR 30
         VEC_NOERR 31
         VEC_NOERR 128   // int $0x80 through a DPL3 gate (hardware that delivers it)
-
         .balign 16
-vkrt_kvm_common:
-        // The record's first word is for CR2, which the host takes from the vCPU's registers:
-        // under kvm_pvm, ring 0 runs in host user mode and reading CR2 here would trap.
-        pushq $0
-        .globl vkrt_kvm_halt
-vkrt_kvm_halt:
-        hlt                     // KVM_EXIT_HLT: the host takes over from here
-        // The host resumes here when the guest goes on from this exception: it rewrote the
-        // CPU's frame in the record, and the general registers if they changed.
-        .globl vkrt_kvm_tail
-vkrt_kvm_tail:
-        addq $24, %rsp          // CR2, vector, error code
-        iretq
-        // The same after the host dropped translations: a CR3 reload empties this vCPU's
-        // TLB of guest entries as well (KVM's own flush should have done it already).
-        .globl vkrt_kvm_tail_flush
-vkrt_kvm_tail_flush:
-        pushq %rax
-        movq %cr3, %rax
-        movq %rax, %cr3
-        popq %rax
-        jmp vkrt_kvm_tail
-        .globl vkrt_kvm_tail_end
-vkrt_kvm_tail_end:
+        .globl vkrt_kvm_vectors_end
+vkrt_kvm_vectors_end:
 
         .globl vkrt_kvm_resume
 vkrt_kvm_resume:

@@ -39,10 +39,11 @@
 #define VKRT_KVM_USER_CS 0x33
 #define VKRT_KVM_TSS_SEL 0x40
 
-// The exception record the ring-0 handlers leave at the top of the vCPU's ring-0 stack,
-// in 8-byte words from its lowest address (the stack pointer at the `hlt`): CR2 (pushed as
-// 0; the host fills it in from the vCPU's CR2), vector, error code (0 where the CPU pushes
-// none), then the CPU's frame: rip, cs, rflags, rsp, ss.
+// An exception as the host reads it at a vector stub's halt, in 8-byte words: CR2 (from the
+// vCPU's registers), vector (from the stub that halted), error code (0 where the CPU pushed
+// none), then the CPU's frame: rip, cs, rflags, rsp, ss. The frame's last five words are at
+// the top of the vCPU's ring-0 stack, where the CPU pushed them; the host's resume frame
+// goes to the same place.
 #define VKRT_KVM_RECORD_WORDS 8
 
 #ifdef __cplusplus

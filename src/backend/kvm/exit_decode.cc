@@ -11,7 +11,7 @@ namespace L = kvm_layout;
 constexpr int kInt80 = 0x80CD;    // cd 80
 constexpr int kSysenter = 0x340F;  // 0f 34
 
-bool HasErrorCode(int vector) {  // the CPU pushes one
+bool HasErrorCode(int vector) {
   switch (vector) {
     case 8: case 10: case 11: case 12: case 13: case 14: case 17: case 21: case 29: case 30:
       return true;
@@ -34,19 +34,13 @@ bool SoftwareOnly(int vector) {
 
 }  // namespace
 
-KvmException DecodeKvmException(const uint64_t* record,
+bool KvmVectorHasErrorCode(int vector) { return HasErrorCode(vector); }
+
+KvmException DecodeKvmException(const uint64_t* record, bool pushed_error,
                                 absl::FunctionRef<int(uint64_t)> insn) {
   KvmException out;
   const int vector = static_cast<int>(record[L::kRecVector]);
-  // The CPU's frame, after the error code. A software `int $N` through the gate of a vector
-  // whose exceptions push an error code pushes none: the frame then starts one word early.
   const uint64_t* frame = record + L::kRecRip;
-  bool pushed_error = HasErrorCode(vector);
-  if (pushed_error && frame[1] != L::kUserCs && frame[0] == L::kUserCs &&
-      record[L::kRecErr + 0] != 0) {
-    frame = record + L::kRecErr;
-    pushed_error = false;
-  }
   if (frame[1] != L::kUserCs || frame[4] != L::kUserSs || (vector > 31 && vector != 0x80)) {
     return out;  // not a CPL3 exception: nothing the guest did
   }

@@ -21,12 +21,17 @@ struct KvmException {
   bool valid = false;  // false: the record is not of a CPL3 exception (the ring-0 code broke)
 };
 
-// `record`: the eight words of the exception record (kvm_layout.h RecordWord order).
+// `record`: the eight words of the exception record (kvm_layout.h RecordWord order), built
+// by the host from the vCPU's registers and the CPU's frame; `error_pushed`: the CPU pushed an
+// error code (exceptions of some vectors do; a software `int $N` never does).
 // `insn(va)`: the two bytes at guest address `va`, little-endian, or -1 if unreadable; they
 // tell `int $0x80` (which kvm_pvm raises as #UD) and `sysenter` apart, and a software `int $N`
 // that kvm_pvm delivers through a gate the guest may not use from the exception it imitates.
-KvmException DecodeKvmException(const uint64_t* record,
+KvmException DecodeKvmException(const uint64_t* record, bool error_pushed,
                                 absl::FunctionRef<int(uint64_t)> insn);
+
+// Whether the CPU pushes an error code for exceptions of `vector`.
+bool KvmVectorHasErrorCode(int vector);
 
 }  // namespace vkrt
 

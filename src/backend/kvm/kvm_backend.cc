@@ -34,10 +34,8 @@
 extern "C" {
 extern const unsigned char vkrt_kvm_guest_start[];
 extern const unsigned char vkrt_kvm_guest_end[];
-extern const unsigned char vkrt_kvm_halt[];
-extern const unsigned char vkrt_kvm_tail[];
-extern const unsigned char vkrt_kvm_tail_flush[];
-extern const unsigned char vkrt_kvm_tail_end[];
+extern const unsigned char vkrt_kvm_vectors[];
+extern const unsigned char vkrt_kvm_vectors_end[];
 extern const unsigned char vkrt_kvm_resume[];
 extern const unsigned char vkrt_kvm_resume_flush[];
 extern const uint64_t vkrt_kvm_vector_offsets[33];
@@ -238,7 +236,9 @@ struct Vcpu {
   pid_t tid = 0;
   bool initialised = false;  // segment, control and MSR state loaded
   bool at_cpl3 = false;      // stopped at CPL3 (kvm_pvm's syscall stub): resume by registers
-  bool in_handler = false;   // stopped at the exception handler's halt: resume through it
+  bool in_handler = false;   // stopped in a vector stub: resume through its tail...
+  uint64_t handler_rip = 0;  // ...here (just past its hlt)
+  uint64_t handler_rsp = 0;  // ...with this stack pointer (the CPU's frame, error code)
   bool read_pending = false; // stopped in the middle of an emulated read: complete it first
   bool mask_known = false;
   uint64_t mask = 0;         // the KVM_SET_SIGNAL_MASK in force
@@ -1120,8 +1120,9 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
   kvm_regs& r = v.run->s.regs.regs;
   const uint64_t gen = flush_gen_.load(std::memory_order_acquire);
   if (v.in_handler) {
-    // The handler that exited goes on: its tail returns through the frame in its record
-    // (from the top, wherever a signal stopped it). Only registers the vkernel changed are written (KVM then need not take them).
+    // The vector stub that exited goes on: it drops the error code and returns through the
+    // CPU's frame, rewritten here (from the top of its tail, wherever a signal stopped it).
+    // Only registers the vkernel changed are written (KVM then need not take them).
     uint64_t* frame = Record(v) + L::kRecRip;
     frame[0] = guest.rip;
     frame[1] = L::kUserCs;
@@ -1129,12 +1130,14 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
     frame[3] = guest.rsp;
     frame[4] = L::kUserSs;
     kvm_regs want = guest;
-    want.rip = CodeVa(vkrt_kvm_tail);
+    want.rip = v.handler_rip;
+    want.rsp = v.handler_rsp;
     if (v.flush_gen != gen) {
-      want.rip = CodeVa(vkrt_kvm_tail_flush);
+      want.rip = CodeVa(vkrt_kvm_resume_flush);
+      want.rsp = StackTopVa(v.index) - 5 * 8;
       v.flush_gen = gen;
+      v.in_handler = false;
     }
-    want.rsp = StackTopVa(v.index) - 8 * L::kRecordWords;
     want.rflags = 0x2;
     if (memcmp(&want, &r, sizeof(want)) == 0) {
       v.run->kvm_dirty_regs = 0;
@@ -1308,8 +1311,11 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     if (r < 0 && errno == EINTR) {
       const kvm_regs& now = run->s.regs.regs;
       const bool cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
-      const bool in_tail =
-          now.rip >= CodeVa(vkrt_kvm_tail) && now.rip < CodeVa(vkrt_kvm_tail_end);
+      // Past a stub's hlt: in the tail the host let run. At a stub's first byte: an
+      // exception on its way to the host.
+      const bool in_tail = now.rip >= CodeVa(vkrt_kvm_vectors) &&
+                           now.rip < CodeVa(vkrt_kvm_vectors_end) &&
+                           (now.rip - CodeVa(vkrt_kvm_vectors)) % 16 != 0;
       if (!cpl3 && (in_tail || now.rip == CodeVa(vkrt_kvm_resume) ||
                     (now.rip >= CodeVa(vkrt_kvm_resume_flush) &&
                      now.rip <= CodeVa(vkrt_kvm_resume_flush) + 8))) {
@@ -1317,7 +1323,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         // handler's tail, which starts over next time).
         v.flush_gen = 0;  // the flush may not have run
         v.at_cpl3 = false;
-        v.in_handler = in_tail;
+        v.in_handler = in_tail && v.in_handler;
         report(guest, guest.rip, guest.rsp, guest.rflags);
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return GuestExit{};
@@ -1373,17 +1379,31 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
       }
       case KVM_EXIT_HLT: {
         v.at_cpl3 = false;
-        v.in_handler = true;
-        uint64_t* record = Record(v);
-        record[L::kRecCr2] = run->s.regs.sregs.cr2;
-        const uint64_t record_va = StackTopVa(v.index) - 8 * L::kRecordWords;
-        if (now.rip != CodeVa(vkrt_kvm_tail) || now.rsp != record_va) {
+        // Which stub halted tells the vector; the stack pointer whether the CPU pushed an
+        // error code.
+        const uint64_t vectors = CodeVa(vkrt_kvm_vectors);
+        const uint64_t top = StackTopVa(v.index);
+        if (now.rip <= vectors || now.rip >= CodeVa(vkrt_kvm_vectors_end) ||
+            (now.rip - vectors - 1) % 16 != 0 || (now.rsp != top - 40 && now.rsp != top - 48)) {
           return broken(absl::StrFormat("the ring-0 code stopped at rip %#x rsp %#x", now.rip,
                                         now.rsp));
         }
-        const int vector = static_cast<int>(record[L::kRecVector]);
-        KvmException ex =
-            DecodeKvmException(record, [this](uint64_t va) { return InstructionAt(va); });
+        const int index = static_cast<int>((now.rip - vectors - 1) / 16);
+        const int vector = index < 32 ? index : 0x80;
+        const bool error_pushed = now.rsp == top - 48;
+        const uint64_t* stack = reinterpret_cast<const uint64_t*>(
+            kernel_ + L::StackTopOff(v.index) - (top - now.rsp));
+        uint64_t record[L::kRecordWords];
+        record[L::kRecCr2] = run->s.regs.sregs.cr2;
+        record[L::kRecVector] = static_cast<uint64_t>(vector);
+        record[L::kRecErr] = error_pushed ? stack[0] : 0;
+        memcpy(&record[L::kRecRip], stack + (error_pushed ? 1 : 0), 5 * 8);
+        // The stub's tail drops an error code only for the vectors the CPU pushes one for.
+        v.in_handler = error_pushed == KvmVectorHasErrorCode(vector);
+        v.handler_rip = now.rip;
+        v.handler_rsp = now.rsp;
+        KvmException ex = DecodeKvmException(
+            record, error_pushed, [this](uint64_t va) { return InstructionAt(va); });
         if (!ex.valid) {
           return broken(absl::StrFormat("exception %d in ring 0 at %#x", vector,
                                         record[L::kRecRip]));
