@@ -4,8 +4,13 @@
 // with crafted registers. Whatever it does, RUN returns a trap at the right place, and the
 // vmspace goes on working (its ring-0 code, tables and descriptors intact).
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <memory>
@@ -292,6 +297,44 @@ TEST_F(KvmHostile, IoplCannotBeRaised) {
   EXPECT_EQ(T_PROTFLT, tf.tf_trapno) << Describe(tf);
   EXPECT_EQ(0, tf.tf_rflags & 0x3000);
   ExpectStillWorks("popfq with IOPL 3");
+}
+
+// Without /dev/kvm the backend is unavailable with a reason naming it, vmspace_create refuses
+// it, and the default backend still runs guests. A child hides /dev behind an empty tmpfs in
+// a mount namespace of its own and runs a fresh process (kvm_unavailable_helper.c), since
+// this one has already looked at /dev/kvm.
+TEST(KvmUnavailable, WithoutDevKvmTheBackendSaysWhyAndTheRestWorks) {
+  int out[2];
+  ASSERT_EQ(0, pipe(out));
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    dup2(out[1], 1);
+    dup2(out[1], 2);
+    if (unshare(CLONE_NEWNS) != 0) {
+      printf("SKIP unshare(CLONE_NEWNS): %s\n", strerror(errno));
+      _exit(77);
+    }
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        mount("tmpfs", "/dev", "tmpfs", 0, nullptr) != 0) {
+      printf("SKIP mounting a tmpfs over /dev: %s\n", strerror(errno));
+      _exit(77);
+    }
+    execl(VKRT_KVM_UNAVAILABLE_HELPER, VKRT_KVM_UNAVAILABLE_HELPER, nullptr);
+    printf("execl(%s): %s\n", VKRT_KVM_UNAVAILABLE_HELPER, strerror(errno));
+    _exit(2);
+  }
+  close(out[1]);
+  std::string output;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof(buf))) > 0) output.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  ASSERT_EQ(child, waitpid(child, &status, 0));
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "no mount namespace here: " << output;
+  EXPECT_EQ(0, WEXITSTATUS(status)) << output;
 }
 
 }  // namespace
