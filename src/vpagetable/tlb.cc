@@ -1,13 +1,20 @@
 #include "vpagetable/tlb.h"
 
+#include <stdlib.h>
+
+#include <new>
+
 namespace vkrt::vpt {
 
 Tlb::Tlb(size_t capacity) : capacity_(capacity) {
   size_t n = 16;
   while (n < capacity * 2) n <<= 1;  // load factor <= 1/2
   mask_ = n - 1;
-  slots_.reset(new Slot[n]());
+  slots_.reset(static_cast<Slot*>(calloc(n, sizeof(Slot))));
+  if (!slots_) throw std::bad_alloc();
 }
+
+void Tlb::Free::operator()(Slot* p) const { free(p); }
 
 size_t Tlb::Home(uint64_t key) const {
   return static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> 20) & mask_;
@@ -85,7 +92,10 @@ size_t Tlb::EraseRange(uint64_t start, uint64_t end) {
 }
 
 void Tlb::Clear() {
-  for (size_t i = 0; i <= mask_; ++i) slots_[i] = {0, 0};
+  if (size_ == 0) return;
+  for (size_t i = 0; i <= mask_; ++i) {
+    if (slots_[i].key != 0) slots_[i] = {0, 0};
+  }
   size_ = 0;
 }
 

@@ -43,10 +43,15 @@ class Tlb {
   };
   size_t Home(uint64_t key) const;
 
+  struct Free {
+    void operator()(Slot* p) const;
+  };
+
   size_t capacity_;
   size_t mask_;
   size_t size_ = 0;
-  std::unique_ptr<Slot[]> slots_;
+  // Zeroed by calloc: a large table comes as fresh zero pages, touched only as used.
+  std::unique_ptr<Slot[], Free> slots_;
 };
 
 }  // namespace vkrt::vpt

@@ -296,7 +296,7 @@ class KvmAddressSpace : public AddressSpace {
   absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                        uint64_t offset) override;
   absl::Status FlushInstalls() override;
-  size_t TranslationBudget() const override { return 1 << 20; }
+  size_t TranslationBudget() const override { return 1 << 18; }
   void ReleaseCallerContext() override;
 
  private:
