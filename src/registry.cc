@@ -84,8 +84,10 @@ absl::StatusOr<Vmspace*> Registry::Find(void* id) {
     Drop(vs);
     return ErrnoError(ENOENT, absl::StrFormat("vmspace %p does not exist", id));
   }
-  // Cache it for this thread (DragonFly caches on RUN; every call benefits here).
+  // Cache it for this thread (DragonFly caches on RUN; every call benefits here). The
+  // thread's state makes sure the cache ref is dropped when the thread exits.
   if (ve_cache != vs) {
+    (void)ThreadState::Current();
     vs->cache_refs_.fetch_add(1, std::memory_order_relaxed);
     if (ve_cache != nullptr) CacheDrop(ve_cache);
     ve_cache = vs;
