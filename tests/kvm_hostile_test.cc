@@ -9,11 +9,15 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -297,6 +301,91 @@ TEST_F(KvmHostile, IoplCannotBeRaised) {
   EXPECT_EQ(T_PROTFLT, tf.tf_trapno) << Describe(tf);
   EXPECT_EQ(0, tf.tf_rflags & 0x3000);
   ExpectStillWorks("popfq with IOPL 3");
+}
+
+std::atomic<int> g_usr2{0};
+void CountUsr2(int) { g_usr2.fetch_add(1, std::memory_order_relaxed); }
+
+// Signals that land while a vCPU is anywhere on the way out (the syscall stub, a vector stub,
+// the resume path) must neither hang RUN nor change what it reports: a storm of SIGUSR2 at
+// the RUN thread while the guest makes system calls, then while it faults.
+TEST_F(KvmHostile, SignalStormsDuringExitsNeverHangOrMisreport) {
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = CountUsr2;
+  sigaction(SIGUSR2, &sa, &old);
+  g_usr2 = 0;
+  const pthread_t runner = pthread_self();
+  std::atomic<bool> stop{false};
+  std::thread storm([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      pthread_kill(runner, SIGUSR2);
+      sched_yield();
+    }
+  });
+  //      0: 48 ff c3              inc %rbx
+  //      3: 0f 05                 syscall
+  //      5: eb f9                 jmp 0
+  const std::vector<unsigned char> loop = {0x48, 0xff, 0xc3, 0x0f, 0x05, 0xeb, 0xf9};
+  ASSERT_EQ(static_cast<ssize_t>(loop.size()),
+            vmspace_pwrite(&id_, loop.data(), loop.size(), 0, kCodeAddr));
+  trapframe tf = Frame(kCodeAddr);
+  vextframe vf = {};
+  int syscalls = 0, interrupts = 0;
+  std::string failure;
+  for (int i = 0; i < 3000 && failure.empty(); ++i) {
+    const int64_t rbx_before = tf.tf_rbx;
+    if (vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf, &vf) != 0) {
+      failure = std::string("RUN: ") + strerror(errno);
+    } else if (tf.tf_trapno == T_FAST_SYSCALL) {
+      ++syscalls;
+      if (tf.tf_rip != static_cast<int64_t>(kCodeAddr + 5) || tf.tf_rbx <= rbx_before) {
+        failure = "system call reported at " + Describe(tf);
+      }
+      tf.tf_rax = tf.tf_rbx;
+    } else if (tf.tf_trapno == 0) {
+      ++interrupts;
+      if (tf.tf_rip < static_cast<int64_t>(kCodeAddr) ||
+          tf.tf_rip > static_cast<int64_t>(kCodeAddr + 5)) {
+        failure = "interrupted outside the guest's code: " + Describe(tf);
+      }
+    } else {
+      failure = "unexpected " + Describe(tf);
+    }
+  }
+  // The same for page faults (an unmapped address, re-taken every RUN).
+  //      0: 8b 03                 mov (%rbx),%eax
+  //      2: eb fc                 jmp 0
+  const std::vector<unsigned char> fault = {0x8b, 0x03, 0xeb, 0xfc};
+  ASSERT_EQ(4, vmspace_pwrite(&id_, fault.data(), fault.size(), 0, kCodeAddr));
+  tf = Frame(kCodeAddr);
+  tf.tf_rbx = 0x10000000;
+  int faults = 0;
+  for (int i = 0; i < 3000 && failure.empty(); ++i) {
+    if (vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf, &vf) != 0) {
+      failure = std::string("RUN: ") + strerror(errno);
+    } else if (tf.tf_trapno == T_PAGEFLT) {
+      ++faults;
+      if (tf.tf_rip != static_cast<int64_t>(kCodeAddr) || tf.tf_addr != 0x10000000) {
+        failure = "page fault reported at " + Describe(tf);
+      }
+    } else if (tf.tf_trapno == 0) {
+      ++interrupts;
+      if (tf.tf_rip != static_cast<int64_t>(kCodeAddr) &&
+          tf.tf_rip != static_cast<int64_t>(kCodeAddr + 2)) {
+        failure = "interrupted outside the guest's code: " + Describe(tf);
+      }
+    } else {
+      failure = "unexpected " + Describe(tf);
+    }
+  }
+  stop = true;
+  storm.join();
+  sigaction(SIGUSR2, &old, nullptr);
+  EXPECT_EQ("", failure);
+  EXPECT_GT(g_usr2.load(), 0);  // (how many RUNs each signal ended depends on the load)
+  printf("%d system calls, %d faults, %d interrupted RUNs, %d signals\n", syscalls, faults,
+         interrupts, g_usr2.load());
+  ExpectStillWorks("a signal storm");
 }
 
 // Without /dev/kvm the backend is unavailable with a reason naming it, vmspace_create refuses

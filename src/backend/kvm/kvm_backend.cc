@@ -343,7 +343,6 @@ class KvmAddressSpace : public AddressSpace {
     return reinterpret_cast<uint64_t*>(kernel_ + L::StackTopOff(v.index)) - L::kRecordWords;
   }
   absl::StatusOr<GuestExit> RunVcpu(Vcpu& v, GuestState& state, uint64_t run_mask);
-  absl::StatusOr<bool> CompleteOwnCode(Vcpu& v);
   int InstructionAt(uint64_t rip);
 
   const int vm_fd_;
@@ -1190,19 +1189,6 @@ int KvmAddressSpace::InstructionAt(uint64_t rip) {
   return bytes[0] | (bytes[1] << 8);
 }
 
-// The vCPU stopped in the runtime's own code (an exception on its way to the halt, or the
-// syscall stub before its exit) when a signal ended KVM_RUN: let it reach its exit with
-// every signal blocked. Returns false if the state needs no completion.
-absl::StatusOr<bool> KvmAddressSpace::CompleteOwnCode(Vcpu& v) {
-  SignalMask all(kAllSignals);
-  if (auto r = Ioctl(v.fd, kSetSignalMask, all.get()); !r.ok()) return r.status();
-  v.mask_known = false;
-  v.run->kvm_dirty_regs = 0;
-  const int r = ioctl(v.fd, KVM_RUN, 0);
-  if (r < 0) return SyscallError("ioctl(KVM_RUN) completing an exit");
-  return true;
-}
-
 absl::StatusOr<GuestExit> KvmAddressSpace::Run(GuestState& state, const RunLimits& limits) {
   ThreadState& ts = ThreadState::Current();
   auto vcpu = CallerVcpu();
@@ -1308,6 +1294,8 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     PrepareEntry(v, guest);
     int r = ioctl(v.fd, KVM_RUN, 0);
     kvm_run* run = v.run;
+    uint32_t exit_reason = run->exit_reason;
+    uint64_t synthetic_rip = 0;
     if (r < 0 && errno == EINTR) {
       const kvm_regs& now = run->s.regs.regs;
       const bool cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
@@ -1328,28 +1316,41 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return GuestExit{};
       }
-      const bool own = !cpl3 || (now.rip >= L::kStubVa && now.rip < L::kStubVa + kPage);
-      if (!own) {
+      // The vCPU is on its way out through the runtime's own code: the exit is taken as if
+      // it had happened (the code left to run is one instruction that only exits), never by
+      // running the vCPU on, which could enter the guest again with every signal blocked.
+      if (!cpl3 && now.rip >= CodeVa(vkrt_kvm_vectors) &&
+          now.rip < CodeVa(vkrt_kvm_vectors_end)) {
+        interrupted = true;
+        synthetic_rip = now.rip + 1;  // an exception at a stub's hlt
+        exit_reason = KVM_EXIT_HLT;
+      } else if (now.rip == L::kStubVa) {
+        interrupted = true;  // `syscall` at the stub's exit instruction
+        exit_reason = KVM_EXIT_MMIO;
+        synthetic_rip = kStubExitRip;
+      } else if (!cpl3) {
+        return broken(absl::StrFormat("a signal stopped ring 0 at rip %#x", now.rip));
+      } else {
         v.at_cpl3 = true;
         v.in_handler = false;
         report(now, now.rip, now.rsp, now.rflags);
         if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
         return GuestExit{};
       }
-      interrupted = true;
-      auto completed = CompleteOwnCode(v);
-      if (!completed.ok()) return completed.status();
-      r = 0;
     } else if (r < 0) {
       return broken(absl::StrFormat("ioctl(KVM_RUN): %s", strerror(errno)));
     }
 
     const kvm_regs& now = run->s.regs.regs;
-    switch (run->exit_reason) {
+    // Where the vCPU stopped (a synthetic exit: where it would have).
+    const uint64_t exit_rip = synthetic_rip != 0 ? synthetic_rip : now.rip;
+    const bool stub_write = synthetic_rip != 0 || (run->mmio.is_write &&
+                                                   run->mmio.phys_addr == L::kExitGpa);
+    switch (exit_reason) {
       case KVM_EXIT_MMIO: {
         v.in_handler = false;
         v.at_cpl3 = (run->s.regs.sregs.cs.selector & 3) == 3;
-        if (run->mmio.is_write && run->mmio.phys_addr == L::kExitGpa && now.rip == kStubExitRip) {
+        if (stub_write && exit_rip == kStubExitRip) {
           // `syscall`: rcx holds the return address, r11 the flags (a guest that jumped to
           // the stub chose them: only flags a guest can hold are reported).
           if (g_syscall_cpl_mode.load(std::memory_order_relaxed) == 0) {
@@ -1383,12 +1384,12 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         // error code.
         const uint64_t vectors = CodeVa(vkrt_kvm_vectors);
         const uint64_t top = StackTopVa(v.index);
-        if (now.rip <= vectors || now.rip >= CodeVa(vkrt_kvm_vectors_end) ||
-            (now.rip - vectors - 1) % 16 != 0 || (now.rsp != top - 40 && now.rsp != top - 48)) {
-          return broken(absl::StrFormat("the ring-0 code stopped at rip %#x rsp %#x", now.rip,
+        if (exit_rip <= vectors || exit_rip >= CodeVa(vkrt_kvm_vectors_end) ||
+            (exit_rip - vectors - 1) % 16 != 0 || (now.rsp != top - 40 && now.rsp != top - 48)) {
+          return broken(absl::StrFormat("the ring-0 code stopped at rip %#x rsp %#x", exit_rip,
                                         now.rsp));
         }
-        const int index = static_cast<int>((now.rip - vectors - 1) / 16);
+        const int index = static_cast<int>((exit_rip - vectors - 1) / 16);
         const int vector = index < 32 ? index : 0x80;
         const bool error_pushed = now.rsp == top - 48;
         const uint64_t* stack = reinterpret_cast<const uint64_t*>(
@@ -1400,7 +1401,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         memcpy(&record[L::kRecRip], stack + (error_pushed ? 1 : 0), 5 * 8);
         // The stub's tail drops an error code only for the vectors the CPU pushes one for.
         v.in_handler = error_pushed == KvmVectorHasErrorCode(vector);
-        v.handler_rip = now.rip;
+        v.handler_rip = exit_rip;  // (a synthetic exit: the next entry moves rip past the hlt)
         v.handler_rsp = now.rsp;
         KvmException ex = DecodeKvmException(
             record, error_pushed, [this](uint64_t va) { return InstructionAt(va); });
