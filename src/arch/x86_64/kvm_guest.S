@@ -7,9 +7,9 @@
 // stack (TSS.RSP0), where the CPU leaves its frame (and an error code for some vectors). The
 // vector's stub halts at once: KVM_EXIT_HLT hands the vCPU to the host, which reads the frame
 // from the stack page, the vector from where the vCPU halted and CR2 from its registers. To
-// let the guest go on, the host rewrites the frame and resumes the stub (it drops the error
-// code and returns with iretq); from anywhere else in ring 0 it points rip at vkrt_kvm_resume
-// and rsp at a five-word iretq frame it wrote, with the guest's general registers in place.
+// let the guest go on, the host rewrites the frame and resumes the stub (iretq), or, where the
+// CPU pushed an error code, and from anywhere else in ring 0, points rip at vkrt_kvm_resume
+// and rsp at the five-word iretq frame, with the guest's general registers in place.
 
 #include "arch/x86_64/kvm_layout.h"
 
@@ -20,8 +20,8 @@ vkrt_kvm_guest_start:
 
 // Vector stubs, 16 bytes apart: the host tells the vector from where the vCPU halted. Each
 // halts at once (under kvm_pvm every ring-0 instruction costs, so there are as few as
-// possible: no record is pushed, CR2 comes from the vCPU's registers) and, when the host lets
-// the guest go on, drops the error code the CPU pushed for its vector and returns.
+// possible: no record is pushed, CR2 comes from the vCPU's registers); a vector without an
+// error code returns from its stub when the host lets the guest go on.
         .globl vkrt_kvm_vectors
 vkrt_kvm_vectors:
 .macro VEC_NOERR n
@@ -34,8 +34,8 @@ vkrt_kvm_vec\n:
         .balign 16
 vkrt_kvm_vec\n:
         hlt
-        addq $8, %rsp
-        iretq
+        ud2             // never resumed here: the host resumes these through vkrt_kvm_resume,
+                        // past the error code (a register write costs less than an `addq`)
 .endm
 
         VEC_NOERR 0
