@@ -288,8 +288,12 @@ class KvmAddressSpace : public AddressSpace {
   absl::StatusOr<uint64_t> Map(const MapRequest& request) override;
   absl::Status Unmap(uint64_t addr, uint64_t len) override;
   absl::Status Advise(uint64_t addr, uint64_t len, int behav) override;
-  absl::StatusOr<size_t> Read(uint64_t addr, void* buf, size_t len) override;
-  absl::StatusOr<size_t> Write(uint64_t addr, const void* buf, size_t len) override;
+  absl::StatusOr<size_t> Read(uint64_t addr, void* buf, size_t len) override {
+    return Copy(addr, buf, len, false);
+  }
+  absl::StatusOr<size_t> Write(uint64_t addr, const void* buf, size_t len) override {
+    return Copy(addr, const_cast<void*>(buf), len, true);
+  }
   absl::StatusOr<GuestExit> Run(GuestState& state, const RunLimits& limits) override;
   absl::StatusOr<int> AttachObject(int fd) override;
   absl::Status DetachObject(int handle) override;
@@ -323,6 +327,8 @@ class KvmAddressSpace : public AddressSpace {
   // Where the page holding `va` leads in host memory if the guest may access it for
   // `write`, or nullptr.
   unsigned char* HostFor(uint64_t va, bool write, uint64_t& run_end);
+  // vmspace_pread/pwrite through the vkernel's mappings (mu_ taken).
+  absl::StatusOr<size_t> Copy(uint64_t addr, void* buf, size_t len, bool write);
 
   // The fault path's own decision for a plain mapping: populated (retry), a protection
   // fault, or nothing to say.
@@ -759,45 +765,26 @@ unsigned char* KvmAddressSpace::HostFor(uint64_t va, bool write, uint64_t& run_e
   return seg.host + (va - it->first);
 }
 
-absl::StatusOr<size_t> KvmAddressSpace::Read(uint64_t addr, void* buf, size_t len) {
+absl::StatusOr<size_t> KvmAddressSpace::Copy(uint64_t addr, void* buf, size_t len,
+                                             bool write) {
   std::lock_guard<std::mutex> lock(mu_);
   size_t done = 0;
   while (done < len) {
     uint64_t run_end = 0;
-    unsigned char* host = HostFor(addr + done, false, run_end);
+    unsigned char* host = HostFor(addr + done, write, run_end);
     if (host == nullptr) break;
     const size_t want = std::min<uint64_t>(len - done, run_end - (addr + done));
     // Through the kernel: a file page beyond its end must end the copy, not raise SIGBUS.
-    auto got = CopyProcessMemory(getpid(), false, reinterpret_cast<uint64_t>(host),
+    auto got = CopyProcessMemory(getpid(), write, reinterpret_cast<uint64_t>(host),
                                  static_cast<unsigned char*>(buf) + done, want);
     if (!got.ok() || *got == 0) break;
     done += *got;
     if (*got < want) break;
   }
   if (done == 0) {
-    return ErrnoError(EFAULT, absl::StrFormat("vmspace_pread(%#x): not readable", addr));
-  }
-  return done;
-}
-
-absl::StatusOr<size_t> KvmAddressSpace::Write(uint64_t addr, const void* buf, size_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
-  size_t done = 0;
-  while (done < len) {
-    uint64_t run_end = 0;
-    unsigned char* host = HostFor(addr + done, true, run_end);
-    if (host == nullptr) break;
-    const size_t want = std::min<uint64_t>(len - done, run_end - (addr + done));
-    auto got = CopyProcessMemory(getpid(), true, reinterpret_cast<uint64_t>(host),
-                                 const_cast<unsigned char*>(
-                                     static_cast<const unsigned char*>(buf)) + done,
-                                 want);
-    if (!got.ok() || *got == 0) break;
-    done += *got;
-    if (*got < want) break;
-  }
-  if (done == 0) {
-    return ErrnoError(EFAULT, absl::StrFormat("vmspace_pwrite(%#x): not writable", addr));
+    return ErrnoError(EFAULT, absl::StrFormat("%s(%#x): not %s", write ? "vmspace_pwrite"
+                                                                          : "vmspace_pread",
+                                              addr, write ? "writable" : "readable"));
   }
   return done;
 }
