@@ -1,6 +1,7 @@
 // The libc functions libvkrt interposes for the vkernel's own address space
 // (vpagetable/own_space.h): mmap/mmap64/munmap for MAP_VPAGETABLE, sigaction/signal/bsd_signal
-// so that vkrt's SIGSEGV handler stays in front of the program's.
+// so that vkrt's SIGSEGV handler (and the preload shim's SIGSYS handler) stays in front of the
+// program's.
 //
 // Built without sanitizer instrumentation (src/meson.build): sanitizer runtimes call mmap
 // while they initialise, before instrumented code may run. Until the process creates its
@@ -27,6 +28,10 @@ __attribute__((visibility("hidden"))) int vkrt_own_sigaction(int sig,
                                                             const struct sigaction* act,
                                                             struct sigaction* oldact);
 int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+// Set by the preload shim (src/preload/preload.cc), which keeps its SIGSYS handler in front
+// of the program's: it records the program's disposition and returns nonzero.
+__attribute__((visibility("hidden"))) int (*vkrt_sigsys_hook)(const struct sigaction*,
+                                                              struct sigaction*) = nullptr;
 }
 
 namespace {
@@ -98,6 +103,11 @@ extern "C" VKRT_API int munmap(void* addr, size_t len) {
 extern "C" VKRT_API int sigaction(int sig, const struct sigaction* act,
                                   struct sigaction* oldact) {
   if (sig == SIGSEGV && OwnActive() && vkrt_own_sigaction(sig, act, oldact)) return 0;
+  if (sig == SIGSYS) {
+    if (auto hook = __atomic_load_n(&vkrt_sigsys_hook, __ATOMIC_ACQUIRE)) {
+      if (hook(act, oldact)) return 0;
+    }
+  }
   if (auto next = reinterpret_cast<SigactionFn>(NextDefinition(&g_next_sigaction, "sigaction"))) {
     return next(sig, act, oldact);
   }

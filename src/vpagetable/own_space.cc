@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
+#include "common/signal_chain.h"
 #include "vkrt/vmspace.h"
 #include "vpagetable/backing.h"
 #include "vpagetable/space.h"
@@ -89,48 +90,17 @@ class SignalsBlocked {
   sigset_t old_;
 };
 
-// The program's SIGSEGV disposition while vkrt's handler is installed: two slots and an index,
-// so that the handler reads a complete record while sigaction() writes the other one.
+// The program's SIGSEGV disposition while vkrt's handler is installed.
 std::atomic<bool> g_handler_installed{false};
-struct sigaction g_program[2];
-std::atomic<int> g_program_slot{0};
+SignalChain g_program(SIGSEGV);
 std::mutex g_program_mu;  // serialises writers (signals blocked)
 
-void SetProgramAction(const struct sigaction& act) {
-  const int next = 1 - g_program_slot.load(std::memory_order_relaxed);
-  g_program[next] = act;
-  g_program_slot.store(next, std::memory_order_release);
-}
+void HandlerRemoved() { g_handler_installed.store(false, std::memory_order_release); }
 
-// Hands a fault vkrt does not own to the program, as the kernel would have.
-void Chain(int sig, siginfo_t* si, void* ucv) {
-  struct sigaction act = g_program[g_program_slot.load(std::memory_order_acquire)];
-  if (act.sa_handler == SIG_DFL || act.sa_handler == SIG_IGN) {
-    // Nobody handles it: the default action. A fault re-executes and kills the process;
-    // a SIGSEGV sent by kill() is sent again (blocked until this handler returns).
-    struct sigaction dfl = {};
-    dfl.sa_handler = SIG_DFL;
-    __sigaction(sig, &dfl, nullptr);
-    g_handler_installed.store(false, std::memory_order_release);
-    if (si->si_code <= 0) syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), sig);
-    return;
-  }
-  if (act.sa_flags & SA_RESETHAND) {
-    struct sigaction dfl = {};
-    dfl.sa_handler = SIG_DFL;
-    SetProgramAction(dfl);
-  }
-  // The program's handler runs with the mask the kernel would have given it.
-  auto* uc = static_cast<ucontext_t*>(ucv);
-  sigset_t mask = uc->uc_sigmask;
-  sigorset(&mask, &mask, &act.sa_mask);
-  if (!(act.sa_flags & SA_NODEFER)) sigaddset(&mask, sig);
-  pthread_sigmask(SIG_SETMASK, &mask, nullptr);
-  if (act.sa_flags & SA_SIGINFO) {
-    act.sa_sigaction(sig, si, ucv);
-  } else {
-    act.sa_handler(sig);
-  }
+// Hands a fault vkrt does not own to the program, as the kernel would have (a fault
+// re-executes; a SIGSEGV sent by kill() is sent again).
+void Chain(int /*sig*/, siginfo_t* si, void* ucv) {
+  g_program.Forward(si, ucv, si->si_code > 0, HandlerRemoved);
 }
 
 void OnSegv(int sig, siginfo_t* si, void* ucv) {
@@ -166,7 +136,7 @@ absl::Status InstallHandler() {
   sigfillset(&ours.sa_mask);
   struct sigaction old = {};
   if (__sigaction(SIGSEGV, &ours, &old) != 0) return SyscallError("sigaction(SIGSEGV)");
-  if (old.sa_sigaction != OnSegv) SetProgramAction(old);
+  if (old.sa_sigaction != OnSegv) g_program.Set(old);
   g_handler_installed.store(true, std::memory_order_release);
   __atomic_store_n(&vkrt_own_active, 1, __ATOMIC_RELEASE);
   return absl::OkStatus();
@@ -276,8 +246,8 @@ bool OwnSigaction(int sig, const struct sigaction* act, struct sigaction* oldact
   SignalsBlocked blocked;
   std::lock_guard<std::mutex> lock(g_program_mu);
   if (!g_handler_installed.load(std::memory_order_acquire)) return false;
-  if (oldact != nullptr) *oldact = g_program[g_program_slot.load(std::memory_order_acquire)];
-  if (act != nullptr) SetProgramAction(*act);
+  if (oldact != nullptr) *oldact = g_program.Get();
+  if (act != nullptr) g_program.Set(*act);
   return true;
 }
 

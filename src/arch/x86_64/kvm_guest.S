@@ -16,6 +16,7 @@
         .section .rodata.vkrt_kvm_guest, "a"
         .balign 64
         .globl vkrt_kvm_guest_start
+        .hidden vkrt_kvm_guest_start
 vkrt_kvm_guest_start:
 
 // Vector stubs, 16 bytes apart: the host tells the vector from where the vCPU halted. Each
@@ -23,6 +24,7 @@ vkrt_kvm_guest_start:
 // possible: no record is pushed, CR2 comes from the vCPU's registers); a vector without an
 // error code returns from its stub when the host lets the guest go on.
         .globl vkrt_kvm_vectors
+        .hidden vkrt_kvm_vectors
 vkrt_kvm_vectors:
 .macro VEC_NOERR n
         .balign 16
@@ -73,15 +75,18 @@ vkrt_kvm_vec\n:
         VEC_NOERR 128   // int $0x80 through a DPL3 gate (hardware that delivers it)
         .balign 16
         .globl vkrt_kvm_vectors_end
+        .hidden vkrt_kvm_vectors_end
 vkrt_kvm_vectors_end:
 
         .globl vkrt_kvm_resume
+        .hidden vkrt_kvm_resume
 vkrt_kvm_resume:
         iretq                   // rsp = the host's five-word frame: back to the guest
 
         // The same after the host dropped translations: a CR3 reload empties this vCPU's
         // TLB of guest entries as well (KVM's own flush should have done it already).
         .globl vkrt_kvm_resume_flush
+        .hidden vkrt_kvm_resume_flush
 vkrt_kvm_resume_flush:
         pushq %rax
         movq %cr3, %rax
@@ -90,11 +95,13 @@ vkrt_kvm_resume_flush:
         iretq
 
         .globl vkrt_kvm_guest_end
+        .hidden vkrt_kvm_guest_end
 vkrt_kvm_guest_end:
 
 // Offsets of the vector stubs from vkrt_kvm_guest_start, for the IDT: vectors 0..31, 128.
         .balign 8
         .globl vkrt_kvm_vector_offsets
+        .hidden vkrt_kvm_vector_offsets
 vkrt_kvm_vector_offsets:
         .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,128
         .quad vkrt_kvm_vec\n - vkrt_kvm_guest_start
