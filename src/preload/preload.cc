@@ -186,6 +186,9 @@ const char* InstallFilter() {
                        SCMP_A3(SCMP_CMP_MASKED_EQ, MAP_VPAGETABLE, MAP_VPAGETABLE)) != 0) {
     failed = "seccomp_rule_add(mmap with MAP_VPAGETABLE)";
   }
+  // A binary tree of comparisons rather than a list: fewer instructions for the system calls
+  // that pass (all of them, in a program that never uses the shim).
+  (void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
   // Every thread that exists now, and (by inheritance) every thread created later.
   if (failed == nullptr && seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0) {
     failed = "seccomp_attr_set(TSYNC)";
