@@ -345,6 +345,9 @@ class KvmAddressSpace : public AddressSpace {
 
   absl::Status Settle(Vcpu& v);
   void PrepareEntry(Vcpu& v, const kvm_regs& guest);
+  // The five-word iretq frame (to CPL3 at the guest's rip, rsp, rflags) at the top of the
+  // vCPU's ring-0 stack.
+  void WriteFrame(const Vcpu& v, const kvm_regs& guest);
   uint64_t* Record(const Vcpu& v) const {
     return reinterpret_cast<uint64_t*>(kernel_ + L::StackTopOff(v.index)) - L::kRecordWords;
   }
@@ -1102,6 +1105,15 @@ absl::Status KvmAddressSpace::Settle(Vcpu& v) {
   return absl::OkStatus();
 }
 
+void KvmAddressSpace::WriteFrame(const Vcpu& v, const kvm_regs& guest) {
+  uint64_t* frame = Record(v) + L::kRecRip;  // where the CPU left its own
+  frame[0] = guest.rip;
+  frame[1] = L::kUserCs;
+  frame[2] = guest.rflags;
+  frame[3] = guest.rsp;
+  frame[4] = L::kUserSs;
+}
+
 void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
   kvm_regs& r = v.run->s.regs.regs;
   const uint64_t gen = flush_gen_.load(std::memory_order_acquire);
@@ -1109,12 +1121,7 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
     // The vector stub that exited goes on: it returns through the CPU's frame, rewritten
     // here (from the top of its tail, wherever a signal stopped it).
     // Only registers the vkernel changed are written (KVM then need not take them).
-    uint64_t* frame = Record(v) + L::kRecRip;
-    frame[0] = guest.rip;
-    frame[1] = L::kUserCs;
-    frame[2] = guest.rflags;
-    frame[3] = guest.rsp;
-    frame[4] = L::kUserSs;
+    WriteFrame(v, guest);
     kvm_regs want = guest;
     want.rip = v.handler_rip;
     want.rsp = v.handler_rsp;
@@ -1143,12 +1150,7 @@ void KvmAddressSpace::PrepareEntry(Vcpu& v, const kvm_regs& guest) {
   r = guest;
   if (!v.at_cpl3) {
     // From ring 0: iretq through a frame on the vCPU's ring-0 stack.
-    uint64_t* frame = Record(v) + L::kRecRip;
-    frame[0] = guest.rip;
-    frame[1] = L::kUserCs;
-    frame[2] = guest.rflags;
-    frame[3] = guest.rsp;
-    frame[4] = L::kUserSs;
+    WriteFrame(v, guest);
     r.rip = CodeVa(vkrt_kvm_resume);
     if (v.flush_gen != gen) {
       r.rip = CodeVa(vkrt_kvm_resume_flush);
