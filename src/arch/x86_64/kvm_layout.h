@@ -3,10 +3,10 @@
 //
 // Guest virtual addresses:
 //   [0, 0x7FFFFFE00000)          the guest's (DragonFly's VM_MAX_USER_ADDRESS)
-//   kStubVa   (user, read-only)   the SYSCALL entry (LSTAR): one instruction that reads the
+//   kStubVa   (user, read-only)   the SYSCALL entry (LSTAR): one instruction that writes the
 //                                 exit page and so leaves the VM (KVM_EXIT_MMIO)
-//   kExitVa   (user, read-only)   the exit page: guest-physical kExitGpa, which no memory
-//                                 slot backs
+//   kExitVa   (user, writable)    the exit page: guest-physical kExitGpa, which no memory
+//                                 slot backs (any access leaves the VM; nothing is stored)
 //   kKernelVa (supervisor only)   ring-0 code, GDT, IDT, then two pages per vCPU: its TSS,
 //                                 and its ring-0 stack page (growing down from the end).
 //                                 Apart: kvm_pvm may write-protect a TSS page, and pushes to
