@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -301,6 +302,92 @@ TEST_F(KvmHostile, IoplCannotBeRaised) {
   EXPECT_EQ(T_PROTFLT, tf.tf_trapno) << Describe(tf);
   EXPECT_EQ(0, tf.tf_rflags & 0x3000);
   ExpectStillWorks("popfq with IOPL 3");
+}
+
+// Large mappings get their page-table entries 2 MiB at a time, on the first fault there; a
+// MAP_FIXED replacement in the middle of one keeps both sides.
+TEST_F(KvmHostile, LargeMappingsFillInOnFirstTouchAndSplitCleanly) {
+  constexpr uint64_t kBig = 0x40000000;
+  constexpr uint64_t kBigLen = 256ULL << 20;  // beyond the eager limit (64 MiB)
+  ASSERT_EQ(reinterpret_cast<void*>(kBig),
+            vmspace_mmap(&id_, reinterpret_cast<void*>(kBig), kBigLen, kRw, kAnonFixed, -1, 0));
+  //      0: 48 89 07              mov %rax,(%rdi)
+  //      3: 0f 05                 syscall
+  //      5: 0f 0b                 ud2
+  const std::vector<unsigned char> store = {0x48, 0x89, 0x07, 0x0f, 0x05, 0x0f, 0x0b};
+  const uint64_t offsets[] = {0, 4096, (2ULL << 20) + 8, kBigLen / 2, kBigLen - 8};
+  for (uint64_t off : offsets) {
+    trapframe tf = Frame(kCodeAddr);
+    tf.tf_rdi = static_cast<int64_t>(kBig + off);
+    tf.tf_rax = static_cast<int64_t>(0x1000 + off);
+    ASSERT_NO_FATAL_FAILURE(Run(store, tf));
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << "offset " << off << ": " << Describe(tf);
+  }
+  for (uint64_t off : offsets) {
+    uint64_t value = 0;
+    ASSERT_EQ(8, vmspace_pread(&id_, &value, 8, 0, kBig + off)) << off;
+    EXPECT_EQ(0x1000 + off, value) << off;
+  }
+  // Replace 4 KiB in the middle: zero there, the neighbours keep their data.
+  const uint64_t mid = kBig + kBigLen / 2;
+  ASSERT_EQ(reinterpret_cast<void*>(mid),
+            vmspace_mmap(&id_, reinterpret_cast<void*>(mid), 4096, kRw, kAnonFixed, -1, 0));
+  uint64_t value = 1;
+  ASSERT_EQ(8, vmspace_pread(&id_, &value, 8, 0, mid));
+  EXPECT_EQ(0u, value);
+  trapframe tf = Frame(kCodeAddr);
+  tf.tf_rdi = static_cast<int64_t>(mid);
+  tf.tf_rax = 77;
+  ASSERT_NO_FATAL_FAILURE(Run(store, tf));
+  ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+  ASSERT_EQ(8, vmspace_pread(&id_, &value, 8, 0, mid));
+  EXPECT_EQ(77u, value);
+  ASSERT_EQ(8, vmspace_pread(&id_, &value, 8, 0, kBig + kBigLen - 8));
+  EXPECT_EQ(0x1000 + kBigLen - 8, value);
+  // Unmapping the rest of the big mapping around the replacement leaves it working.
+  EXPECT_EQ(0, vmspace_munmap(&id_, reinterpret_cast<void*>(kBig), kBigLen / 2));
+  EXPECT_EQ(0, vmspace_munmap(&id_, reinterpret_cast<void*>(mid + 4096), kBigLen / 2 - 4096));
+  ASSERT_EQ(8, vmspace_pread(&id_, &value, 8, 0, mid));
+  EXPECT_EQ(77u, value);
+  tf = Frame(kCodeAddr);
+  tf.tf_rdi = static_cast<int64_t>(kBig);
+  ASSERT_NO_FATAL_FAILURE(Run(store, tf));
+  EXPECT_EQ(T_PAGEFLT, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(static_cast<int64_t>(kBig), tf.tf_addr);
+  ExpectStillWorks("large mappings");
+}
+
+// A MAP_VPAGETABLE object that grows after it was mapped: pages beyond its old end work once
+// the vkernel's tables point there.
+TEST_F(KvmHostile, VpagetableObjectsMayGrow) {
+  const int phys = static_cast<int>(syscall(SYS_memfd_create, "grow", 0));
+  ASSERT_LE(0, phys);
+  ASSERT_EQ(0, ftruncate(phys, 1 << 20));
+  constexpr uint64_t kRegion = 0x40000000;
+  ASSERT_EQ(reinterpret_cast<void*>(kRegion),
+            vmspace_mmap(&id_, reinterpret_cast<void*>(kRegion), 1 << 21, kRw,
+                         MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, phys, 0));
+  ASSERT_EQ(0, ftruncate(phys, 4 << 20));
+  // Four tables in the first 16 KiB, page 0 of the region at object offset 3 MiB.
+  uint64_t tables[4 * 512] = {};
+  tables[0] = 0x1000 | VPTE_V | VPTE_RW | VPTE_U;
+  tables[512] = 0x2000 | VPTE_V | VPTE_RW | VPTE_U;
+  tables[1024] = 0x3000 | VPTE_V | VPTE_RW | VPTE_U;
+  tables[1536] = (3ULL << 20) | VPTE_V | VPTE_RW | VPTE_U;
+  ASSERT_EQ(static_cast<ssize_t>(sizeof(tables)), pwrite(phys, tables, sizeof(tables), 0));
+  const uint64_t marker = 0x5a5a5a5a12345678;
+  ASSERT_EQ(8, pwrite(phys, &marker, 8, 3 << 20));
+  ASSERT_EQ(0, vmspace_mcontrol(&id_, reinterpret_cast<void*>(kRegion), 1 << 21, MADV_SETMAP,
+                                VPTE_V | VPTE_RW));
+  //      0: 48 8b 07              mov (%rdi),%rax
+  //      3: 0f 05                 syscall
+  //      5: 0f 0b                 ud2
+  trapframe tf = Frame(kCodeAddr);
+  tf.tf_rdi = static_cast<int64_t>(kRegion);
+  ASSERT_NO_FATAL_FAILURE(Run({0x48, 0x8b, 0x07, 0x0f, 0x05, 0x0f, 0x0b}, tf));
+  ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(static_cast<int64_t>(marker), tf.tf_rax);
+  close(phys);
 }
 
 std::atomic<int> g_usr2{0};
