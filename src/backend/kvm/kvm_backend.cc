@@ -705,13 +705,17 @@ absl::StatusOr<uint64_t> KvmAddressSpace::Map(const MapRequest& request) {
   const int host_prot = request.prot == PROT_NONE
                             ? PROT_NONE
                             : PROT_READ | (request.prot & PROT_WRITE);
-  void* host = mmap(nullptr, len, host_prot, host_flags, request.fd, request.offset);
+  // An anonymous reservation (PROT_NONE: a VPAGETABLE region's, or a dropped range) needs no
+  // host memory and has no arguments to check: it may span most of the address space.
+  const bool reservation = request.prot == PROT_NONE && request.fd < 0;
+  void* host = reservation ? nullptr
+                           : mmap(nullptr, len, host_prot, host_flags, request.fd, request.offset);
   if (host == MAP_FAILED) {
     return SyscallError(absl::StrFormat("mmap(NULL, %#x, %#x, %#x, %d, %#x) for the guest", len,
                                         host_prot, host_flags, request.fd, request.offset));
   }
   if (request.prot == PROT_NONE) {
-    munmap(host, len);  // nothing to reach; the call only checked the arguments
+    if (host != nullptr) munmap(host, len);  // nothing to reach; the call checked the arguments
   } else {
     auto slot = NewSlot(static_cast<unsigned char*>(host), len, !(request.prot & PROT_WRITE));
     if (!slot.ok()) {

@@ -1,0 +1,133 @@
+#include "pmap.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace minivk {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+// Intermediate entries allow everything; the leaf decides.
+constexpr vpte_t kTableBits = VPTE_V | VPTE_RW | VPTE_U;
+
+int Index(uint64_t va, int level) { return static_cast<int>((va >> (12 + 9 * level)) & 511); }
+
+}  // namespace
+
+PhysMem::~PhysMem() {
+  if (base_ != nullptr) munmap(base_, size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+bool PhysMem::Init(size_t bytes, std::string& error) {
+  size_ = (bytes + kPage - 1) & ~(kPage - 1);
+  fd_ = static_cast<int>(syscall(SYS_memfd_create, "minivk-physmem", MFD_CLOEXEC));
+  if (fd_ < 0) {
+    error = std::string("memfd_create: ") + strerror(errno);
+    return false;
+  }
+  if (ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+    error = std::string("ftruncate of the physical memory: ") + strerror(errno);
+    return false;
+  }
+  void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) {
+    error = std::string("mmap of the physical memory: ") + strerror(errno);
+    return false;
+  }
+  base_ = static_cast<unsigned char*>(p);
+  const size_t frames = size_ / kPage;
+  refs_.assign(frames, 0);
+  free_.reserve(frames);
+  for (size_t f = frames; f-- > 1;) free_.push_back(f * kPage);  // lowest frames first
+  return true;
+}
+
+uint64_t PhysMem::Alloc() {
+  if (free_.empty()) return 0;
+  const uint64_t pa = free_.back();
+  free_.pop_back();
+  memset(base_ + pa, 0, kPage);
+  refs_[pa >> 12] = 1;
+  return pa;
+}
+
+void PhysMem::Unref(uint64_t pa) {
+  if (pa == 0 || refs_[pa >> 12] == 0) return;
+  if (--refs_[pa >> 12] == 0) {
+    // Give the memory back to the host; the frame reads as zeros when reused.
+    madvise(base_ + pa, kPage, MADV_REMOVE);
+    free_.push_back(pa);
+  }
+}
+
+PageTable::~PageTable() {
+  if (root_ != 0) FreeTables(root_, 3);
+}
+
+void PageTable::FreeTables(uint64_t table, int level) {
+  if (level > 0) {
+    const auto* entries = reinterpret_cast<const vpte_t*>(mem_.At(table));
+    for (int i = 0; i < 512; ++i) {
+      if (entries[i] & VPTE_V) FreeTables(entries[i] & VPTE_FRAME, level - 1);
+    }
+  }
+  mem_.Unref(table);
+}
+
+bool PageTable::Init() {
+  root_ = mem_.Alloc();
+  return root_ != 0;
+}
+
+vpte_t PageTable::Leaf(uint64_t pa, int prot) {
+  vpte_t e = (pa & VPTE_FRAME) | VPTE_V | VPTE_U;
+  if (prot & PROT_WRITE) e |= VPTE_RW;
+  if (!(prot & PROT_EXEC)) e |= VPTE_NX;
+  return e;
+}
+
+vpte_t* PageTable::Slot(uint64_t va, bool create) {
+  uint64_t table = root_;
+  for (int level = 3; level > 0; --level) {
+    auto* entries = reinterpret_cast<vpte_t*>(mem_.At(table));
+    vpte_t& e = entries[Index(va, level)];
+    if (!(e & VPTE_V)) {
+      if (!create) return nullptr;
+      const uint64_t fresh = mem_.Alloc();
+      if (fresh == 0) return nullptr;
+      e = fresh | kTableBits;
+    }
+    table = e & VPTE_FRAME;
+  }
+  return &reinterpret_cast<vpte_t*>(mem_.At(table))[Index(va, 0)];
+}
+
+bool PageTable::Map(uint64_t va, uint64_t pa, int prot) {
+  vpte_t* slot = Slot(va, true);
+  if (slot == nullptr) return false;
+  *slot = Leaf(pa, prot);
+  return true;
+}
+
+vpte_t PageTable::Lookup(uint64_t va) const {
+  const vpte_t* slot = const_cast<PageTable*>(this)->Slot(va, false);  // creates nothing
+  return slot != nullptr ? *slot : 0;
+}
+
+vpte_t PageTable::Unmap(uint64_t va) {
+  vpte_t* slot = Slot(va, false);
+  if (slot == nullptr) return 0;
+  const vpte_t old = *slot;
+  *slot = 0;
+  return old;
+}
+
+void PageTable::Set(uint64_t va, vpte_t entry) {
+  if (vpte_t* slot = Slot(va, entry != 0)) *slot = entry;
+}
+
+}  // namespace minivk

@@ -1,0 +1,196 @@
+// minivk's pieces (examples/minivk/): the ELF reader on busybox-static and on broken files, and
+// the page-table builder, checked against the runtime's own walker by running a guest through
+// tables it built.
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <elf.h>
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <vkrt/vmspace.h>
+
+#include "../examples/minivk/elf.h"
+#include "../examples/minivk/pmap.h"
+
+namespace {
+
+std::vector<unsigned char> ReadFile(const char* path) {
+  std::vector<unsigned char> bytes;
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return bytes;
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    bytes.resize(static_cast<size_t>(st.st_size));
+    if (read(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) bytes.clear();
+  }
+  close(fd);
+  return bytes;
+}
+
+TEST(MinivkElf, ReadsBusyboxStatic) {
+  // busybox-static is one of the project's build dependencies (scripts/build.sh).
+  const std::vector<unsigned char> busybox = ReadFile("/bin/busybox");
+  ASSERT_FALSE(busybox.empty()) << "/bin/busybox (Debian's busybox-static) is not readable";
+  minivk::ElfImage image;
+  std::string error;
+  ASSERT_TRUE(minivk::ParseElf(busybox.data(), busybox.size(), image, error)) << error;
+  EXPECT_FALSE(image.segments.empty());
+  EXPECT_NE(0u, image.entry);
+  EXPECT_NE(0u, image.phdr_vaddr);
+  EXPECT_GT(image.brk_start, image.segments.back().vaddr);
+  EXPECT_EQ(0u, image.brk_start % 4096);
+  bool executable = false;
+  for (const auto& s : image.segments) executable = executable || (s.prot & PROT_EXEC);
+  EXPECT_TRUE(executable);
+}
+
+// A minimal valid image: header, one program header, one RX segment holding everything.
+std::vector<unsigned char> TinyElf() {
+  std::vector<unsigned char> bytes(4096, 0);
+  Elf64_Ehdr eh = {};
+  memcpy(eh.e_ident, ELFMAG, SELFMAG);
+  eh.e_ident[EI_CLASS] = ELFCLASS64;
+  eh.e_ident[EI_DATA] = ELFDATA2LSB;
+  eh.e_ident[EI_VERSION] = EV_CURRENT;
+  eh.e_type = ET_EXEC;
+  eh.e_machine = EM_X86_64;
+  eh.e_version = EV_CURRENT;
+  eh.e_entry = 0x400100;
+  eh.e_phoff = sizeof(Elf64_Ehdr);
+  eh.e_ehsize = sizeof(Elf64_Ehdr);
+  eh.e_phentsize = sizeof(Elf64_Phdr);
+  eh.e_phnum = 1;
+  Elf64_Phdr ph = {};
+  ph.p_type = PT_LOAD;
+  ph.p_flags = PF_R | PF_X;
+  ph.p_offset = 0;
+  ph.p_vaddr = 0x400000;
+  ph.p_filesz = 4096;
+  ph.p_memsz = 8192;
+  memcpy(bytes.data(), &eh, sizeof(eh));
+  memcpy(bytes.data() + sizeof(eh), &ph, sizeof(ph));
+  return bytes;
+}
+
+Elf64_Phdr* Phdr(std::vector<unsigned char>& bytes) {
+  return reinterpret_cast<Elf64_Phdr*>(bytes.data() + sizeof(Elf64_Ehdr));
+}
+
+TEST(MinivkElf, RefusesWhatItCannotRunAndSaysWhy) {
+  minivk::ElfImage image;
+  std::string error;
+  std::vector<unsigned char> good = TinyElf();
+  ASSERT_TRUE(minivk::ParseElf(good.data(), good.size(), image, error)) << error;
+  EXPECT_EQ(0x400000u + 8192, image.brk_start);
+  EXPECT_EQ(0x400000u + sizeof(Elf64_Ehdr), image.phdr_vaddr);
+
+  struct Case {
+    const char* expect;
+    void (*spoil)(std::vector<unsigned char>&);
+  } cases[] = {
+      {"not an ELF file", [](auto& b) { b[1] = 'X'; }},
+      {"64-bit", [](auto& b) { b[EI_CLASS] = ELFCLASS32; }},
+      {"x86-64", [](auto& b) { reinterpret_cast<Elf64_Ehdr*>(b.data())->e_machine = EM_AARCH64; }},
+      {"not an executable", [](auto& b) { reinterpret_cast<Elf64_Ehdr*>(b.data())->e_type = ET_REL; }},
+      {"dynamically linked", [](auto& b) { Phdr(b)->p_type = PT_INTERP; }},
+      {"beyond the end of the file", [](auto& b) { Phdr(b)->p_filesz = 1 << 20; Phdr(b)->p_memsz = 1 << 20; }},
+      {"file size exceeds", [](auto& b) { Phdr(b)->p_filesz = 8192 + 4096; }},
+      {"disagree modulo the page size", [](auto& b) { Phdr(b)->p_vaddr = 0x400010; }},
+      {"beyond the user address range", [](auto& b) { Phdr(b)->p_vaddr = 0x7FFFFFFFF000; }},
+      {"entry point", [](auto& b) { reinterpret_cast<Elf64_Ehdr*>(b.data())->e_entry = 0x900000; }},
+  };
+  for (const Case& c : cases) {
+    std::vector<unsigned char> bytes = TinyElf();
+    c.spoil(bytes);
+    error.clear();
+    EXPECT_FALSE(minivk::ParseElf(bytes.data(), bytes.size(), image, error)) << c.expect;
+    EXPECT_NE(std::string::npos, error.find(c.expect)) << "got: " << error;
+  }
+  EXPECT_FALSE(minivk::ParseElf(good.data(), 10, image, error));
+}
+
+TEST(MinivkPmap, FramesAndTables) {
+  minivk::PhysMem mem;
+  std::string error;
+  ASSERT_TRUE(mem.Init(64 * 4096, error)) << error;
+  EXPECT_EQ(63u, mem.free_frames());  // frame 0 is never handed out
+  minivk::PageTable pt(mem);
+  ASSERT_TRUE(pt.Init());
+  const uint64_t frame = mem.Alloc();
+  ASSERT_NE(0u, frame);
+  ASSERT_TRUE(pt.Map(0x400000, frame, PROT_READ | PROT_EXEC));
+  const vpte_t e = pt.Lookup(0x400000);
+  EXPECT_EQ(frame, e & VPTE_FRAME);
+  EXPECT_TRUE(e & VPTE_V);
+  EXPECT_FALSE(e & VPTE_RW);
+  EXPECT_FALSE(e & VPTE_NX);
+  EXPECT_EQ(0u, pt.Lookup(0x401000));
+  ASSERT_TRUE(pt.Map(0x7FFFFFFFD000 & ~0xFFFULL, mem.Alloc(), PROT_READ | PROT_WRITE));
+  int leaves = 0;
+  pt.ForEach([&](uint64_t, vpte_t) { ++leaves; });
+  EXPECT_EQ(2, leaves);
+  EXPECT_EQ(e, pt.Unmap(0x400000));
+  EXPECT_EQ(0u, pt.Lookup(0x400000));
+  // Copy-on-write bookkeeping: a second reference keeps a frame.
+  mem.Ref(frame);
+  mem.Unref(frame);
+  EXPECT_EQ(1u, mem.refs(frame));
+  const size_t before = mem.free_frames();
+  mem.Unref(frame);
+  EXPECT_EQ(before + 1, mem.free_frames());
+  // Exhaustion: Alloc answers 0, Map false.
+  while (mem.Alloc() != 0) {
+  }
+  EXPECT_FALSE(pt.Map(0x100000000000, 4096, PROT_READ));
+}
+
+// The tables minivk builds are what the runtime walks: a guest runs from a page mapped
+// through them (the region starts at 0x10000 with object offset 0x10000, so the walk index
+// is the virtual page number).
+TEST(MinivkPmap, TheRuntimeWalksTheTablesItBuilds) {
+  minivk::PhysMem mem;
+  std::string error;
+  ASSERT_TRUE(mem.Init(16 << 20, error)) << error;
+  minivk::PageTable pt(mem);
+  ASSERT_TRUE(pt.Init());
+  const uint64_t code = mem.Alloc();
+  const unsigned char insns[] = {0x48, 0xff, 0xc0, 0x0f, 0x05, 0x0f, 0x0b};  // inc rax; syscall
+  memcpy(mem.At(code), insns, sizeof(insns));
+  ASSERT_TRUE(pt.Map(0x400000, code, PROT_READ | PROT_EXEC));
+  static char id;
+  ASSERT_EQ(0, vmspace_create(&id, VKRT_TYPE_DEFAULT, nullptr)) << strerror(errno);
+  const uint64_t start = 0x10000, len = 0x7FFFFFE00000 - start;
+  ASSERT_EQ(reinterpret_cast<void*>(start),
+            vmspace_mmap(&id, reinterpret_cast<void*>(start), len,
+                         PROT_READ | PROT_WRITE | PROT_EXEC,
+                         MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, mem.fd(),
+                         static_cast<off_t>(start)))
+      << strerror(errno);
+  ASSERT_EQ(0, vmspace_mcontrol(&id, reinterpret_cast<void*>(start), len, MADV_SETMAP,
+                                static_cast<off_t>(pt.root())))
+      << strerror(errno);
+  struct trapframe tf = {};
+  tf.tf_rip = 0x400000;
+  tf.tf_rflags = 0x202;
+  tf.tf_rax = 9;
+  struct vextframe vf = {};
+  ASSERT_EQ(0, vmspace_ctl(&id, VMSPACE_CTL_RUN, &tf, &vf)) << strerror(errno);
+  EXPECT_EQ(T_FAST_SYSCALL, tf.tf_trapno);
+  EXPECT_EQ(10, tf.tf_rax);
+  EXPECT_EQ(0x400005, tf.tf_rip);
+  EXPECT_TRUE(pt.Lookup(0x400000) & VPTE_A) << "the walker marked the page accessed";
+  // An unmapped page faults to the vkernel with the exact address.
+  tf.tf_rip = 0x500000;
+  ASSERT_EQ(0, vmspace_ctl(&id, VMSPACE_CTL_RUN, &tf, &vf));
+  EXPECT_EQ(T_PAGEFLT, tf.tf_trapno);
+  EXPECT_EQ(0x500000, tf.tf_addr);
+  EXPECT_EQ(0, vmspace_destroy(&id));
+}
+
+}  // namespace
