@@ -9,6 +9,8 @@
 
 #include <elf.h>
 
+#include <algorithm>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,7 @@
 #include <vkrt/vmspace.h>
 
 #include "../examples/minivk/elf.h"
+#include "../examples/minivk/loader.h"
 #include "../examples/minivk/pmap.h"
 
 namespace {
@@ -190,6 +193,66 @@ TEST(MinivkPmap, TheRuntimeWalksTheTablesItBuilds) {
   ASSERT_EQ(0, vmspace_ctl(&id, VMSPACE_CTL_RUN, &tf, &vf));
   EXPECT_EQ(T_PAGEFLT, tf.tf_trapno);
   EXPECT_EQ(0x500000, tf.tf_addr);
+  EXPECT_EQ(0, vmspace_destroy(&id));
+}
+
+// busybox-static, loaded by minivk's loader into tables minivk built, runs from its entry
+// point to its first system call: segments, stack, argv/envp/auxv are where it expects them.
+TEST(MinivkLoader, BusyboxRunsToItsFirstSystemCall) {
+  const std::vector<unsigned char> busybox = ReadFile("/bin/busybox");
+  ASSERT_FALSE(busybox.empty()) << "/bin/busybox (Debian's busybox-static) is not readable";
+  minivk::ElfImage image;
+  std::string error;
+  ASSERT_TRUE(minivk::ParseElf(busybox.data(), busybox.size(), image, error)) << error;
+  minivk::PhysMem mem;
+  ASSERT_TRUE(mem.Init(64 << 20, error)) << error;
+  minivk::PageTable pt(mem);
+  ASSERT_TRUE(pt.Init());
+  const uint64_t bias = image.pie ? 0x555555554000 : 0;
+  minivk::LoadedProgram loaded;
+  ASSERT_TRUE(minivk::LoadProgram(mem, pt, busybox.data(), busybox.size(), image, bias,
+                                  {"busybox", "true"}, {"PATH=/bin"}, 0x7FFFFF000000, 32,
+                                  loaded, error))
+      << error;
+  minivk::LoadedProgram refused;
+  EXPECT_FALSE(minivk::LoadProgram(mem, pt, busybox.data(), busybox.size(), image, bias, {"x"},
+                                   {}, 0x7FFFFFFF0000, 32, refused, error))
+      << "a stack above the user range (in the runtime's top 2 MiB)";
+  uint64_t argc = 0;
+  ASSERT_TRUE(minivk::ReadGuest(mem, pt, loaded.rsp, &argc, 8));
+  EXPECT_EQ(2u, argc);
+  EXPECT_EQ(0u, loaded.rsp % 16);
+
+  static char id;
+  ASSERT_EQ(0, vmspace_create(&id, VKRT_TYPE_DEFAULT, nullptr)) << strerror(errno);
+  const uint64_t start = 0x10000, len = 0x7FFFFFE00000 - start;
+  ASSERT_EQ(reinterpret_cast<void*>(start),
+            vmspace_mmap(&id, reinterpret_cast<void*>(start), len,
+                         PROT_READ | PROT_WRITE | PROT_EXEC,
+                         MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, mem.fd(),
+                         static_cast<off_t>(start)))
+      << strerror(errno);
+  ASSERT_EQ(0, vmspace_mcontrol(&id, reinterpret_cast<void*>(start), len, MADV_SETMAP,
+                                static_cast<off_t>(pt.root())));
+  struct trapframe tf = {};
+  tf.tf_rip = static_cast<int64_t>(loaded.entry);
+  tf.tf_rsp = static_cast<int64_t>(loaded.rsp);
+  tf.tf_rflags = 0x202;
+  struct vextframe vf = {};
+  ASSERT_EQ(0, vmspace_ctl(&id, VMSPACE_CTL_RUN, &tf, &vf)) << strerror(errno);
+  EXPECT_EQ(T_FAST_SYSCALL, tf.tf_trapno)
+      << "trapno " << tf.tf_trapno << " addr " << std::hex << tf.tf_addr << " rip " << tf.tf_rip;
+  bool in_text = false;
+  for (const auto& seg : image.segments) {
+    in_text = in_text || ((seg.prot & PROT_EXEC) && uint64_t(tf.tf_rip) > bias + seg.vaddr &&
+                          uint64_t(tf.tf_rip) <= bias + seg.vaddr + seg.memsz);
+  }
+  EXPECT_TRUE(in_text) << std::hex << tf.tf_rip;
+  // glibc's static start-up begins with one of these.
+  const int64_t early[] = {9, 12, 21, 63, 89, 158, 218, 257, 273, 302, 334};
+  EXPECT_NE(std::end(early), std::find(std::begin(early), std::end(early), tf.tf_rax))
+      << "first system call " << tf.tf_rax;
+  printf("busybox's first system call: %ld\n", static_cast<long>(tf.tf_rax));
   EXPECT_EQ(0, vmspace_destroy(&id));
 }
 

@@ -1,0 +1,138 @@
+#include "loader.h"
+
+#include <elf.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+namespace minivk {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+// The host address of guest byte `va`, or nullptr if its page is not mapped.
+unsigned char* HostOf(const PhysMem& mem, const PageTable& pt, uint64_t va) {
+  const vpte_t e = pt.Lookup(va & ~(kPage - 1));
+  if (!(e & VPTE_V)) return nullptr;
+  return mem.At(e & VPTE_FRAME) + (va & (kPage - 1));
+}
+
+}  // namespace
+
+bool WriteGuest(PhysMem& mem, const PageTable& pt, uint64_t va, const void* src, size_t len) {
+  const auto* from = static_cast<const unsigned char*>(src);
+  while (len > 0) {
+    unsigned char* to = HostOf(mem, pt, va);
+    if (to == nullptr) return false;
+    const size_t n = std::min<size_t>(len, kPage - (va & (kPage - 1)));
+    memcpy(to, from, n);
+    va += n;
+    from += n;
+    len -= n;
+  }
+  return true;
+}
+
+bool ReadGuest(const PhysMem& mem, const PageTable& pt, uint64_t va, void* dst, size_t len) {
+  auto* to = static_cast<unsigned char*>(dst);
+  while (len > 0) {
+    const unsigned char* from = HostOf(mem, pt, va);
+    if (from == nullptr) return false;
+    const size_t n = std::min<size_t>(len, kPage - (va & (kPage - 1)));
+    memcpy(to, from, n);
+    va += n;
+    to += n;
+    len -= n;
+  }
+  return true;
+}
+
+bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
+                 const ElfImage& image, uint64_t bias, const std::vector<std::string>& argv,
+                 const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
+                 LoadedProgram& out, std::string& error) {
+  if (stack_top > 0x7FFFFFE00000 || stack_top % kPage != 0 || stack_pages == 0) {
+    error = "the stack must be whole pages ending at or below 0x7FFFFFE00000";
+    return false;
+  }
+  auto map_fresh = [&](uint64_t va, int prot) {
+    if (pt.Lookup(va) & VPTE_V) {
+      // Two segments share this page: the page gets the union of their rights.
+      const vpte_t e = pt.Lookup(va);
+      int old = PROT_READ | ((e & VPTE_RW) ? PROT_WRITE : 0) | ((e & VPTE_NX) ? 0 : PROT_EXEC);
+      pt.Set(va, PageTable::Leaf(e & VPTE_FRAME, old | prot));
+      return true;
+    }
+    const uint64_t frame = mem.Alloc();
+    return frame != 0 && pt.Map(va, frame, prot);
+  };
+  for (const LoadSegment& seg : image.segments) {
+    const uint64_t start = (bias + seg.vaddr) & ~(kPage - 1);
+    const uint64_t end = (bias + seg.vaddr + seg.memsz + kPage - 1) & ~(kPage - 1);
+    for (uint64_t va = start; va < end; va += kPage) {
+      if (!map_fresh(va, seg.prot)) {
+        error = "out of guest memory loading the program";
+        return false;
+      }
+    }
+    if (seg.offset + seg.filesz > size ||
+        !WriteGuest(mem, pt, bias + seg.vaddr, file + seg.offset, seg.filesz)) {
+      error = "a segment could not be copied";
+      return false;
+    }
+  }
+  for (size_t i = 1; i <= stack_pages; ++i) {
+    if (!map_fresh(stack_top - i * kPage, PROT_READ | PROT_WRITE)) {
+      error = "out of guest memory for the stack";
+      return false;
+    }
+  }
+
+  // Strings and random bytes at the top, then the vectors below them (16-byte aligned).
+  uint64_t sp = stack_top;
+  auto push_bytes = [&](const void* data, size_t len) {
+    sp -= len;
+    return WriteGuest(mem, pt, sp, data, len) ? sp : 0;
+  };
+  unsigned char random[16];
+  if (getrandom(random, sizeof(random), 0) != sizeof(random)) memset(random, 0x5a, sizeof(random));
+  const uint64_t random_at = push_bytes(random, sizeof(random));
+  std::vector<uint64_t> argv_at, envp_at;
+  for (const std::string& s : argv) argv_at.push_back(push_bytes(s.c_str(), s.size() + 1));
+  for (const std::string& s : envp) envp_at.push_back(push_bytes(s.c_str(), s.size() + 1));
+  const uint64_t execfn = argv_at.empty() ? 0 : argv_at[0];
+  std::vector<uint64_t> words;
+  words.push_back(argv.size());
+  words.insert(words.end(), argv_at.begin(), argv_at.end());
+  words.push_back(0);
+  words.insert(words.end(), envp_at.begin(), envp_at.end());
+  words.push_back(0);
+  const uint64_t auxv[][2] = {
+      {AT_PHDR, image.phdr_vaddr + bias}, {AT_PHENT, image.phentsize},
+      {AT_PHNUM, image.phnum},            {AT_PAGESZ, kPage},
+      {AT_ENTRY, image.entry + bias},     {AT_RANDOM, random_at},
+      {AT_UID, getuid()},                 {AT_EUID, geteuid()},
+      {AT_GID, getgid()},                 {AT_EGID, getegid()},
+      {AT_SECURE, 0},                     {AT_EXECFN, execfn},
+      {AT_NULL, 0},
+  };
+  for (const auto& pair : auxv) {
+    words.push_back(pair[0]);
+    words.push_back(pair[1]);
+  }
+  sp = (sp - words.size() * 8) & ~uint64_t{15};
+  if (sp < stack_top - stack_pages * kPage ||
+      !WriteGuest(mem, pt, sp, words.data(), words.size() * 8) || random_at == 0) {
+    error = "the arguments do not fit the stack";
+    return false;
+  }
+  out.entry = image.entry + bias;
+  out.rsp = sp;
+  out.brk = image.brk_start + bias;
+  return true;
+}
+
+}  // namespace minivk
