@@ -20,6 +20,7 @@
 #include "../examples/minivk/elf.h"
 #include "../examples/minivk/loader.h"
 #include "../examples/minivk/pmap.h"
+#include "../examples/minivk/process.h"
 
 namespace {
 
@@ -254,6 +255,33 @@ TEST(MinivkLoader, BusyboxRunsToItsFirstSystemCall) {
       << "first system call " << tf.tf_rax;
   printf("busybox's first system call: %ld\n", static_cast<long>(tf.tf_rax));
   EXPECT_EQ(0, vmspace_destroy(&id));
+}
+
+// `busybox echo` as a minivk guest process: its output and exit status are the program's.
+TEST(MinivkProcess, BusyboxEchoWritesAndExits) {
+  minivk::PhysMem mem;
+  std::string error;
+  ASSERT_TRUE(mem.Init(256 << 20, error)) << error;
+  int out[2];
+  ASSERT_EQ(0, pipe(out));
+  const int saved = dup(1);
+  dup2(out[1], 1);
+  int status = -1;
+  {
+    minivk::Process process(mem);
+    if (process.Start(VKRT_TYPE_DEFAULT, "/bin/busybox", {"echo", "hello", "from", "minivk"},
+                      {"PATH=/bin"}, error)) {
+      status = process.Run(error);
+    }
+  }
+  dup2(saved, 1);
+  close(saved);
+  close(out[1]);
+  char buf[256] = {};
+  const ssize_t n = read(out[0], buf, sizeof(buf) - 1);
+  close(out[0]);
+  ASSERT_EQ(0, status) << error;
+  EXPECT_EQ("hello from minivk\n", std::string(buf, n > 0 ? static_cast<size_t>(n) : 0));
 }
 
 }  // namespace

@@ -1,0 +1,220 @@
+#include "process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+namespace minivk {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kRegionStart = 0x10000;
+constexpr uint64_t kUserTop = 0x7FFFFFE00000;
+constexpr uint64_t kStackTop = 0x7FFFFF000000;
+constexpr size_t kStackPages = 64;
+
+uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
+
+}  // namespace
+
+Process::~Process() {
+  if (created_) vmspace_destroy(&id_);
+}
+
+bool Process::Start(int type, const std::string& path, const std::vector<std::string>& argv,
+                    const std::vector<std::string>& envp, std::string& error) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    error = path + ": " + strerror(errno);
+    return false;
+  }
+  struct stat st;
+  std::vector<unsigned char> file;
+  if (fstat(fd, &st) == 0) file.resize(static_cast<size_t>(st.st_size));
+  const bool read_ok = !file.empty() && pread(fd, file.data(), file.size(), 0) ==
+                                            static_cast<ssize_t>(file.size());
+  close(fd);
+  if (!read_ok) {
+    error = path + ": could not read it";
+    return false;
+  }
+  ElfImage image;
+  if (!ParseElf(file.data(), file.size(), image, error)) {
+    error = path + ": " + error;
+    return false;
+  }
+  if (!pt_.Init()) {
+    error = "out of guest memory";
+    return false;
+  }
+  const uint64_t bias = image.pie ? 0x555555554000 : 0;
+  LoadedProgram loaded;
+  if (!LoadProgram(mem_, pt_, file.data(), file.size(), image, bias, argv, envp, kStackTop,
+                   kStackPages, loaded, error)) {
+    return false;
+  }
+  if (vmspace_create(&id_, type, nullptr) != 0) {
+    error = std::string("vmspace_create: ") + vkrt_last_error();
+    return false;
+  }
+  created_ = true;
+  const uint64_t len = kUserTop - kRegionStart;
+  if (vmspace_mmap(&id_, reinterpret_cast<void*>(kRegionStart), len,
+                   PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE,
+                   mem_.fd(), static_cast<off_t>(kRegionStart)) == MAP_FAILED ||
+      vmspace_mcontrol(&id_, reinterpret_cast<void*>(kRegionStart), len, MADV_SETMAP,
+                       static_cast<off_t>(pt_.root())) != 0) {
+    error = std::string("setting up the guest's address space: ") + vkrt_last_error();
+    return false;
+  }
+  tf_.tf_rip = static_cast<int64_t>(loaded.entry);
+  tf_.tf_rsp = static_cast<int64_t>(loaded.rsp);
+  tf_.tf_rflags = 0x202;
+  brk_start_ = brk_ = loaded.brk;
+  return true;
+}
+
+int Process::Run(std::string& error) {
+  while (!exited_) {
+    if (vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf_, &vf_) != 0) {
+      error = std::string("vmspace_ctl: ") + vkrt_last_error();
+      return -1;
+    }
+    switch (tf_.tf_trapno) {
+      case T_FAST_SYSCALL:
+        tf_.tf_rax = Syscall(tf_);
+        break;
+      case 0:
+        break;  // interrupted: go on
+      default: {
+        char what[160];
+        snprintf(what, sizeof(what), "guest trap %ld at %#lx (address %#lx, error %#lx)",
+                 static_cast<long>(tf_.tf_trapno), static_cast<long>(tf_.tf_rip),
+                 static_cast<long>(tf_.tf_addr), static_cast<long>(tf_.tf_err));
+        error = what;
+        return -1;
+      }
+    }
+  }
+  return status_;
+}
+
+bool Process::MapFresh(uint64_t start, uint64_t end, int prot) {
+  for (uint64_t va = start; va < end; va += kPage) {
+    if (pt_.Lookup(va) & VPTE_V) continue;
+    const uint64_t frame = mem_.Alloc();
+    if (frame == 0 || !pt_.Map(va, frame, prot)) return false;
+  }
+  return true;
+}
+
+int64_t Process::Brk(uint64_t want) {
+  if (want < brk_start_) return static_cast<int64_t>(brk_);
+  if (want > brk_ && !MapFresh(PageUp(brk_), PageUp(want), PROT_READ | PROT_WRITE)) {
+    return static_cast<int64_t>(brk_);
+  }
+  brk_ = want;
+  return static_cast<int64_t>(brk_);
+}
+
+int64_t Process::Mmap(uint64_t addr, uint64_t len, int prot, int flags, int fd) {
+  if (!(flags & MAP_ANONYMOUS) || fd != -1) return -ENODEV;  // files: issue 8's next steps
+  len = PageUp(len);
+  if (len == 0) return -EINVAL;
+  uint64_t at = addr;
+  if (!(flags & MAP_FIXED)) {
+    mmap_next_ -= len;
+    at = mmap_next_;
+  }
+  if (!MapFresh(at, at + len, prot == PROT_NONE ? PROT_READ : prot)) return -ENOMEM;
+  return static_cast<int64_t>(at);
+}
+
+int64_t Process::Munmap(uint64_t addr, uint64_t len) {
+  for (uint64_t va = addr; va < addr + PageUp(len); va += kPage) {
+    const vpte_t old = pt_.Unmap(va);
+    if (old & VPTE_V) mem_.Unref(old & VPTE_FRAME);
+  }
+  // The runtime's cached translations of the range go too.
+  vmspace_mcontrol(&id_, reinterpret_cast<void*>(addr), PageUp(len), MADV_INVAL, 0);
+  return 0;
+}
+
+int64_t Process::Write(int fd, uint64_t buf, uint64_t len) {
+  if (fd != 1 && fd != 2) return -EBADF;
+  std::vector<char> bytes(std::min<uint64_t>(len, 1 << 20));
+  if (!ReadGuest(mem_, pt_, buf, bytes.data(), bytes.size())) return -EFAULT;
+  const ssize_t n = write(fd, bytes.data(), bytes.size());
+  return n < 0 ? -errno : n;
+}
+
+int64_t Process::Syscall(struct trapframe& tf) {
+  const uint64_t a0 = static_cast<uint64_t>(tf.tf_rdi), a1 = static_cast<uint64_t>(tf.tf_rsi),
+                 a2 = static_cast<uint64_t>(tf.tf_rdx), a3 = static_cast<uint64_t>(tf.tf_r10),
+                 a4 = static_cast<uint64_t>(tf.tf_r8);
+  switch (tf.tf_rax) {
+    case SYS_write:
+      return Write(static_cast<int>(a0), a1, a2);
+    case SYS_writev: {
+      int64_t total = 0;
+      for (uint64_t i = 0; i < a2; ++i) {
+        uint64_t iov[2];
+        if (!ReadGuest(mem_, pt_, a1 + 16 * i, iov, sizeof(iov))) return -EFAULT;
+        const int64_t n = Write(static_cast<int>(a0), iov[0], iov[1]);
+        if (n < 0) return total > 0 ? total : n;
+        total += n;
+      }
+      return total;
+    }
+    case SYS_brk:
+      return Brk(a0);
+    case SYS_mmap:
+      return Mmap(a0, a1, static_cast<int>(a2), static_cast<int>(a3), static_cast<int>(a4));
+    case SYS_munmap:
+      return Munmap(a0, a1);
+    case SYS_mprotect:
+      return 0;  // protections of the program's own pages: kept as loaded for now
+    case SYS_arch_prctl:
+      if (a0 == 0x1002) {  // ARCH_SET_FS
+        vf_.vx_tls.info[0].base = reinterpret_cast<void*>(a1);
+        return 0;
+      }
+      return -EINVAL;
+    case SYS_set_tid_address:
+    case SYS_getpid:
+    case SYS_gettid:
+      return 1;
+    case SYS_getppid:
+      return 0;
+    case SYS_getuid:
+    case SYS_geteuid:
+    case SYS_getgid:
+    case SYS_getegid:
+      return 0;
+    case SYS_set_robust_list:
+      return 0;
+    case SYS_getrandom: {
+      std::vector<unsigned char> bytes(std::min<uint64_t>(a1, 256));
+      if (getrandom(bytes.data(), bytes.size(), 0) < 0) return -errno;
+      return WriteGuest(mem_, pt_, a0, bytes.data(), bytes.size())
+                 ? static_cast<int64_t>(bytes.size())
+                 : -EFAULT;
+    }
+    case SYS_exit:
+    case SYS_exit_group:
+      exited_ = true;
+      status_ = static_cast<int>(a0 & 0xFF);
+      return 0;
+    default:
+      return -ENOSYS;
+  }
+}
+
+}  // namespace minivk
