@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <elf.h>
@@ -282,6 +283,45 @@ TEST(MinivkProcess, BusyboxEchoWritesAndExits) {
   close(out[0]);
   ASSERT_EQ(0, status) << error;
   EXPECT_EQ("hello from minivk\n", std::string(buf, n > 0 ? static_cast<size_t>(n) : 0));
+}
+
+// The minivk binary: the guest's output and exit status, --help, and clear refusals.
+std::string RunCommand(const std::string& command, int& status) {
+  std::string out;
+  FILE* f = popen((command + " 2>&1").c_str(), "r");
+  if (f == nullptr) return "popen failed";
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  const int raw = pclose(f);
+  status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return out;
+}
+
+TEST(MinivkBinary, RunsAProgramOnEveryBackendAndExplainsItself) {
+  int status = -1;
+  for (const char* backend : {"ptrace", "seccomp", "kvm"}) {
+    if (vkrt_backend_available(backend, nullptr) != 0) continue;
+    const std::string out = RunCommand(std::string(MINIVK_BIN) + " --backend=" + backend +
+                                           " /bin/busybox echo hello from " + backend,
+                                       status);
+    EXPECT_EQ(0, status) << backend << ": " << out;
+    EXPECT_EQ(std::string("hello from ") + backend + "\n", out) << backend;
+  }
+  std::string out = RunCommand(std::string(MINIVK_BIN) + " --help", status);
+  EXPECT_EQ(0, status);
+  EXPECT_NE(std::string::npos, out.find("usage: minivk")) << out;
+  out = RunCommand(std::string(MINIVK_BIN) + " /nonexistent/program", status);
+  EXPECT_EQ(127, status);
+  EXPECT_NE(std::string::npos, out.find("/nonexistent/program: No such file")) << out;
+  out = RunCommand(std::string(MINIVK_BIN) + " --mem=lots /bin/busybox true", status);
+  EXPECT_EQ(2, status);
+  EXPECT_NE(std::string::npos, out.find("--mem=lots")) << out;
+  out = RunCommand(std::string(MINIVK_BIN) + " --backend=nonsense /bin/busybox true", status);
+  EXPECT_EQ(2, status);
+  out = RunCommand(std::string(MINIVK_BIN), status);
+  EXPECT_EQ(2, status);
+  EXPECT_NE(std::string::npos, out.find("usage: minivk")) << out;
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -83,17 +85,36 @@ bool Process::Start(int type, const std::string& path, const std::vector<std::st
 
 int Process::Run(std::string& error) {
   while (!exited_) {
-    if (vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf_, &vf_) != 0) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const int rc = vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf_, &vf_);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    stats_.run_seconds += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (rc != 0) {
       error = std::string("vmspace_ctl: ") + vkrt_last_error();
       return -1;
     }
     switch (tf_.tf_trapno) {
-      case T_FAST_SYSCALL:
-        tf_.tf_rax = Syscall(tf_);
+      case T_FAST_SYSCALL: {
+        ++stats_.syscalls;
+        const int64_t nr = tf_.tf_rax;
+        const int64_t result = Syscall(tf_);
+        if (trace_) {
+          fprintf(stderr, "minivk: syscall %ld(%#lx, %#lx, %#lx, %#lx, %#lx, %#lx) = %ld%s\n",
+                  static_cast<long>(nr), static_cast<long>(tf_.tf_rdi),
+                  static_cast<long>(tf_.tf_rsi), static_cast<long>(tf_.tf_rdx),
+                  static_cast<long>(tf_.tf_r10), static_cast<long>(tf_.tf_r8),
+                  static_cast<long>(tf_.tf_r9), static_cast<long>(result),
+                  result == -ENOSYS ? " (not implemented)" : "");
+        }
+        tf_.tf_rax = result;
         break;
+      }
       case 0:
+        ++stats_.interrupts;
         break;  // interrupted: go on
       default: {
+        ++stats_.other;
         char what[160];
         snprintf(what, sizeof(what), "guest trap %ld at %#lx (address %#lx, error %#lx)",
                  static_cast<long>(tf_.tf_trapno), static_cast<long>(tf_.tf_rip),

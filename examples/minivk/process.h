@@ -29,6 +29,15 @@ class Process {
   // Runs until the program exits; its exit status, or -1 with `error` (a fault, a host error).
   int Run(std::string& error);
 
+  // --trace: one line per system call (number, arguments, result) on stderr.
+  void set_trace(bool on) { trace_ = on; }
+  // --stats: how many exits of each kind, and the time spent in RUN.
+  struct Stats {
+    uint64_t syscalls = 0, interrupts = 0, other = 0;
+    double run_seconds = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
  private:
   // One system call: its result (-errno on failure). Sets exited_ for exit/exit_group.
   int64_t Syscall(struct trapframe& tf);
@@ -48,6 +57,8 @@ class Process {
   uint64_t mmap_next_ = 0x7F0000000000;  // anonymous mmaps grow down from here
   bool exited_ = false;
   int status_ = 0;
+  bool trace_ = false;
+  Stats stats_;
 };
 
 }  // namespace minivk
