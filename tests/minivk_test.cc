@@ -308,7 +308,24 @@ TEST(MinivkBinary, RunsAProgramOnEveryBackendAndExplainsItself) {
     EXPECT_EQ(0, status) << backend << ": " << out;
     EXPECT_EQ(std::string("hello from ") + backend + "\n", out) << backend;
   }
-  std::string out = RunCommand(std::string(MINIVK_BIN) + " --help", status);
+  // Files pass through to the host: cat and wc of a file the test writes.
+  char path[] = "/tmp/minivk-test-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_LE(0, fd);
+  const std::string content = "one\ntwo\nthree\n";
+  ASSERT_EQ(static_cast<ssize_t>(content.size()), write(fd, content.data(), content.size()));
+  close(fd);
+  std::string out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox cat " + path, status);
+  EXPECT_EQ(0, status) << out;
+  EXPECT_EQ(content, out);
+  out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox wc -l " + path, status);
+  EXPECT_EQ(0, status) << out;
+  EXPECT_NE(std::string::npos, out.find("3 ")) << out;
+  out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox cat /nonexistent-file", status);
+  EXPECT_EQ(1, status) << out;
+  EXPECT_NE(std::string::npos, out.find("No such file or directory")) << out;
+  unlink(path);
+  out = RunCommand(std::string(MINIVK_BIN) + " --help", status);
   EXPECT_EQ(0, status);
   EXPECT_NE(std::string::npos, out.find("usage: minivk")) << out;
   out = RunCommand(std::string(MINIVK_BIN) + " /nonexistent/program", status);

@@ -28,6 +28,9 @@ uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
 
 Process::~Process() {
   if (created_) vmspace_destroy(&id_);
+  for (size_t i = 3; i < fds_.size(); ++i) {
+    if (fds_[i] >= 0) close(fds_[i]);
+  }
 }
 
 bool Process::Start(int type, const std::string& path, const std::vector<std::string>& argv,
@@ -169,11 +172,68 @@ int64_t Process::Munmap(uint64_t addr, uint64_t len) {
 }
 
 int64_t Process::Write(int fd, uint64_t buf, uint64_t len) {
-  if (fd != 1 && fd != 2) return -EBADF;
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
   std::vector<char> bytes(std::min<uint64_t>(len, 1 << 20));
   if (!ReadGuest(mem_, pt_, buf, bytes.data(), bytes.size())) return -EFAULT;
-  const ssize_t n = write(fd, bytes.data(), bytes.size());
+  const ssize_t n = write(host, bytes.data(), bytes.size());
   return n < 0 ? -errno : n;
+}
+
+int64_t Process::Read(int fd, uint64_t buf, uint64_t len) {
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
+  std::vector<char> bytes(std::min<uint64_t>(len, 1 << 20));
+  const ssize_t n = read(host, bytes.data(), bytes.size());
+  if (n < 0) return -errno;
+  if (!WriteGuest(mem_, pt_, buf, bytes.data(), static_cast<size_t>(n))) return -EFAULT;
+  return n;
+}
+
+bool Process::GuestString(uint64_t va, std::string& out) {
+  out.clear();
+  for (;;) {
+    char c;
+    if (!ReadGuest(mem_, pt_, va++, &c, 1)) return false;
+    if (c == '\0') return true;
+    if (out.size() >= 4096) return false;
+    out.push_back(c);
+  }
+}
+
+int64_t Process::Openat(int dirfd, uint64_t path, int flags, int mode) {
+  std::string name;
+  if (!GuestString(path, name)) return -EFAULT;
+  const int host_dir = dirfd == AT_FDCWD ? AT_FDCWD : HostFd(dirfd);
+  if (host_dir == -1 && dirfd != AT_FDCWD) return -EBADF;
+  const int host = openat(host_dir, name.c_str(), flags | O_CLOEXEC, mode);
+  if (host < 0) return -errno;
+  for (size_t i = 0; i < fds_.size(); ++i) {
+    if (fds_[i] < 0) {
+      fds_[i] = host;
+      return static_cast<int64_t>(i);
+    }
+  }
+  fds_.push_back(host);
+  return static_cast<int64_t>(fds_.size() - 1);
+}
+
+int64_t Process::Close(int fd) {
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
+  fds_[fd] = -1;
+  if (fd > 2) close(host);  // minivk's own standard descriptors stay open
+  return 0;
+}
+
+int64_t Process::Fstatat(int dirfd, uint64_t path, uint64_t statbuf, int flags) {
+  std::string name;
+  if (path != 0 && !GuestString(path, name)) return -EFAULT;
+  const int host_dir = dirfd == AT_FDCWD ? AT_FDCWD : HostFd(dirfd);
+  if (host_dir == -1 && dirfd != AT_FDCWD) return -EBADF;
+  struct stat st;
+  if (fstatat(host_dir, name.c_str(), &st, flags) != 0) return -errno;
+  return WriteGuest(mem_, pt_, statbuf, &st, sizeof(st)) ? 0 : -EFAULT;
 }
 
 int64_t Process::Syscall(struct trapframe& tf) {
@@ -193,6 +253,28 @@ int64_t Process::Syscall(struct trapframe& tf) {
         total += n;
       }
       return total;
+    }
+    case SYS_read:
+      return Read(static_cast<int>(a0), a1, a2);
+    case SYS_open:
+      return Openat(AT_FDCWD, a0, static_cast<int>(a1), static_cast<int>(a2));
+    case SYS_openat:
+      return Openat(static_cast<int>(a0), a1, static_cast<int>(a2), static_cast<int>(a3));
+    case SYS_close:
+      return Close(static_cast<int>(a0));
+    case SYS_fstat:
+      return Fstatat(static_cast<int>(a0), 0, a1, AT_EMPTY_PATH);
+    case SYS_stat:
+      return Fstatat(AT_FDCWD, a0, a1, 0);
+    case SYS_lstat:
+      return Fstatat(AT_FDCWD, a0, a1, AT_SYMLINK_NOFOLLOW);
+    case SYS_newfstatat:
+      return Fstatat(static_cast<int>(a0), a1, a2, static_cast<int>(a3));
+    case SYS_lseek: {
+      const int host = HostFd(static_cast<int>(a0));
+      if (host < 0) return -EBADF;
+      const off_t r = lseek(host, static_cast<off_t>(a1), static_cast<int>(a2));
+      return r < 0 ? -errno : r;
     }
     case SYS_brk:
       return Brk(a0);

@@ -45,6 +45,15 @@ class Process {
   int64_t Mmap(uint64_t addr, uint64_t len, int prot, int flags, int fd);
   int64_t Munmap(uint64_t addr, uint64_t len);
   int64_t Write(int fd, uint64_t buf, uint64_t len);
+  int64_t Read(int fd, uint64_t buf, uint64_t len);
+  int64_t Openat(int dirfd, uint64_t path, int flags, int mode);
+  int64_t Close(int fd);
+  int64_t Fstatat(int dirfd, uint64_t path, uint64_t statbuf, int flags);
+  bool GuestString(uint64_t va, std::string& out);
+  // The host descriptor behind guest descriptor `fd`, or -1.
+  int HostFd(int fd) const {
+    return fd >= 0 && static_cast<size_t>(fd) < fds_.size() ? fds_[fd] : -1;
+  }
   bool MapFresh(uint64_t start, uint64_t end, int prot);
 
   PhysMem& mem_;
@@ -58,6 +67,7 @@ class Process {
   bool exited_ = false;
   int status_ = 0;
   bool trace_ = false;
+  std::vector<int> fds_ = {0, 1, 2};  // guest descriptor -> host descriptor (-1: free)
   Stats stats_;
 };
 
