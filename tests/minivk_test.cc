@@ -321,6 +321,22 @@ TEST(MinivkBinary, RunsAProgramOnEveryBackendAndExplainsItself) {
   out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox wc -l " + path, status);
   EXPECT_EQ(0, status) << out;
   EXPECT_NE(std::string::npos, out.find("3 ")) << out;
+  // A directory listing (getdents64, stat) and uname.
+  char dir[] = "/tmp/minivk-dir-XXXXXX";
+  ASSERT_NE(nullptr, mkdtemp(dir));
+  for (const char* name : {"beta", "alpha", "gamma"}) {
+    const int f = open((std::string(dir) + "/" + name).c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_LE(0, f);
+    close(f);
+  }
+  out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox ls " + dir, status);
+  EXPECT_EQ(0, status) << out;
+  EXPECT_EQ("alpha\nbeta\ngamma\n", out);
+  for (const char* name : {"beta", "alpha", "gamma"}) unlink((std::string(dir) + "/" + name).c_str());
+  rmdir(dir);
+  out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox uname -sn", status);
+  EXPECT_EQ(0, status) << out;
+  EXPECT_EQ("Linux minivk\n", out);
   out = RunCommand(std::string(MINIVK_BIN) + " /bin/busybox cat /nonexistent-file", status);
   EXPECT_EQ(1, status) << out;
   EXPECT_NE(std::string::npos, out.find("No such file or directory")) << out;

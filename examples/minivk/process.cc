@@ -6,7 +6,11 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/utsname.h>
+#include <termios.h>
 #include <time.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -201,13 +205,14 @@ bool Process::GuestString(uint64_t va, std::string& out) {
   }
 }
 
-int64_t Process::Openat(int dirfd, uint64_t path, int flags, int mode) {
-  std::string name;
-  if (!GuestString(path, name)) return -EFAULT;
-  const int host_dir = dirfd == AT_FDCWD ? AT_FDCWD : HostFd(dirfd);
-  if (host_dir == -1 && dirfd != AT_FDCWD) return -EBADF;
-  const int host = openat(host_dir, name.c_str(), flags | O_CLOEXEC, mode);
-  if (host < 0) return -errno;
+// Gives host descriptor `host` a guest number: the lowest free one (at < 0), or `at`.
+int64_t Process::InstallFd(int host, int at) {
+  if (at >= 0) {
+    if (static_cast<size_t>(at) >= fds_.size()) fds_.resize(static_cast<size_t>(at) + 1, -1);
+    if (fds_[at] > 2) close(fds_[at]);
+    fds_[at] = host;
+    return at;
+  }
   for (size_t i = 0; i < fds_.size(); ++i) {
     if (fds_[i] < 0) {
       fds_[i] = host;
@@ -216,6 +221,51 @@ int64_t Process::Openat(int dirfd, uint64_t path, int flags, int mode) {
   }
   fds_.push_back(host);
   return static_cast<int64_t>(fds_.size() - 1);
+}
+
+int64_t Process::Openat(int dirfd, uint64_t path, int flags, int mode) {
+  std::string name;
+  if (!GuestString(path, name)) return -EFAULT;
+  const int host_dir = dirfd == AT_FDCWD ? AT_FDCWD : HostFd(dirfd);
+  if (host_dir == -1 && dirfd != AT_FDCWD) return -EBADF;
+  const int host = openat(host_dir, name.c_str(), flags | O_CLOEXEC, mode);
+  if (host < 0) return -errno;
+  return InstallFd(host, -1);
+}
+
+int64_t Process::Dup(int fd, int to, bool exact) {
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
+  if (exact && to == fd) return to;
+  const int copy = fcntl(host, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) return -errno;
+  return InstallFd(copy, exact ? to : -1);
+}
+
+int64_t Process::Getdents64(int fd, uint64_t buf, uint64_t len) {
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
+  std::vector<char> bytes(std::min<uint64_t>(len, 1 << 16));
+  const long n = syscall(SYS_getdents64, host, bytes.data(), bytes.size());
+  if (n < 0) return -errno;
+  return WriteGuest(mem_, pt_, buf, bytes.data(), static_cast<size_t>(n)) ? n : -EFAULT;
+}
+
+int64_t Process::Ioctl(int fd, uint64_t request, uint64_t arg) {
+  const int host = HostFd(fd);
+  if (host < 0) return -EBADF;
+  // Terminal queries only, passed to the host descriptor.
+  if (request == TCGETS) {
+    struct termios t;
+    if (ioctl(host, TCGETS, &t) != 0) return -errno;
+    return WriteGuest(mem_, pt_, arg, &t, sizeof(t)) ? 0 : -EFAULT;
+  }
+  if (request == TIOCGWINSZ) {
+    struct winsize w;
+    if (ioctl(host, TIOCGWINSZ, &w) != 0) return -errno;
+    return WriteGuest(mem_, pt_, arg, &w, sizeof(w)) ? 0 : -EFAULT;
+  }
+  return -ENOTTY;
 }
 
 int64_t Process::Close(int fd) {
@@ -275,6 +325,46 @@ int64_t Process::Syscall(struct trapframe& tf) {
       if (host < 0) return -EBADF;
       const off_t r = lseek(host, static_cast<off_t>(a1), static_cast<int>(a2));
       return r < 0 ? -errno : r;
+    }
+    case SYS_getdents64:
+      return Getdents64(static_cast<int>(a0), a1, a2);
+    case SYS_ioctl:
+      return Ioctl(static_cast<int>(a0), a1, a2);
+    case SYS_dup:
+      return Dup(static_cast<int>(a0), -1, false);
+    case SYS_dup2:
+    case SYS_dup3:
+      return Dup(static_cast<int>(a0), static_cast<int>(a1), true);
+    case SYS_fcntl: {
+      const int host = HostFd(static_cast<int>(a0));
+      if (host < 0) return -EBADF;
+      if (a1 == F_DUPFD || a1 == F_DUPFD_CLOEXEC) return Dup(static_cast<int>(a0), -1, false);
+      if (a1 == F_GETFD || a1 == F_SETFD) return 0;  // close-on-exec: no exec yet
+      if (a1 == F_GETFL) {
+        const int r = fcntl(host, F_GETFL);
+        return r < 0 ? -errno : r;
+      }
+      return -EINVAL;
+    }
+    case SYS_uname: {
+      struct utsname u;
+      if (uname(&u) != 0) return -errno;
+      strncpy(u.nodename, "minivk", sizeof(u.nodename));
+      return WriteGuest(mem_, pt_, a0, &u, sizeof(u)) ? 0 : -EFAULT;
+    }
+    case SYS_clock_gettime: {
+      struct timespec ts;
+      if (clock_gettime(static_cast<clockid_t>(a0), &ts) != 0) return -errno;
+      return WriteGuest(mem_, pt_, a1, &ts, sizeof(ts)) ? 0 : -EFAULT;
+    }
+    case SYS_time: {
+      const int64_t now = time(nullptr);
+      return a0 == 0 || WriteGuest(mem_, pt_, a0, &now, sizeof(now)) ? now : -EFAULT;
+    }
+    case SYS_gettimeofday: {
+      struct timeval tv;
+      gettimeofday(&tv, nullptr);
+      return a0 == 0 || WriteGuest(mem_, pt_, a0, &tv, sizeof(tv)) ? 0 : -EFAULT;
     }
     case SYS_brk:
       return Brk(a0);

@@ -49,6 +49,10 @@ class Process {
   int64_t Openat(int dirfd, uint64_t path, int flags, int mode);
   int64_t Close(int fd);
   int64_t Fstatat(int dirfd, uint64_t path, uint64_t statbuf, int flags);
+  int64_t Getdents64(int fd, uint64_t buf, uint64_t len);
+  int64_t Ioctl(int fd, uint64_t request, uint64_t arg);
+  int64_t Dup(int fd, int to, bool exact);
+  int64_t InstallFd(int host, int at);
   bool GuestString(uint64_t va, std::string& out);
   // The host descriptor behind guest descriptor `fd`, or -1.
   int HostFd(int fd) const {
