@@ -170,16 +170,7 @@ TEST(MinivkPmap, TheRuntimeWalksTheTablesItBuilds) {
   ASSERT_TRUE(pt.Map(0x400000, code, PROT_READ | PROT_EXEC));
   static char id;
   ASSERT_EQ(0, vmspace_create(&id, VKRT_TYPE_DEFAULT, nullptr)) << strerror(errno);
-  const uint64_t start = 0x10000, len = 0x7FFFFFE00000 - start;
-  ASSERT_EQ(reinterpret_cast<void*>(start),
-            vmspace_mmap(&id, reinterpret_cast<void*>(start), len,
-                         PROT_READ | PROT_WRITE | PROT_EXEC,
-                         MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, mem.fd(),
-                         static_cast<off_t>(start)))
-      << strerror(errno);
-  ASSERT_EQ(0, vmspace_mcontrol(&id, reinterpret_cast<void*>(start), len, MADV_SETMAP,
-                                static_cast<off_t>(pt.root())))
-      << strerror(errno);
+  ASSERT_TRUE(minivk::GovernWithTables(&id, mem, pt, error)) << error;
   struct trapframe tf = {};
   tf.tf_rip = 0x400000;
   tf.tf_rflags = 0x202;
@@ -227,15 +218,7 @@ TEST(MinivkLoader, BusyboxRunsToItsFirstSystemCall) {
 
   static char id;
   ASSERT_EQ(0, vmspace_create(&id, VKRT_TYPE_DEFAULT, nullptr)) << strerror(errno);
-  const uint64_t start = 0x10000, len = 0x7FFFFFE00000 - start;
-  ASSERT_EQ(reinterpret_cast<void*>(start),
-            vmspace_mmap(&id, reinterpret_cast<void*>(start), len,
-                         PROT_READ | PROT_WRITE | PROT_EXEC,
-                         MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE, mem.fd(),
-                         static_cast<off_t>(start)))
-      << strerror(errno);
-  ASSERT_EQ(0, vmspace_mcontrol(&id, reinterpret_cast<void*>(start), len, MADV_SETMAP,
-                                static_cast<off_t>(pt.root())));
+  ASSERT_TRUE(minivk::GovernWithTables(&id, mem, pt, error)) << error;
   struct trapframe tf = {};
   tf.tf_rip = static_cast<int64_t>(loaded.entry);
   tf.tf_rsp = static_cast<int64_t>(loaded.rsp);

@@ -30,6 +30,19 @@ uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
 
 }  // namespace
 
+bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error) {
+  const uint64_t len = kUserTop - kRegionStart;
+  if (vmspace_mmap(id, reinterpret_cast<void*>(kRegionStart), len,
+                   PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE,
+                   mem.fd(), static_cast<off_t>(kRegionStart)) == MAP_FAILED ||
+      vmspace_mcontrol(id, reinterpret_cast<void*>(kRegionStart), len, MADV_SETMAP,
+                       static_cast<off_t>(pt.root())) != 0) {
+    error = std::string("setting up the guest's address space: ") + vkrt_last_error();
+    return false;
+  }
+  return true;
+}
+
 Process::~Process() {
   if (created_) vmspace_destroy(&id_);
   for (size_t i = 3; i < fds_.size(); ++i) {
@@ -74,15 +87,7 @@ bool Process::Start(int type, const std::string& path, const std::vector<std::st
     return false;
   }
   created_ = true;
-  const uint64_t len = kUserTop - kRegionStart;
-  if (vmspace_mmap(&id_, reinterpret_cast<void*>(kRegionStart), len,
-                   PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED | MAP_FIXED | MAP_VPAGETABLE,
-                   mem_.fd(), static_cast<off_t>(kRegionStart)) == MAP_FAILED ||
-      vmspace_mcontrol(&id_, reinterpret_cast<void*>(kRegionStart), len, MADV_SETMAP,
-                       static_cast<off_t>(pt_.root())) != 0) {
-    error = std::string("setting up the guest's address space: ") + vkrt_last_error();
-    return false;
-  }
+  if (!GovernWithTables(&id_, mem_, pt_, error)) return false;
   tf_.tf_rip = static_cast<int64_t>(loaded.entry);
   tf_.tf_rsp = static_cast<int64_t>(loaded.rsp);
   tf_.tf_rflags = 0x202;

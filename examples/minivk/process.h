@@ -16,6 +16,11 @@
 
 namespace minivk {
 
+// Makes vmspace `id` run through `pt`: one MAP_VPAGETABLE region over `mem` covering the user
+// range from 0x10000 (object offset = start, so the walk index is the virtual page number),
+// its root set with MADV_SETMAP. False with `error` naming what failed.
+bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error);
+
 class Process {
  public:
   explicit Process(PhysMem& mem) : mem_(mem), pt_(mem) {}
