@@ -21,7 +21,8 @@
 #include "../examples/minivk/elf.h"
 #include "../examples/minivk/loader.h"
 #include "../examples/minivk/pmap.h"
-#include "../examples/minivk/process.h"
+#include "../examples/minivk/kernel.h"
+#include "../examples/minivk/vm.h"
 
 namespace {
 
@@ -242,7 +243,7 @@ TEST(MinivkLoader, BusyboxRunsToItsFirstSystemCall) {
 }
 
 // `busybox echo` as a minivk guest process: its output and exit status are the program's.
-TEST(MinivkProcess, BusyboxEchoWritesAndExits) {
+TEST(MinivkKernel, BusyboxEchoWritesAndExits) {
   minivk::PhysMem mem;
   std::string error;
   ASSERT_TRUE(mem.Init(256 << 20, error)) << error;
@@ -252,10 +253,10 @@ TEST(MinivkProcess, BusyboxEchoWritesAndExits) {
   dup2(out[1], 1);
   int status = -1;
   {
-    minivk::Process process(mem);
-    if (process.Start(VKRT_TYPE_DEFAULT, "/bin/busybox", {"echo", "hello", "from", "minivk"},
-                      {"PATH=/bin"}, error)) {
-      status = process.Run(error);
+    minivk::Kernel kernel(mem, minivk::Options{});
+    if (kernel.Start("/bin/busybox", {"echo", "hello", "from", "minivk"}, {"PATH=/bin"},
+                     error)) {
+      status = kernel.Run(error);
     }
   }
   dup2(saved, 1);

@@ -1,0 +1,741 @@
+// minivk's kernel: scheduler and fibers, process life cycle, signals. System calls and files
+// are in syscalls.cc.
+#include "kernel.h"
+
+#include <cpuid.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <boost/context/protected_fixedsize_stack.hpp>
+#include <thread>
+
+#include "internal.h"
+
+namespace minivk {
+namespace {
+
+constexpr size_t kFiberStack = 256 * 1024;
+
+void XSave(void* area, uint64_t mask) {
+  asm volatile("xsave64 (%0)" ::"r"(area), "a"(static_cast<uint32_t>(mask)),
+               "d"(static_cast<uint32_t>(mask >> 32))
+               : "memory");
+}
+
+void XRstor(const void* area, uint64_t mask) {
+  asm volatile("xrstor64 (%0)" ::"r"(area), "a"(static_cast<uint32_t>(mask)),
+               "d"(static_cast<uint32_t>(mask >> 32))
+               : "memory");
+}
+
+uint64_t XGetBv0() {
+  uint32_t lo, hi;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t{hi} << 32) | lo;
+}
+
+// The preemption tick: its only job is to end RUN (tf_trapno 0).
+void OnTick(int) {}
+
+// Linux's signal frame (arch/x86/include/uapi/asm/sigcontext.h, ucontext.h, siginfo.h).
+struct SigContext {
+  uint64_t r8, r9, r10, r11, r12, r13, r14, r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip,
+      eflags;
+  uint16_t cs, gs, fs, ss;
+  uint64_t err, trapno, oldmask, cr2, fpstate, reserved[8];
+};
+static_assert(sizeof(SigContext) == 256);
+struct StackT {
+  uint64_t sp;
+  int32_t flags, pad;
+  uint64_t size;
+};
+struct UContext {
+  uint64_t flags, link;
+  StackT stack;
+  SigContext mcontext;
+  uint64_t sigmask;
+};
+static_assert(sizeof(UContext) == 304);
+struct SigInfo {
+  int32_t signo, err, code, pad;
+  uint64_t fields[14];
+};
+static_assert(sizeof(SigInfo) == 128);
+struct SigFrame {
+  uint64_t pretcode;
+  UContext uc;
+  SigInfo info;
+};
+static_assert(offsetof(SigFrame, uc) == 8 && offsetof(SigFrame, info) == 312);
+
+constexpr uint64_t kUnblockable = Bit(SIGKILL) | Bit(SIGSTOP);
+constexpr uint64_t kSaRestorer = 0x04000000;  // SA_RESTORER (not in glibc's headers)
+
+}  // namespace
+
+int64_t MonotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+bool DefaultIgnore(int sig) {
+  // Stops are ignored too: minivk has no job control.
+  return sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH || sig == SIGCONT ||
+         sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+File::~File() {
+  if (own && host >= 0) close(host);
+}
+
+Kernel::Kernel(PhysMem& mem, const Options& options)
+    : mem_(mem), options_(options), pool_(options.backend_type) {
+  unsigned eax, ebx, ecx, edx;
+  __cpuid_count(0xD, 0, eax, ebx, ecx, edx);
+  fpu_size_ = (ebx + 63) & ~63u;
+  fpu_mask_ = XGetBv0();
+  fpu_initial_.assign(fpu_size_ + 64, 0);
+  auto* area = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(fpu_initial_.data()) + 63) & ~uintptr_t{63});
+  XSave(area, fpu_mask_);
+  // XSTATE_BV = 0: every component in its initial state (MXCSR still comes from the image).
+  memset(area + 512, 0, 64);
+  fpu_initial_.assign(area, area + fpu_size_);
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+Kernel::~Kernel() {
+  // Suspended fibers unwind their stacks when destroyed; nothing else refers to them.
+  procs_.clear();
+  if (root_fd_ >= 0) close(root_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void Kernel::Trace(const Process& p, const char* format, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, format);
+  vsnprintf(line, sizeof(line), format, ap);
+  va_end(ap);
+  fprintf(stderr, "minivk[%d %s]: %s\n", p.pid, p.comm.c_str(), line);
+}
+
+Process* Kernel::NewProcess() {
+  auto owned = std::make_unique<Process>();
+  Process* p = owned.get();
+  p->pid = next_pid_++;
+  p->fpu.reset(static_cast<unsigned char*>(aligned_alloc(64, fpu_size_)));
+  procs_[p->pid] = std::move(owned);
+  ++live_;
+  return p;
+}
+
+bool Kernel::Start(const std::string& path, const std::vector<std::string>& argv,
+                   const std::vector<std::string>& envp, std::string& error) {
+  root_fd_ = open(options_.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  char* real = root_fd_ >= 0 ? realpath(options_.root.c_str(), nullptr) : nullptr;
+  if (real == nullptr) {
+    error = "--root=" + options_.root + ": " + strerror(errno);
+    return false;
+  }
+  root_path_ = real;
+  free(real);
+  if (wake_fd_ < 0) {
+    error = std::string("eventfd: ") + strerror(errno);
+    return false;
+  }
+  Process* p = NewProcess();
+  p->pgid = p->sid = p->pid;
+  p->cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (p->cwd < 0) p->cwd = fcntl(root_fd_, F_DUPFD_CLOEXEC, 3);
+  for (int fd = 0; fd < 3; ++fd) {
+    auto file = std::make_shared<File>();
+    file->host = fd;
+    file->own = false;
+    struct stat st;
+    file->may_block = fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
+                                               S_ISBLK(st.st_mode));
+    if (fcntl(fd, F_GETFD) < 0) file.reset();  // not open: the guest's stays closed too
+    p->fds.push_back(FdEntry{file, false});
+  }
+  memcpy(p->fpu.get(), fpu_initial_.data(), fpu_size_);
+  std::vector<unsigned char> file;
+  ElfImage image;
+  if (!ReadProgram(root_fd_, p->cwd, path, file, image, error)) return false;
+  auto as = std::make_shared<AddressSpace>(mem_, pool_);
+  LoadedProgram loaded;
+  if (!as->Load(file, image, argv, envp, loaded, error)) return false;
+  p->as = std::move(as);
+  p->tf.tf_rip = static_cast<int64_t>(loaded.entry);
+  p->tf.tf_rsp = static_cast<int64_t>(loaded.rsp);
+  p->tf.tf_rflags = 0x202;
+  p->comm = BaseName(path);
+  p->exe = AbsolutePath(*p, path);
+  StartFiber(*p);
+  runq_.push_back(p);
+  return true;
+}
+
+void Kernel::StartFiber(Process& p) {
+  p.fiber = boost::context::fiber(
+      std::allocator_arg, boost::context::protected_fixedsize_stack(kFiberStack),
+      [this, &p](boost::context::fiber&& caller) {
+        p.caller = std::move(caller);
+        ProcessMain(p);
+        return std::move(p.caller);
+      });
+}
+
+int Kernel::Run(std::string& error) {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<std::thread> threads;
+  for (int i = 1; i < options_.cpus; ++i) {
+    threads.emplace_back([this] {
+      std::unique_lock<std::mutex> l(mu_);
+      SchedulerLoop(l);
+    });
+  }
+  SchedulerLoop(lock);
+  lock.unlock();
+  for (auto& t : threads) t.join();
+  lock.lock();
+  if (!fatal_.empty()) {
+    error = fatal_;
+    return -1;
+  }
+  if (WIFSIGNALED(init_status_)) return 128 + WTERMSIG(init_status_);
+  return WEXITSTATUS(init_status_);
+}
+
+void Kernel::SchedulerLoop(std::unique_lock<std::mutex>& lock) {
+  // This thread's preemption tick.
+  struct sigaction sa = {};
+  sa.sa_handler = OnTick;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGALRM, &sa, nullptr);
+  timer_t timer;
+  struct sigevent sev = {};
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SIGALRM;
+  sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+  const bool have_timer = timer_create(CLOCK_MONOTONIC, &sev, &timer) == 0;
+  if (have_timer) {
+    struct itimerspec its = {{0, 10000000}, {0, 10000000}};
+    timer_settime(timer, 0, &its, nullptr);
+  }
+  while (live_ > 0 && fatal_.empty()) {
+    if (!runq_.empty()) {
+      Process* p = runq_.front();
+      runq_.pop_front();
+      p->state = Process::State::kRunning;
+      ++stats_.context_switches;
+      p->fiber = std::move(p->fiber).resume();
+      if (p->state == Process::State::kZombie && !p->fiber && p->ppid == 0) {
+        procs_.erase(p->pid);  // nobody will wait for it
+      }
+      continue;
+    }
+    if (!polling_) {
+      PollIdle(lock);
+      continue;
+    }
+    idle_cv_.wait(lock);
+  }
+  // Wake the other threads so they see the end too.
+  idle_cv_.notify_all();
+  if (polling_) {
+    const uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
+  if (have_timer) timer_delete(timer);
+}
+
+void Kernel::PollIdle(std::unique_lock<std::mutex>& lock) {
+  polling_ = true;
+  std::vector<struct pollfd> fds = {{wake_fd_, POLLIN, 0}};
+  std::vector<int> pids = {0};
+  int64_t deadline = -1;
+  for (auto& [pid, p] : procs_) {
+    if (p->state != Process::State::kBlocked) continue;
+    for (const struct pollfd& w : p->waits) {
+      fds.push_back(w);
+      pids.push_back(pid);
+    }
+    if (p->wait_deadline >= 0 && (deadline < 0 || p->wait_deadline < deadline)) {
+      deadline = p->wait_deadline;
+    }
+  }
+  struct timespec timeout, *timeout_ptr = nullptr;
+  if (deadline >= 0) {
+    const int64_t left = std::max<int64_t>(0, deadline - MonotonicNs());
+    timeout = {static_cast<time_t>(left / 1000000000), static_cast<long>(left % 1000000000)};
+    timeout_ptr = &timeout;
+  }
+  // The tick stays pending while idle (it would only wake this thread).
+  sigset_t mask;
+  pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+  sigaddset(&mask, SIGALRM);
+  lock.unlock();
+  const int n = ppoll(fds.data(), fds.size(), timeout_ptr, &mask);
+  lock.lock();
+  polling_ = false;
+  uint64_t drain;
+  while (read(wake_fd_, &drain, sizeof(drain)) > 0) {
+  }
+  if (n > 0) {
+    for (size_t i = 1; i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      auto it = procs_.find(pids[i]);
+      if (it != procs_.end() && it->second->state == Process::State::kBlocked &&
+          !it->second->waits.empty()) {
+        Wake(*it->second);
+      }
+    }
+  }
+  const int64_t now = MonotonicNs();
+  for (auto& [pid, p] : procs_) {
+    if (p->state == Process::State::kBlocked && p->wait_deadline >= 0 &&
+        p->wait_deadline <= now) {
+      Wake(*p);
+    }
+  }
+}
+
+void Kernel::Wake(Process& p) {
+  if (p.state != Process::State::kBlocked) return;
+  p.state = Process::State::kRunnable;
+  p.waits.clear();
+  p.wait_deadline = -1;
+  runq_.push_back(&p);
+  idle_cv_.notify_one();
+  if (polling_) {
+    const uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
+}
+
+void Kernel::SwitchOut(Process& p) { p.caller = std::move(p.caller).resume(); }
+
+void Kernel::Block(Process& p) {
+  p.state = Process::State::kBlocked;
+  SwitchOut(p);
+}
+
+void Kernel::BlockOn(Process& p, int fd, short events) {
+  p.waits.assign(1, pollfd{fd, events, 0});
+  Block(p);
+}
+
+bool Kernel::RunGuest(Process& p) {
+  p.vcpu_tid = static_cast<pid_t>(syscall(SYS_gettid));
+  p.in_run = true;
+  const int64_t t0 = options_.stats ? MonotonicNs() : 0;
+  mu_.unlock();
+  XRstor(p.fpu.get(), fpu_mask_);
+  const int rc = vmspace_ctl(p.as->id(), VMSPACE_CTL_RUN, &p.tf, &p.vf);
+  XSave(p.fpu.get(), fpu_mask_);
+  mu_.lock();
+  p.in_run = false;
+  if (options_.stats) stats_.run_seconds += (MonotonicNs() - t0) / 1e9;
+  if (rc != 0 && fatal_.empty()) fatal_ = std::string("vmspace_ctl: ") + vkrt_last_error();
+  return rc == 0;
+}
+
+void Kernel::ProcessMain(Process& p) {
+  while (p.state != Process::State::kZombie) {
+    if (!RunGuest(p)) {
+      Exit(p, SIGKILL);
+      break;
+    }
+    const int64_t t0 = options_.stats ? MonotonicNs() : 0;
+    HandleExit(p);
+    if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - t0) / 1e9;
+  }
+}
+
+void Kernel::HandleExit(Process& p) {
+  int64_t result = kKeepRax;
+  switch (p.tf.tf_trapno) {
+    case T_FAST_SYSCALL: {
+      ++stats_.syscalls;
+      p.orig_rax = p.tf.tf_rax;
+      result = Syscall(p);
+      break;
+    }
+    case 0:
+      ++stats_.interrupts;
+      if (!runq_.empty()) {
+        p.state = Process::State::kRunnable;
+        runq_.push_back(&p);
+        SwitchOut(p);
+      }
+      break;
+    case T_PAGEFLT:
+      ++stats_.faults;
+      if (options_.trace) {
+        Trace(p, "fault at %#lx (%s%s) rip %#lx", static_cast<unsigned long>(p.tf.tf_addr),
+              (p.tf.tf_err & PGEX_W) ? "write" : (p.tf.tf_err & PGEX_I) ? "fetch" : "read",
+              (p.tf.tf_err & PGEX_P) ? ", protection" : "",
+              static_cast<unsigned long>(p.tf.tf_rip));
+      }
+      if (!p.as->Fault(static_cast<uint64_t>(p.tf.tf_addr), static_cast<uint64_t>(p.tf.tf_err))) {
+        ForceSignal(p, SIGSEGV, (p.tf.tf_err & PGEX_P) ? 2 /* SEGV_ACCERR */ : 1 /* MAPERR */,
+                    static_cast<uint64_t>(p.tf.tf_addr));
+      }
+      break;
+    case T_SYSCALL80:
+      p.tf.tf_rax = -ENOSYS;  // the i386 system call ABI is not offered
+      break;
+    default: {
+      int sig = SIGSEGV;
+      switch (p.tf.tf_trapno) {
+        case T_PRIVINFLT: sig = SIGILL; break;
+        case T_BPTFLT:
+        case T_TRCTRAP: sig = SIGTRAP; break;
+        case T_DIVIDE:
+        case T_ARITHTRAP:
+        case T_XMMFLT: sig = SIGFPE; break;
+        case T_ALIGNFLT: sig = SIGBUS; break;
+        default: break;
+      }
+      if (options_.trace) {
+        Trace(p, "trap %ld at rip %#lx: signal %d", static_cast<long>(p.tf.tf_trapno),
+              static_cast<unsigned long>(p.tf.tf_rip), sig);
+      }
+      ForceSignal(p, sig, 0x80 /* SI_KERNEL */, 0);
+      break;
+    }
+  }
+  if (p.state != Process::State::kZombie) DeliverSignals(p, result);
+}
+
+// ---- Processes ---------------------------------------------------------------------------
+
+int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, uint64_t ctid,
+                     uint64_t tls) {
+  constexpr uint64_t kSupported = CLONE_VM | CLONE_VFORK | CLONE_SETTLS | CLONE_PARENT_SETTID |
+                                  CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | 0xFF;
+  if ((flags & ~kSupported) != 0) return -ENOSYS;  // threads and namespaces: not in minivk
+  if ((flags & CLONE_VM) && !(flags & CLONE_VFORK)) return -ENOSYS;
+  ++stats_.forks;
+  Process* c = NewProcess();
+  c->ppid = p.pid;
+  c->pgid = p.pgid;
+  c->sid = p.sid;
+  c->fds = p.fds;
+  c->cwd = fcntl(p.cwd, F_DUPFD_CLOEXEC, 3);
+  c->umask = p.umask;
+  c->tf = p.tf;
+  c->tf.tf_rax = 0;
+  c->vf = p.vf;
+  memcpy(c->fpu.get(), p.fpu.get(), fpu_size_);
+  std::copy(std::begin(p.actions), std::end(p.actions), std::begin(c->actions));
+  c->blocked = p.blocked;
+  c->comm = p.comm;
+  c->exe = p.exe;
+  if (flags & CLONE_VM) {
+    c->as = p.as;
+  } else {
+    auto as = std::make_shared<AddressSpace>(mem_, pool_);
+    std::string error;
+    if (!as->ForkFrom(*p.as, error)) {
+      if (options_.trace) Trace(p, "fork: %s", error.c_str());
+      c->state = Process::State::kZombie;
+      --live_;
+      procs_.erase(c->pid);
+      return -ENOMEM;
+    }
+    c->as = std::move(as);
+  }
+  if (stack != 0) c->tf.tf_rsp = static_cast<int64_t>(stack);
+  if (flags & CLONE_SETTLS) c->vf.vx_tls.info[0].base = reinterpret_cast<void*>(tls);
+  const int32_t pid = c->pid;
+  if (flags & CLONE_PARENT_SETTID) p.as->CopyOut(ptid, &pid, sizeof(pid));
+  if (flags & CLONE_CHILD_SETTID) c->as->CopyOut(ctid, &pid, sizeof(pid));
+  if (flags & CLONE_CHILD_CLEARTID) c->clear_child_tid = ctid;
+  StartFiber(*c);
+  runq_.push_back(c);
+  idle_cv_.notify_one();
+  if (flags & CLONE_VFORK) {
+    c->vfork_parent = &p;
+    p.in_vfork = true;
+    while (p.in_vfork && !(p.pending & Bit(SIGKILL))) Block(p);
+  }
+  return pid;
+}
+
+void Kernel::ReleaseVfork(Process& child) {
+  if (child.vfork_parent == nullptr) return;
+  child.vfork_parent->in_vfork = false;
+  Wake(*child.vfork_parent);
+  child.vfork_parent = nullptr;
+}
+
+void Kernel::Exit(Process& p, int wait_status) {
+  if (p.state == Process::State::kZombie) return;
+  if (options_.trace) Trace(p, "exit, status %#x", wait_status);
+  ReleaseVfork(p);
+  if (p.clear_child_tid != 0 && p.as) {
+    const int32_t zero = 0;
+    p.as->CopyOut(p.clear_child_tid, &zero, sizeof(zero));
+  }
+  p.fds.clear();
+  if (p.cwd >= 0) close(p.cwd);
+  p.cwd = -1;
+  p.as.reset();
+  p.fpu_saved.clear();
+  p.state = Process::State::kZombie;
+  p.wait_status = wait_status;
+  --live_;
+  Process* init = nullptr;
+  if (auto it = procs_.find(1); it != procs_.end() && it->second.get() != &p &&
+                                it->second->state != Process::State::kZombie) {
+    init = it->second.get();
+  }
+  std::vector<int> orphaned_zombies;
+  for (auto& [pid, c] : procs_) {
+    if (c->ppid != p.pid) continue;
+    if (init != nullptr) {
+      c->ppid = 1;
+      if (c->state == Process::State::kZombie) Wake(*init);
+    } else {
+      c->ppid = 0;  // reaped by the scheduler once its fiber is done
+      if (c->state == Process::State::kZombie && !c->fiber) orphaned_zombies.push_back(pid);
+    }
+  }
+  for (int pid : orphaned_zombies) procs_.erase(pid);
+  if (p.pid == 1) {
+    init_done_ = true;
+    init_status_ = wait_status;
+    // As when a PID namespace's init dies: everyone else goes.
+    for (auto& [pid, c] : procs_) SendSignal(*c, SIGKILL);
+  }
+  auto parent = procs_.find(p.ppid);
+  if (parent == procs_.end() || parent->second->state == Process::State::kZombie) {
+    p.ppid = 0;
+    return;
+  }
+  Process& pp = *parent->second;
+  const SigAction& chld = pp.actions[SIGCHLD];
+  if (chld.handler == 1 /* SIG_IGN */ || (chld.flags & SA_NOCLDWAIT)) {
+    p.ppid = 0;  // the parent said it will not wait
+  } else {
+    SendSignal(pp, SIGCHLD);
+  }
+  Wake(pp);  // a wait4 retries (any other wait just waits again)
+}
+
+int64_t Kernel::Wait4(Process& p, int64_t pid, uint64_t status, int options) {
+  if (options & ~(WNOHANG | WUNTRACED | WCONTINUED | __WALL | __WCLONE)) return -EINVAL;
+  for (;;) {
+    bool any = false;
+    Process* zombie = nullptr;
+    for (auto& [cpid, c] : procs_) {
+      if (c->ppid != p.pid) continue;
+      if (pid > 0 && cpid != pid) continue;
+      if (pid == 0 && c->pgid != p.pgid) continue;
+      if (pid < -1 && c->pgid != -pid) continue;
+      any = true;
+      if (c->state == Process::State::kZombie && !c->fiber) {
+        zombie = c.get();
+        break;
+      }
+    }
+    if (!any) return -ECHILD;
+    if (zombie != nullptr) {
+      const int32_t st = zombie->wait_status;
+      if (status != 0 && !p.as->CopyOut(status, &st, sizeof(st))) return -EFAULT;
+      const int64_t reaped = zombie->pid;
+      procs_.erase(zombie->pid);
+      return reaped;
+    }
+    if (options & WNOHANG) return 0;
+    if (SignalPending(p)) return kRestart;
+    Block(p);
+  }
+}
+
+// ---- Signals -----------------------------------------------------------------------------
+
+bool Kernel::SignalPending(const Process& p) const {
+  return (p.pending & ~(p.blocked & ~kUnblockable)) != 0;
+}
+
+void Kernel::SendSignal(Process& p, int sig) {
+  if (p.state == Process::State::kZombie || sig < 1 || sig > 64) return;
+  const SigAction& act = p.actions[sig];
+  if (sig != SIGKILL && sig != SIGSTOP &&
+      (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig)))) {
+    return;  // discarded, as Linux discards ignored signals
+  }
+  p.pending |= Bit(sig);
+  if ((p.blocked & Bit(sig)) && !(kUnblockable & Bit(sig))) return;
+  if (p.state == Process::State::kBlocked) {
+    Wake(p);
+  } else if (p.state == Process::State::kRunning && p.in_run) {
+    vkrt_interrupt(p.vcpu_tid);  // running on another vkernel thread: end its RUN
+  }
+}
+
+void Kernel::ForceSignal(Process& p, int sig, int code, uint64_t addr) {
+  // A synchronous fault: blocked or ignored, it still kills (as Linux's force_sig).
+  if ((p.blocked & Bit(sig)) || p.actions[sig].handler == 1) {
+    p.blocked &= ~Bit(sig);
+    p.actions[sig] = SigAction{};
+  }
+  p.fault_code = code;
+  p.fault_addr = addr;
+  p.fault_sig = sig;
+  p.pending |= Bit(sig);
+}
+
+int64_t Kernel::Kill(Process& p, int64_t pid, int sig) {
+  if (sig < 0 || sig > 64) return -EINVAL;
+  int found = 0;
+  for (auto& [cpid, c] : procs_) {
+    if (c->state == Process::State::kZombie) continue;
+    const bool match = pid > 0    ? cpid == pid
+                       : pid == 0 ? c->pgid == p.pgid
+                       : pid == -1 ? cpid != 1 && cpid != p.pid
+                                   : c->pgid == -pid;
+    if (!match) continue;
+    ++found;
+    if (sig != 0) {
+      c->sender = p.pid;
+      SendSignal(*c, sig);
+    }
+  }
+  return found > 0 ? 0 : -ESRCH;
+}
+
+void Kernel::DeliverSignals(Process& p, int64_t result) {
+  int sig = 0;
+  SigAction act;
+  for (;;) {
+    const uint64_t ready = p.pending & ~(p.blocked & ~kUnblockable);
+    if (ready == 0) break;
+    sig = __builtin_ctzll(ready) + 1;
+    act = p.actions[sig];
+    if (sig != SIGKILL && (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig)))) {
+      p.pending &= ~Bit(sig);
+      sig = 0;
+      continue;
+    }
+    break;
+  }
+  if (result == kRestart) {
+    if (sig != 0 && sig != SIGKILL && act.handler > 1 && !(act.flags & SA_RESTART)) {
+      p.tf.tf_rax = -EINTR;
+    } else {
+      p.tf.tf_rip -= 2;  // the syscall instruction again
+      p.tf.tf_rax = p.orig_rax;
+    }
+  } else if (result != kKeepRax) {
+    p.tf.tf_rax = result;
+  }
+  if (sig == 0) {
+    if (p.sigsuspended) {
+      p.blocked = p.saved_mask;
+      p.sigsuspended = false;
+    }
+    return;
+  }
+  p.pending &= ~Bit(sig);
+  ++stats_.signals;
+  if (options_.trace) Trace(p, "signal %d (%s)", sig, sig == SIGKILL || act.handler == 0 ? "default" : "handler");
+  if (sig == SIGKILL || act.handler == 0) {
+    Exit(p, sig);  // terminated by the signal
+    return;
+  }
+  uint64_t code = 0, addr = 0;
+  if (sig == p.fault_sig) {
+    code = static_cast<uint64_t>(p.fault_code);
+    addr = p.fault_addr;
+    p.fault_sig = 0;
+  }
+  if (!PushFrame(p, sig, act, code, addr)) {
+    Exit(p, SIGSEGV);
+    return;
+  }
+  p.blocked |= act.mask | ((act.flags & SA_NODEFER) ? 0 : Bit(sig));
+  p.blocked &= ~kUnblockable;
+  if (act.flags & SA_RESETHAND) p.actions[sig] = SigAction{};
+}
+
+bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, uint64_t code,
+                       uint64_t addr) {
+  if (!(act.flags & kSaRestorer) || act.restorer == 0) return false;
+  uint64_t sp = static_cast<uint64_t>(p.tf.tf_rsp) - 128;  // past the red zone
+  sp = ((sp - sizeof(SigFrame)) & ~uint64_t{15}) - 8;       // as after a call
+  SigFrame f = {};
+  f.pretcode = act.restorer;
+  f.uc.stack.flags = SS_DISABLE;
+  const struct trapframe& tf = p.tf;
+  SigContext& m = f.uc.mcontext;
+  m.r8 = tf.tf_r8; m.r9 = tf.tf_r9; m.r10 = tf.tf_r10; m.r11 = tf.tf_r11;
+  m.r12 = tf.tf_r12; m.r13 = tf.tf_r13; m.r14 = tf.tf_r14; m.r15 = tf.tf_r15;
+  m.rdi = tf.tf_rdi; m.rsi = tf.tf_rsi; m.rbp = tf.tf_rbp; m.rbx = tf.tf_rbx;
+  m.rdx = tf.tf_rdx; m.rax = tf.tf_rax; m.rcx = tf.tf_rcx; m.rsp = tf.tf_rsp;
+  m.rip = tf.tf_rip; m.eflags = tf.tf_rflags;
+  m.cs = 0x33; m.ss = 0x2b;
+  m.err = tf.tf_err; m.trapno = tf.tf_trapno; m.cr2 = addr;
+  const uint64_t old_mask = p.sigsuspended ? p.saved_mask : p.blocked;
+  p.sigsuspended = false;
+  m.oldmask = old_mask;
+  f.uc.sigmask = old_mask;
+  f.info.signo = sig;
+  if (code != 0) {
+    f.info.code = static_cast<int32_t>(code);
+    f.info.fields[0] = addr;  // si_addr
+  } else {
+    f.info.code = 0;  // SI_USER
+    f.info.fields[0] = (static_cast<uint64_t>(getuid()) << 32) | static_cast<uint32_t>(p.sender);
+  }
+  if (!p.as->CopyOut(sp, &f, sizeof(f))) return false;
+  p.fpu_saved.emplace_back(p.fpu.get(), p.fpu.get() + fpu_size_);
+  p.tf.tf_rdi = sig;
+  p.tf.tf_rsi = static_cast<int64_t>(sp + offsetof(SigFrame, info));
+  p.tf.tf_rdx = static_cast<int64_t>(sp + offsetof(SigFrame, uc));
+  p.tf.tf_rax = 0;
+  p.tf.tf_rip = static_cast<int64_t>(act.handler);
+  p.tf.tf_rsp = static_cast<int64_t>(sp);
+  p.tf.tf_rflags &= ~int64_t{0x500};  // DF and TF clear in the handler
+  return true;
+}
+
+int64_t Kernel::SigReturn(Process& p) {
+  SigFrame f;
+  const uint64_t at = static_cast<uint64_t>(p.tf.tf_rsp) - 8;  // the handler's ret took pretcode
+  if (!p.as->CopyIn(at, &f, sizeof(f))) {
+    ForceSignal(p, SIGSEGV, 0x80, 0);
+    return kKeepRax;
+  }
+  const SigContext& m = f.uc.mcontext;
+  struct trapframe& tf = p.tf;
+  tf.tf_r8 = m.r8; tf.tf_r9 = m.r9; tf.tf_r10 = m.r10; tf.tf_r11 = m.r11;
+  tf.tf_r12 = m.r12; tf.tf_r13 = m.r13; tf.tf_r14 = m.r14; tf.tf_r15 = m.r15;
+  tf.tf_rdi = m.rdi; tf.tf_rsi = m.rsi; tf.tf_rbp = m.rbp; tf.tf_rbx = m.rbx;
+  tf.tf_rdx = m.rdx; tf.tf_rax = m.rax; tf.tf_rcx = m.rcx; tf.tf_rsp = m.rsp;
+  tf.tf_rip = m.rip; tf.tf_rflags = m.eflags;
+  p.blocked = f.uc.sigmask & ~kUnblockable;
+  if (!p.fpu_saved.empty()) {
+    memcpy(p.fpu.get(), p.fpu_saved.back().data(), fpu_size_);
+    p.fpu_saved.pop_back();
+  }
+  return kKeepRax;
+}
+
+}  // namespace minivk

@@ -1,0 +1,214 @@
+// minivk's kernel: guest processes (fork/vfork/clone, execve, wait4, exit), their open files
+// (passed through to host descriptors; pipes are host pipes), signals with frames on the guest
+// stack, and a scheduler that runs each process's kernel context on a Boost.Context fiber.
+//
+// Threading and locking: `--cpus=N` runs N vkernel threads. All kernel state (this class, every
+// Process, AddressSpace, PhysMem) is guarded by one lock, mu_, held by whichever thread runs
+// kernel code; a fiber releases it only around VMSPACE_CTL_RUN and the idle thread around its
+// ppoll. A fiber always releases the lock on the thread that took it (it never switches while
+// unlocked), so ownership never crosses threads. Each thread has a SIGALRM timer (10 ms) that
+// ends RUN (tf_trapno 0) so the scheduler can rotate.
+#ifndef VKRT_EXAMPLES_MINIVK_KERNEL_H_
+#define VKRT_EXAMPLES_MINIVK_KERNEL_H_
+
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <vkrt/vmspace.h>
+
+#include <boost/context/fiber.hpp>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pmap.h"
+#include "vm.h"
+
+namespace minivk {
+
+struct Options {
+  int backend_type = VKRT_TYPE_DEFAULT;
+  bool trace = false;
+  bool stats = false;
+  int cpus = 1;
+  std::string root = "/";  // guest "/" is this host directory
+  bool read_only = false;   // the guest may not change files under root
+};
+
+// An open file description: a host descriptor shared by every guest descriptor that refers
+// to it (dup, fork), closed when the last goes.
+struct File {
+  int host = -1;
+  bool own = true;         // false for minivk's own 0/1/2: never closed
+  bool may_block = false;  // a pipe, socket or terminal: read/write wait through poll
+  bool host_nonblock = false;  // minivk set O_NONBLOCK on the host descriptor (its pipes)
+  bool guest_nonblock = false;  // the guest asked for O_NONBLOCK
+  ~File();
+};
+
+struct FdEntry {
+  std::shared_ptr<File> file;
+  bool cloexec = false;
+};
+
+struct SigAction {
+  uint64_t handler = 0;  // SIG_DFL 0, SIG_IGN 1, else the guest address
+  uint64_t flags = 0;
+  uint64_t restorer = 0;
+  uint64_t mask = 0;
+};
+
+struct Process {
+  enum class State { kRunnable, kRunning, kBlocked, kZombie };
+
+  int pid = 0, ppid = 0, pgid = 0, sid = 0;
+  State state = State::kRunnable;
+  std::shared_ptr<AddressSpace> as;  // shared by a vfork child until it execs or exits
+  std::vector<FdEntry> fds;
+  int cwd = -1;           // host O_PATH descriptor of the working directory
+  mode_t umask = 022;
+  struct trapframe tf = {};
+  struct vextframe vf = {};
+  std::unique_ptr<unsigned char, void (*)(void*)> fpu{nullptr, free};  // xsave area
+  std::vector<std::vector<unsigned char>> fpu_saved;  // one per signal frame
+  SigAction actions[65];
+  uint64_t blocked = 0, pending = 0;
+  uint64_t clear_child_tid = 0;
+  int wait_status = 0;     // for wait4, once a zombie
+  Process* vfork_parent = nullptr;  // blocked until this child execs or exits
+  bool in_vfork = false;   // this process waits for its vfork child
+  bool sigsuspended = false;  // rt_sigsuspend: the mask to restore after the handler
+  uint64_t saved_mask = 0;
+  // What a blocked process waits for (any wakeup makes it retry its call).
+  std::vector<struct pollfd> waits;  // host descriptors and events
+  int64_t wait_deadline = -1;  // CLOCK_MONOTONIC ns, -1 none
+  pid_t vcpu_tid = 0;          // the vkernel thread running it (for vkrt_interrupt)
+  bool in_run = false;         // inside VMSPACE_CTL_RUN (without the kernel lock)
+  int64_t orig_rax = 0;        // the system call number, for restarts
+  int fault_sig = 0, fault_code = 0;  // siginfo of a synchronous fault signal
+  uint64_t fault_addr = 0;
+  int sender = 0;              // si_pid of the last kill()
+  boost::context::fiber fiber, caller;
+  std::string comm;            // for --trace
+  std::string exe;             // the program's guest path (/proc/self/exe)
+};
+
+class Kernel {
+ public:
+  Kernel(PhysMem& mem, const Options& options);
+  ~Kernel();
+  Kernel(const Kernel&) = delete;
+  Kernel& operator=(const Kernel&) = delete;
+
+  // Makes process 1 running `path`. False with `error` (the program cannot be loaded, a host
+  // call failed).
+  bool Start(const std::string& path, const std::vector<std::string>& argv,
+             const std::vector<std::string>& envp, std::string& error);
+  // Runs until process 1 exits; its exit status as a shell reports it (128 + signal number
+  // if a signal ended it), or -1 with `error` for a host failure.
+  int Run(std::string& error);
+
+  struct Stats {
+    uint64_t syscalls = 0, faults = 0, interrupts = 0, signals = 0, forks = 0, execs = 0;
+    uint64_t context_switches = 0;
+    double run_seconds = 0, kernel_seconds = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  // Scheduler (mu_ held).
+  void SchedulerLoop(std::unique_lock<std::mutex>& lock);
+  void PollIdle(std::unique_lock<std::mutex>& lock);
+  void Wake(Process& p);
+  // The calling fiber gives the thread back to the scheduler until woken (kBlocked) or at
+  // once requeued (kRunnable).
+  void SwitchOut(Process& p);
+  void Block(Process& p);
+  // Blocks until host descriptor `fd` has `events` (or any other wakeup).
+  void BlockOn(Process& p, int fd, short events);
+  void StartFiber(Process& p);
+  void ProcessMain(Process& p);
+
+  // One exit of RUN.
+  void HandleExit(Process& p);
+  int64_t Syscall(Process& p);  // traces, then Dispatch
+  int64_t Dispatch(Process& p, uint64_t nr, const uint64_t* args);
+  bool RunGuest(Process& p);
+
+  // Processes.
+  Process* NewProcess();
+  int64_t Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, uint64_t ctid,
+               uint64_t tls);
+  int64_t Execve(Process& p, uint64_t path, uint64_t argv, uint64_t envp);
+  void Exit(Process& p, int wait_status);
+  int64_t Wait4(Process& p, int64_t pid, uint64_t status, int options);
+  void Reap(Process& child);
+  void ReleaseVfork(Process& child);
+
+  // Signals.
+  void SendSignal(Process& p, int sig);
+  int64_t Kill(Process& p, int64_t pid, int sig);
+  // Delivers what is pending and unblocked before the guest resumes, after storing `result`
+  // (a system call's result; kRestart: restart or EINTR depending on the handler; kKeepRax:
+  // the registers are already set).
+  void DeliverSignals(Process& p, int64_t result);
+  // A synchronous fault's signal: delivered even if blocked or ignored (then it kills).
+  void ForceSignal(Process& p, int sig, int code, uint64_t addr);
+  bool PushFrame(Process& p, int sig, const SigAction& act, uint64_t code, uint64_t addr);
+  int64_t SigReturn(Process& p);
+  bool SignalPending(const Process& p) const;
+
+  // Files.
+  std::shared_ptr<File> FileOf(Process& p, int64_t fd);
+  int64_t Install(Process& p, std::shared_ptr<File> file, bool cloexec, int64_t at = -1);
+  int64_t ReadFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int64_t offset);
+  int64_t WriteFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int64_t offset);
+  int64_t Openat(Process& p, int64_t dirfd, uint64_t path, int flags, int mode);
+  int64_t Pipe(Process& p, uint64_t fds, int flags);
+  // A guest path → (host directory descriptor, relative path). Absolute paths start at the
+  // root; `dirfd` AT_FDCWD is the working directory. False: -errno in *err.
+  bool Resolve(Process& p, int64_t dirfd, uint64_t path, int& host_dir, std::string& rel,
+               int64_t* err, bool empty_ok = false);
+  int64_t PathCall(Process& p, uint64_t nr, const uint64_t* a);
+  int64_t Getcwd(Process& p, uint64_t buf, uint64_t size);
+  // The working directory as the guest names it (under the root), and `path` made absolute.
+  std::string GuestCwd(const Process& p) const;
+  std::string AbsolutePath(const Process& p, const std::string& path) const;
+  int64_t Ioctl(Process& p, int64_t fd, uint64_t request, uint64_t arg);
+  int64_t Fcntl(Process& p, int64_t fd, int cmd, uint64_t arg);
+  int64_t Poll(Process& p, uint64_t fds, uint64_t nfds, int64_t timeout_ms);
+  int64_t Sleep(Process& p, int64_t deadline_ns);
+
+  void Trace(const Process& p, const char* format, ...) __attribute__((format(printf, 3, 4)));
+
+  PhysMem& mem_;
+  Options options_;
+  VmspacePool pool_;
+  int root_fd_ = -1;
+  std::string root_path_;  // realpath of options_.root
+  size_t fpu_size_ = 0;
+  uint64_t fpu_mask_ = 0;
+  std::vector<unsigned char> fpu_initial_;
+
+  std::mutex mu_;  // the kernel lock (see the file comment)
+  std::condition_variable idle_cv_;
+  std::map<int, std::unique_ptr<Process>> procs_;
+  std::deque<Process*> runq_;
+  int next_pid_ = 1;
+  int live_ = 0;             // processes not yet zombies
+  bool polling_ = false;     // a thread sits in ppoll (wake it with wake_fd_)
+  int wake_fd_ = -1;         // eventfd
+  bool init_done_ = false;
+  int init_status_ = 0;
+  std::string fatal_;        // a host failure that ends Run()
+  Stats stats_;
+};
+
+}  // namespace minivk
+
+#endif  // VKRT_EXAMPLES_MINIVK_KERNEL_H_

@@ -1,0 +1,124 @@
+// minivk: a guest process's address space — its vmspace, its page tables (pmap.h) and the
+// areas the program may use (segments, heap, stack, mmaps). Pages are allocated on first
+// touch (T_PAGEFLT), shared copy-on-write after fork, and every change that takes rights away
+// or changes a frame is followed by MADV_INVAL, as DragonFly's vkernel pmap does.
+//
+// Threading: an AddressSpace is used under the kernel's lock (kernel.h); the vmspace is RUN
+// by whichever vkernel thread runs the owning process, without that lock.
+#ifndef VKRT_EXAMPLES_MINIVK_VM_H_
+#define VKRT_EXAMPLES_MINIVK_VM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <vkrt/vmspace.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "elf.h"
+#include "loader.h"
+#include "pmap.h"
+
+namespace minivk {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kRegionStart = 0x10000;        // the VPAGETABLE region's start
+constexpr uint64_t kUserTop = 0x7FFFFFE00000;     // the runtime's pages begin here
+constexpr uint64_t kStackTop = 0x7FFFFF000000;    // the main stack ends here
+constexpr uint64_t kStackSize = 8ull << 20;       // and may grow to this size
+constexpr uint64_t kMmapTop = 0x7F0000000000;     // mmaps without a hint go below this
+
+inline uint64_t PageDown(uint64_t v) { return v & ~(kPage - 1); }
+inline uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
+
+// Makes vmspace `id` run through `pt`: one MAP_VPAGETABLE region over `mem` covering the user
+// range from kRegionStart (object offset = start, so the walk index is the virtual page
+// number), its root set with MADV_SETMAP. False with `error` naming what failed.
+bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error);
+
+// A vmspace of the runtime, created once and reused by later address spaces (creating one
+// costs a stub process on the ptrace/seccomp backends). Owns the id's storage.
+class VmspacePool {
+ public:
+  explicit VmspacePool(int type) : type_(type) {}
+  ~VmspacePool();
+  // A vmspace governed by `pt` (fresh or reused: its old translations are dropped). nullptr
+  // with `error` naming the failing call.
+  void* Get(const PhysMem& mem, const PageTable& pt, std::string& error);
+  void Put(void* id);
+
+ private:
+  int type_;
+  std::vector<std::unique_ptr<char>> all_;
+  std::vector<void*> free_;
+};
+
+class AddressSpace {
+ public:
+  AddressSpace(PhysMem& mem, VmspacePool& pool) : mem_(mem), pool_(pool), pt_(mem) {}
+  AddressSpace(const AddressSpace&) = delete;
+  AddressSpace& operator=(const AddressSpace&) = delete;
+  ~AddressSpace();  // frees every frame and table, returns the vmspace to the pool
+
+  // Loads a static program (an empty space only). False with `error`.
+  bool Load(const std::vector<unsigned char>& file, const ElfImage& image,
+            const std::vector<std::string>& argv, const std::vector<std::string>& envp,
+            LoadedProgram& out, std::string& error);
+  // The same areas and pages as `parent`, every writable page shared copy-on-write (the
+  // parent's entries lose RW and its translations are invalidated). False if out of memory.
+  bool ForkFrom(AddressSpace& parent, std::string& error);
+
+  void* id() const { return id_; }
+
+  // A T_PAGEFLT at `va` with PGEX_* `err`: true if it is now resolved (demand page, stack,
+  // copy-on-write), false if the access is not allowed (the guest gets SIGSEGV).
+  bool Fault(uint64_t va, uint64_t err);
+
+  // Copies between minivk and guest memory, faulting pages in as the guest would (a write
+  // breaks copy-on-write). False if any byte is not accessible that way.
+  bool CopyIn(uint64_t va, void* dst, size_t len);
+  bool CopyOut(uint64_t va, const void* src, size_t len);
+  // Host iovecs over guest [va, va + len), its pages made present (and writable for
+  // `write`, breaking copy-on-write) as CopyIn/CopyOut would: how many bytes they cover,
+  // stopping at the first page the guest may not access that way (0: none).
+  size_t Iov(uint64_t va, size_t len, bool write, std::vector<struct iovec>& out);
+  // A NUL-terminated string of at most `max` bytes.
+  bool CopyInString(uint64_t va, std::string& out, size_t max = 4096);
+
+  // The memory system calls; Linux results (-errno on failure).
+  int64_t Brk(uint64_t want);
+  int64_t Mmap(uint64_t addr, uint64_t len, int prot, int flags, int host_fd, uint64_t offset);
+  int64_t Munmap(uint64_t addr, uint64_t len);
+  int64_t Mprotect(uint64_t addr, uint64_t len, int prot);
+
+ private:
+  struct Area {
+    uint64_t end;
+    int prot;
+  };
+  // The area holding `va`, or areas_.end().
+  std::map<uint64_t, Area>::iterator AreaOf(uint64_t va);
+  // Removes [start, end) from the areas (splitting them) and its pages; no INVAL.
+  void Remove(uint64_t start, uint64_t end);
+  void AddArea(uint64_t start, uint64_t end, int prot);
+  // Page `va` present with at least the rights of `write`; false if not allowed/no memory.
+  bool Ensure(uint64_t va, bool write, bool exec);
+  // Drops the runtime's translations of [start, end).
+  void Inval(uint64_t start, uint64_t end);
+  // A free range of `len` bytes below kMmapTop (0 if none).
+  uint64_t FindFree(uint64_t len);
+
+  PhysMem& mem_;
+  VmspacePool& pool_;
+  PageTable pt_;
+  void* id_ = nullptr;
+  std::map<uint64_t, Area> areas_;  // start -> area, disjoint
+  uint64_t brk_start_ = 0, brk_ = 0;
+};
+
+}  // namespace minivk
+
+#endif  // VKRT_EXAMPLES_MINIVK_VM_H_
