@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "elf.h"
 
 namespace minivk {
 
@@ -20,12 +19,6 @@ int64_t MonotonicNs();
 // Signals whose default action is to do nothing here.
 bool DefaultIgnore(int sig);
 std::string BaseName(const std::string& path);
-// Reads and parses the static program at guest path `path` (relative paths from host
-// directory `cwd`, absolute ones from `root`). False with a sentence in `error`; `err` (if
-// given) gets the errno a failing execve reports.
-bool ReadProgram(int root, int cwd, const std::string& path, std::vector<unsigned char>& file,
-                 ElfImage& image, std::string& error, int* err = nullptr);
-
 }  // namespace minivk
 
 #endif  // VKRT_EXAMPLES_MINIVK_INTERNAL_H_

@@ -172,12 +172,12 @@ bool Kernel::Start(const std::string& path, const std::vector<std::string>& argv
     p->fds.push_back(FdEntry{file, false});
   }
   memcpy(p->fpu.get(), fpu_initial_.data(), fpu_size_);
-  std::vector<unsigned char> file;
-  ElfImage image;
-  if (!ReadProgram(root_fd_, p->cwd, path, file, image, error)) return false;
+  int err = 0;
+  std::shared_ptr<Program> program = GetProgram(p->cwd, path, err, error, nullptr);
+  if (!program) return false;
   auto as = std::make_shared<AddressSpace>(mem_, pool_);
   LoadedProgram loaded;
-  if (!as->Load(file, image, argv, envp, loaded, error)) return false;
+  if (!as->Load(program, argv, envp, loaded, error)) return false;
   p->as = std::move(as);
   p->tf.tf_rip = static_cast<int64_t>(loaded.entry);
   p->tf.tf_rsp = static_cast<int64_t>(loaded.rsp);

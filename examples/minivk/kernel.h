@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "pmap.h"
@@ -184,6 +185,12 @@ class Kernel {
   int64_t Poll(Process& p, uint64_t fds, uint64_t nfds, int64_t timeout_ms);
   int64_t Sleep(Process& p, int64_t deadline_ns);
 
+  // The program at guest path `path` (relative to host directory `cwd`), from the cache or
+  // loaded; nullptr with the errno execve reports in `err` and a sentence in `error`. For a
+  // "#!" script, `interpreter` (if given) gets the rest of its first line.
+  std::shared_ptr<Program> GetProgram(int cwd, const std::string& path, int& err,
+                                      std::string& error, std::string* interpreter);
+
   void Trace(const Process& p, const char* format, ...) __attribute__((format(printf, 3, 4)));
 
   PhysMem& mem_;
@@ -191,6 +198,16 @@ class Kernel {
   VmspacePool pool_;
   int root_fd_ = -1;
   std::string root_path_;  // realpath of options_.root
+  struct ProgramKey {
+    dev_t dev;
+    ino_t ino;
+    int64_t mtime_ns;
+    off_t size;
+    bool operator<(const ProgramKey& o) const {
+      return std::tie(dev, ino, mtime_ns, size) < std::tie(o.dev, o.ino, o.mtime_ns, o.size);
+    }
+  };
+  std::map<ProgramKey, std::shared_ptr<Program>> programs_;  // loaded programs, by file
   size_t fpu_size_ = 0;
   uint64_t fpu_mask_ = 0;
   std::vector<unsigned char> fpu_initial_;

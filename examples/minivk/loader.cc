@@ -50,30 +50,29 @@ bool ReadGuest(const PhysMem& mem, const PageTable& pt, uint64_t va, void* dst, 
   return true;
 }
 
-bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
-                 const ElfImage& image, uint64_t bias, const std::vector<std::string>& argv,
-                 const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
-                 LoadedProgram& out, std::string& error) {
-  if (stack_top > 0x7FFFFFE00000 || stack_top % kPage != 0 || stack_pages == 0) {
-    error = "the stack must be whole pages ending at or below 0x7FFFFFE00000";
-    return false;
+namespace {
+
+// A fresh frame at `va`, or, if two segments share the page, the union of their rights.
+bool MapFreshPage(PhysMem& mem, PageTable& pt, uint64_t va, int prot) {
+  const vpte_t e = pt.Lookup(va);
+  if (e & VPTE_V) {
+    const int old = PROT_READ | ((e & VPTE_RW) ? PROT_WRITE : 0) | ((e & VPTE_NX) ? 0 : PROT_EXEC);
+    pt.Set(va, PageTable::Leaf(e & VPTE_FRAME, old | prot));
+    return true;
   }
-  auto map_fresh = [&](uint64_t va, int prot) {
-    if (pt.Lookup(va) & VPTE_V) {
-      // Two segments share this page: the page gets the union of their rights.
-      const vpte_t e = pt.Lookup(va);
-      int old = PROT_READ | ((e & VPTE_RW) ? PROT_WRITE : 0) | ((e & VPTE_NX) ? 0 : PROT_EXEC);
-      pt.Set(va, PageTable::Leaf(e & VPTE_FRAME, old | prot));
-      return true;
-    }
-    const uint64_t frame = mem.Alloc();
-    return frame != 0 && pt.Map(va, frame, prot);
-  };
+  const uint64_t frame = mem.Alloc();
+  return frame != 0 && pt.Map(va, frame, prot);
+}
+
+}  // namespace
+
+bool LoadSegments(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
+                  const ElfImage& image, uint64_t bias, std::string& error) {
   for (const LoadSegment& seg : image.segments) {
     const uint64_t start = (bias + seg.vaddr) & ~(kPage - 1);
     const uint64_t end = (bias + seg.vaddr + seg.memsz + kPage - 1) & ~(kPage - 1);
     for (uint64_t va = start; va < end; va += kPage) {
-      if (!map_fresh(va, seg.prot)) {
+      if (!MapFreshPage(mem, pt, va, seg.prot)) {
         error = "out of guest memory loading the program";
         return false;
       }
@@ -84,8 +83,18 @@ bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t 
       return false;
     }
   }
+  return true;
+}
+
+bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bias,
+                const std::vector<std::string>& argv, const std::vector<std::string>& envp,
+                uint64_t stack_top, size_t stack_pages, LoadedProgram& out, std::string& error) {
+  if (stack_top > 0x7FFFFFE00000 || stack_top % kPage != 0 || stack_pages == 0) {
+    error = "the stack must be whole pages ending at or below 0x7FFFFFE00000";
+    return false;
+  }
   for (size_t i = 1; i <= stack_pages; ++i) {
-    if (!map_fresh(stack_top - i * kPage, PROT_READ | PROT_WRITE)) {
+    if (!MapFreshPage(mem, pt, stack_top - i * kPage, PROT_READ | PROT_WRITE)) {
       error = "out of guest memory for the stack";
       return false;
     }
@@ -133,6 +142,15 @@ bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t 
   out.rsp = sp;
   out.brk = image.brk_start + bias;
   return true;
+}
+
+
+bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
+                 const ElfImage& image, uint64_t bias, const std::vector<std::string>& argv,
+                 const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
+                 LoadedProgram& out, std::string& error) {
+  return LoadSegments(mem, pt, file, size, image, bias, error) &&
+         BuildStack(mem, pt, image, bias, argv, envp, stack_top, stack_pages, out, error);
 }
 
 }  // namespace minivk

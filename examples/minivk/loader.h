@@ -25,6 +25,14 @@ struct LoadedProgram {
 bool WriteGuest(PhysMem& mem, const PageTable& pt, uint64_t va, const void* src, size_t len);
 bool ReadGuest(const PhysMem& mem, const PageTable& pt, uint64_t va, void* dst, size_t len);
 
+// The two halves of LoadProgram: the segments (fresh frames with the file's bytes, zeros
+// beyond), then the stack with its vectors (`out` gets entry, rsp and brk).
+bool LoadSegments(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
+                  const ElfImage& image, uint64_t bias, std::string& error);
+bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bias,
+                const std::vector<std::string>& argv, const std::vector<std::string>& envp,
+                uint64_t stack_top, size_t stack_pages, LoadedProgram& out, std::string& error);
+
 // Maps `image`'s segments (read from `file`, `bias` added for static-pie) with fresh frames
 // and a `stack_pages`-page stack ending at `stack_top`, then writes argv, envp and the
 // auxiliary vector (AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY, AT_RANDOM, AT_UID/GID,

@@ -58,8 +58,8 @@ uint64_t PhysMem::Alloc() {
 void PhysMem::Unref(uint64_t pa) {
   if (pa == 0 || refs_[pa >> 12] == 0) return;
   if (--refs_[pa >> 12] == 0) {
-    // Give the memory back to the host; the frame reads as zeros when reused.
-    madvise(base_ + pa, kPage, MADV_REMOVE);
+    // Kept (Alloc zeroes it): handing each page back to the host costs a system call, and
+    // frames are reused most recently freed first.
     free_.push_back(pa);
   }
 }

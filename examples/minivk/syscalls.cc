@@ -45,21 +45,19 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-bool ReadProgram(int root, int cwd, const std::string& path, std::vector<unsigned char>& file,
-                 ElfImage& image, std::string& error, int* err) {
+std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, int& err,
+                                            std::string& error, std::string* interpreter) {
   int dir = cwd;
   std::string rel = path;
   if (IsAbsolute(path)) {
-    dir = root;
-    rel = path.substr(path.find_first_not_of('/') == std::string::npos
-                          ? path.size()
-                          : path.find_first_not_of('/'));
-    if (rel.empty()) rel = ".";
+    dir = root_fd_;
+    const size_t first = path.find_first_not_of('/');
+    rel = first == std::string::npos ? "." : path.substr(first);
   }
-  auto fail = [&](int e, const std::string& why) {
+  auto fail = [&](int e, const std::string& why) -> std::shared_ptr<Program> {
     error = path + ": " + why;
-    if (err != nullptr) *err = e;
-    return false;
+    err = e;
+    return nullptr;
   };
   const int fd = openat(dir, rel.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail(errno, strerror(errno));
@@ -68,7 +66,13 @@ bool ReadProgram(int root, int cwd, const std::string& path, std::vector<unsigne
     close(fd);
     return fail(EACCES, "not an executable file");
   }
-  file.resize(static_cast<size_t>(st.st_size));
+  const ProgramKey key{st.st_dev, st.st_ino, st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec,
+                       st.st_size};
+  if (auto it = programs_.find(key); it != programs_.end()) {
+    close(fd);
+    return it->second;
+  }
+  std::vector<unsigned char> file(static_cast<size_t>(st.st_size));
   size_t got = 0;
   while (got < file.size()) {
     const ssize_t n = pread(fd, file.data() + got, file.size() - got, static_cast<off_t>(got));
@@ -77,10 +81,19 @@ bool ReadProgram(int root, int cwd, const std::string& path, std::vector<unsigne
   }
   close(fd);
   if (got != file.size() || file.empty()) return fail(ENOEXEC, "could not read it");
+  ElfImage image;
   if (!ParseElf(file.data(), file.size(), image, error)) {
+    if (interpreter != nullptr && file.size() > 2 && file[0] == '#' && file[1] == '!') {
+      const auto eol = std::find(file.begin(), file.end(), '\n');
+      interpreter->assign(file.begin() + 2, eol);
+    }
     return fail(ENOEXEC, error);
   }
-  return true;
+  auto program = std::make_shared<Program>(mem_);
+  if (!program->Build(file, image, error)) return fail(ENOMEM, error);
+  if (programs_.size() >= 16) programs_.clear();  // a small cache: start over when full
+  programs_[key] = program;
+  return program;
 }
 
 std::shared_ptr<File> Kernel::FileOf(Process& p, int64_t fd) {
@@ -431,17 +444,15 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
   if (int e = read_vector(argv_va, argv); e != 0) return e;
   if (int e = read_vector(envp_va, envp); e != 0) return e;
   if (name == "/proc/self/exe") name = p.exe;
-  std::vector<unsigned char> file;
-  ElfImage image;
-  std::string error;
+  std::string error, interpreter;
   int err = 0;
   std::string exe = name;
-  if (!ReadProgram(root_fd_, p.cwd, exe, file, image, error, &err)) {
+  std::shared_ptr<Program> program = GetProgram(p.cwd, exe, err, error, &interpreter);
+  if (!program) {
     if (options_.trace) Trace(p, "execve: %s", error.c_str());
     // "#!interpreter [argument]": run the interpreter with the script's path.
-    if (err != ENOEXEC || file.size() < 2 || file[0] != '#' || file[1] != '!') return -err;
-    const auto eol = std::find(file.begin(), file.end(), '\n');
-    std::string line(file.begin() + 2, eol);
+    if (err != ENOEXEC || interpreter.empty()) return -err;
+    std::string line = interpreter;
     const size_t start = line.find_first_not_of(" \t");
     if (start == std::string::npos) return -ENOEXEC;
     line = line.substr(start);
@@ -458,11 +469,12 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
     if (!argv.empty()) argv.erase(argv.begin());
     argv.insert(argv.begin(), head.begin(), head.end());
     exe = head[0];
-    if (!ReadProgram(root_fd_, p.cwd, exe, file, image, error, &err)) return -err;
+    program = GetProgram(p.cwd, exe, err, error, nullptr);
+    if (!program) return -err;
   }
   auto as = std::make_shared<AddressSpace>(mem_, pool_);
   LoadedProgram loaded;
-  if (!as->Load(file, image, argv, envp, loaded, error)) {
+  if (!as->Load(program, argv, envp, loaded, error)) {
     if (options_.trace) Trace(p, "execve %s: %s", exe.c_str(), error.c_str());
     return -ENOMEM;
   }

@@ -26,16 +26,39 @@ VmspacePool::~VmspacePool() {
   for (auto& id : all_) vmspace_destroy(id.get());
 }
 
-void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, std::string& error) {
+void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, uint64_t serial,
+                       const Ranges& keep, std::string& error) {
   if (!free_.empty()) {
-    void* id = free_.back();
-    free_.pop_back();
+    // The most recently returned vmspace that ran the same program, else any.
+    size_t pick = free_.size() - 1;
+    for (size_t i = free_.size(); i-- > 0;) {
+      if (serial != 0 && free_[i].second == serial) {
+        pick = i;
+        break;
+      }
+    }
+    const auto [id, had] = free_[pick];
+    free_.erase(free_.begin() + static_cast<long>(pick));
     const uint64_t len = kUserTop - kRegionStart;
-    auto* start = reinterpret_cast<void*>(kRegionStart);
-    if (vmspace_mcontrol(id, start, len, MADV_SETMAP, static_cast<off_t>(pt.root())) != 0 ||
-        vmspace_mcontrol(id, start, len, MADV_INVAL, 0) != 0) {
+    auto inval = [&](uint64_t start, uint64_t end) {
+      return start >= end || vmspace_mcontrol(id, reinterpret_cast<void*>(start), end - start,
+                                              MADV_INVAL, 0) == 0;
+    };
+    bool ok = vmspace_mcontrol(id, reinterpret_cast<void*>(kRegionStart), len, MADV_SETMAP,
+                               static_cast<off_t>(pt.root())) == 0;
+    if (ok && serial != 0 && had == serial) {
+      uint64_t from = kRegionStart;
+      for (const auto& [start, end] : keep) {
+        ok = ok && inval(from, start);
+        from = end;
+      }
+      ok = ok && inval(from, kUserTop);
+    } else if (ok) {
+      ok = inval(kRegionStart, kUserTop);
+    }
+    if (!ok) {
       error = std::string("reusing a vmspace: ") + vkrt_last_error();
-      free_.push_back(id);
+      free_.emplace_back(id, 0);
       return nullptr;
     }
     return id;
@@ -53,11 +76,25 @@ void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, std::string& err
   return all_.back().get();
 }
 
-void VmspacePool::Put(void* id) { free_.push_back(id); }
+void VmspacePool::Put(void* id, uint64_t serial) { free_.emplace_back(id, serial); }
+
+bool AddressSpace::TextIntact() const {
+  if (!program_) return false;
+  for (const auto& [start, end] : program_->read_only()) {
+    for (uint64_t va = start; va < end; va += kPage) {
+      constexpr vpte_t kSame = VPTE_FRAME | VPTE_V | VPTE_RW | VPTE_NX;
+      if ((pt_.Lookup(va) & kSame) != (program_->pages().Lookup(va) & kSame)) return false;
+    }
+  }
+  return true;
+}
 
 AddressSpace::~AddressSpace() {
+  // If the program's read-only pages are still what the program maps (no munmap, mprotect
+  // or MAP_FIXED changed them), the vmspace's translations of them stay good for it.
+  const uint64_t serial = TextIntact() ? program_->serial() : 0;
   pt_.ForEach([&](uint64_t, vpte_t e) { mem_.Unref(e & VPTE_FRAME); });
-  if (id_ != nullptr) pool_.Put(id_);
+  if (id_ != nullptr) pool_.Put(id_, serial);
 }
 
 void AddressSpace::AddArea(uint64_t start, uint64_t end, int prot) {
@@ -71,7 +108,33 @@ std::map<uint64_t, AddressSpace::Area>::iterator AddressSpace::AreaOf(uint64_t v
   return va < it->second.end ? it : areas_.end();
 }
 
-bool AddressSpace::Load(const std::vector<unsigned char>& file, const ElfImage& image,
+Program::~Program() {
+  pages_.ForEach([&](uint64_t, vpte_t e) { mem_.Unref(e & VPTE_FRAME); });
+}
+
+bool Program::Build(const std::vector<unsigned char>& file, const ElfImage& image,
+                    std::string& error) {
+  static uint64_t next_serial = 0;  // under the kernel lock
+  serial_ = ++next_serial;
+  image_ = image;
+  bias_ = image.pie ? 0x555555554000 : 0;
+  if (!pages_.Init()) {
+    error = "out of guest memory";
+    return false;
+  }
+  if (!LoadSegments(mem_, pages_, file.data(), file.size(), image, bias_, error)) return false;
+  pages_.ForEach([&](uint64_t va, vpte_t e) {
+    if (e & VPTE_RW) return;
+    if (!read_only_.empty() && read_only_.back().second == va) {
+      read_only_.back().second += kPage;
+    } else {
+      read_only_.emplace_back(va, va + kPage);
+    }
+  });
+  return true;
+}
+
+bool AddressSpace::Load(std::shared_ptr<const Program> shared,
                         const std::vector<std::string>& argv,
                         const std::vector<std::string>& envp, LoadedProgram& out,
                         std::string& error) {
@@ -79,21 +142,48 @@ bool AddressSpace::Load(const std::vector<unsigned char>& file, const ElfImage& 
     error = "out of guest memory";
     return false;
   }
-  const uint64_t bias = image.pie ? 0x555555554000 : 0;
-  if (!LoadProgram(mem_, pt_, file.data(), file.size(), image, bias, argv, envp, kStackTop,
-                   64, out, error)) {
+  program_ = std::move(shared);
+  const Program& program = *program_;
+  bool ok = true;
+  program.pages().ForEach([&](uint64_t va, vpte_t e) {
+    // Shared with the program (and every process running it): writes copy.
+    if (!ok || !pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
+      ok = false;
+      return;
+    }
+    pt_.Set(va, e & ~(VPTE_RW | VPTE_A | VPTE_M));
+    mem_.Ref(e & VPTE_FRAME);
+  });
+  const ElfImage& image = program.image();
+  const uint64_t bias = program.bias();
+  if (!ok || !BuildStack(mem_, pt_, image, bias, argv, envp, kStackTop, 64, out, error)) {
+    if (ok) return false;
+    error = "out of guest memory";
     return false;
   }
-  // Areas: each segment (pages shared by two segments belong to the first), the stack.
+  // Areas: each segment; a page two segments share gets both their rights (as its entry).
   for (const LoadSegment& seg : image.segments) {
     uint64_t start = PageDown(bias + seg.vaddr);
     const uint64_t end = PageUp(bias + seg.vaddr + seg.memsz);
-    if (!areas_.empty()) start = std::max(start, std::prev(areas_.end())->second.end);
+    if (!areas_.empty()) {
+      auto last = std::prev(areas_.end());
+      if (start < last->second.end) {
+        const uint64_t shared = last->second.end - kPage;
+        const int prot = last->second.prot | seg.prot;
+        if (last->first == shared) {
+          last->second.prot = prot;
+        } else {
+          last->second.end = shared;
+          AddArea(shared, shared + kPage, prot);
+        }
+        start = shared + kPage;
+      }
+    }
     AddArea(start, end, seg.prot);
   }
   AddArea(kStackTop - kStackSize, kStackTop, PROT_READ | PROT_WRITE);
   brk_start_ = brk_ = PageUp(out.brk);
-  id_ = pool_.Get(mem_, pt_, error);
+  id_ = pool_.Get(mem_, pt_, program.serial(), program.read_only(), error);
   return id_ != nullptr;
 }
 
@@ -106,10 +196,18 @@ bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {
   brk_start_ = parent.brk_start_;
   brk_ = parent.brk_;
   bool ok = true;
+  uint64_t lost_from = 0, lost_to = 0;  // the parent's pages that just lost RW, as ranges
   parent.pt_.ForEach([&](uint64_t va, vpte_t e) {
     if (!ok) return;
     const vpte_t shared = e & ~(VPTE_RW | VPTE_A | VPTE_M);
-    if (e & VPTE_RW) parent.pt_.Set(va, shared);
+    if (e & VPTE_RW) {
+      parent.pt_.Set(va, shared);
+      if (va != lost_to) {
+        parent.Inval(lost_from, lost_to);
+        lost_from = va;
+      }
+      lost_to = va + kPage;
+    }
     if (!pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
       ok = false;
       return;
@@ -117,13 +215,15 @@ bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {
     pt_.Set(va, shared);
     mem_.Ref(e & VPTE_FRAME);
   });
-  // The parent's writable translations are now copy-on-write.
-  parent.Inval(kRegionStart, kUserTop);
+  // The parent's writable translations are now copy-on-write (read-only ones stay).
+  parent.Inval(lost_from, lost_to);
   if (!ok) {
     error = "out of guest memory";
     return false;
   }
-  id_ = pool_.Get(mem_, pt_, error);
+  program_ = parent.program_;
+  id_ = TextIntact() ? pool_.Get(mem_, pt_, program_->serial(), program_->read_only(), error)
+                     : pool_.Get(mem_, pt_, 0, Ranges{}, error);
   return id_ != nullptr;
 }
 

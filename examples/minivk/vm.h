@@ -39,21 +39,54 @@ inline uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
 // number), its root set with MADV_SETMAP. False with `error` naming what failed.
 bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error);
 
-// A vmspace of the runtime, created once and reused by later address spaces (creating one
-// costs a stub process on the ptrace/seccomp backends). Owns the id's storage.
+// Read-only page ranges [first, second) of a program that every process running it maps to
+// the same frames with the same rights.
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+
+// Vmspaces of the runtime, created once and reused by later address spaces (creating one
+// costs a stub process on the ptrace/seccomp backends). Owns the ids' storage. A vmspace
+// returned with a program's read-only pages intact keeps those translations for the next
+// address space running the same program (its text need not be faulted in again).
 class VmspacePool {
  public:
   explicit VmspacePool(int type) : type_(type) {}
   ~VmspacePool();
-  // A vmspace governed by `pt` (fresh or reused: its old translations are dropped). nullptr
-  // with `error` naming the failing call.
-  void* Get(const PhysMem& mem, const PageTable& pt, std::string& error);
-  void Put(void* id);
+  // A vmspace governed by `pt` (fresh or reused: translations other than program `serial`'s
+  // `keep` ranges are dropped). nullptr with `error` naming the failing call.
+  void* Get(const PhysMem& mem, const PageTable& pt, uint64_t serial, const Ranges& keep,
+            std::string& error);
+  // `serial`: the program whose read-only pages are still mapped as it maps them (0: none).
+  void Put(void* id, uint64_t serial);
 
  private:
   int type_;
   std::vector<std::unique_ptr<char>> all_;
-  std::vector<void*> free_;
+  std::vector<std::pair<void*, uint64_t>> free_;
+};
+
+// A static program loaded once: its segments' pages, which every process running it maps
+// copy-on-write (exec costs no copy and no file read; the program's text is shared), as a
+// kernel's page cache would have it. Immutable once built; the frames are freed with it.
+class Program {
+ public:
+  explicit Program(PhysMem& mem) : mem_(mem), pages_(mem) {}
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
+  ~Program();
+  bool Build(const std::vector<unsigned char>& file, const ElfImage& image, std::string& error);
+  const ElfImage& image() const { return image_; }
+  uint64_t bias() const { return bias_; }
+  const PageTable& pages() const { return pages_; }
+  uint64_t serial() const { return serial_; }    // unique for the life of the process
+  const Ranges& read_only() const { return read_only_; }
+
+ private:
+  PhysMem& mem_;
+  PageTable pages_;
+  ElfImage image_;
+  uint64_t bias_ = 0;
+  uint64_t serial_ = 0;
+  Ranges read_only_;
 };
 
 class AddressSpace {
@@ -63,10 +96,9 @@ class AddressSpace {
   AddressSpace& operator=(const AddressSpace&) = delete;
   ~AddressSpace();  // frees every frame and table, returns the vmspace to the pool
 
-  // Loads a static program (an empty space only). False with `error`.
-  bool Load(const std::vector<unsigned char>& file, const ElfImage& image,
-            const std::vector<std::string>& argv, const std::vector<std::string>& envp,
-            LoadedProgram& out, std::string& error);
+  // Maps `program` (an empty space only) and builds its stack. False with `error`.
+  bool Load(std::shared_ptr<const Program> program, const std::vector<std::string>& argv,
+            const std::vector<std::string>& envp, LoadedProgram& out, std::string& error);
   // The same areas and pages as `parent`, every writable page shared copy-on-write (the
   // parent's entries lose RW and its translations are invalidated). False if out of memory.
   bool ForkFrom(AddressSpace& parent, std::string& error);
@@ -106,6 +138,8 @@ class AddressSpace {
   void AddArea(uint64_t start, uint64_t end, int prot);
   // Page `va` present with at least the rights of `write`; false if not allowed/no memory.
   bool Ensure(uint64_t va, bool write, bool exec);
+  // True if the program's read-only pages are mapped exactly as the program maps them.
+  bool TextIntact() const;
   // Drops the runtime's translations of [start, end).
   void Inval(uint64_t start, uint64_t end);
   // A free range of `len` bytes below kMmapTop (0 if none).
@@ -115,6 +149,7 @@ class AddressSpace {
   VmspacePool& pool_;
   PageTable pt_;
   void* id_ = nullptr;
+  std::shared_ptr<const Program> program_;  // what it runs (kept alive for the pool's sake)
   std::map<uint64_t, Area> areas_;  // start -> area, disjoint
   uint64_t brk_start_ = 0, brk_ = 0;
 };
