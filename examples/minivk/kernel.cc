@@ -45,8 +45,10 @@ uint64_t XGetBv0() {
   return (uint64_t{hi} << 32) | lo;
 }
 
-// The preemption tick: its only job is to end RUN (tf_trapno 0).
-void OnTick(int) {}
+// The preemption tick: it ends RUN (tf_trapno 0); if it lands while the kernel is running
+// instead, the flag makes the next exit rotate all the same.
+thread_local volatile sig_atomic_t tick_seen = 0;
+void OnTick(int) { tick_seen = 1; }
 
 // Linux's signal frame (arch/x86/include/uapi/asm/sigcontext.h, ucontext.h, siginfo.h).
 struct SigContext {
@@ -376,12 +378,7 @@ void Kernel::HandleExit(Process& p) {
       break;
     }
     case 0:
-      ++stats_.interrupts;
-      if (!runq_.empty()) {
-        p.state = Process::State::kRunnable;
-        runq_.push_back(&p);
-        SwitchOut(p);
-      }
+      ++stats_.interrupts;  // the tick (rotation below) or a signal for this process
       break;
     case T_PAGEFLT:
       ++stats_.faults;
@@ -420,6 +417,14 @@ void Kernel::HandleExit(Process& p) {
     }
   }
   if (p.state != Process::State::kZombie) DeliverSignals(p, result);
+  if (tick_seen && p.state == Process::State::kRunning) {
+    tick_seen = 0;
+    if (!runq_.empty()) {  // its time slice is over and someone else can run
+      p.state = Process::State::kRunnable;
+      runq_.push_back(&p);
+      SwitchOut(p);
+    }
+  }
 }
 
 // ---- Processes ---------------------------------------------------------------------------
@@ -452,7 +457,7 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
     auto as = std::make_shared<AddressSpace>(mem_, pool_);
     std::string error;
     if (!as->ForkFrom(*p.as, error)) {
-      if (options_.trace) Trace(p, "fork: %s", error.c_str());
+      Trace(p, "fork failed: %s", error.c_str());  // a host failure: always said
       c->state = Process::State::kZombie;
       --live_;
       procs_.erase(c->pid);

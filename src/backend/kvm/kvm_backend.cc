@@ -102,9 +102,20 @@ const char* IoctlName(unsigned long request) {
   }
 }
 
+// ioctl, restarted when a signal interrupts it (the vkernel's own timers must not make
+// set-up calls fail: KVM_CREATE_VM, for one, returns EINTR). Not for KVM_RUN.
+template <typename Arg>
+int IoctlNoEintr(int fd, unsigned long request, Arg arg) {
+  int r;
+  do {
+    r = ioctl(fd, request, arg);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
 // Checked ioctl: the result, or an error naming the request and the descriptor.
 absl::StatusOr<int> Ioctl(int fd, unsigned long request, const void* arg) {
-  const int r = ioctl(fd, request, arg);
+  const int r = IoctlNoEintr(fd, request, arg);
   if (r < 0) return SyscallError(absl::StrFormat("ioctl(%d, %s)", fd, IoctlName(request)));
   return r;
 }
@@ -164,7 +175,7 @@ const System& GetSystem() {
       s->why = absl::StrFormat("cannot open /dev/kvm: %s", strerror(errno));
       return s;
     }
-    if (ioctl(s->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+    if (IoctlNoEintr(s->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
       s->why = "/dev/kvm speaks another KVM API version than 12";
       return s;
     }
@@ -176,21 +187,21 @@ const System& GetSystem() {
                              Need{KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
                              Need{KVM_CAP_XSAVE, "KVM_CAP_XSAVE"},
                              Need{KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"}}) {
-      if (ioctl(s->kvm_fd, KVM_CHECK_EXTENSION, need.cap) <= 0) {
+      if (IoctlNoEintr(s->kvm_fd, KVM_CHECK_EXTENSION, need.cap) <= 0) {
         s->why = absl::StrFormat("this KVM lacks %s", need.name);
         return s;
       }
     }
-    const int sync = ioctl(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+    const int sync = IoctlNoEintr(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
     if (sync < 0 || (sync & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) !=
                         (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) {
       s->why = "this KVM cannot share registers through kvm_run (KVM_CAP_SYNC_REGS)";
       return s;
     }
-    s->readonly_mem = ioctl(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) > 0;
-    s->max_slots = ioctl(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_MEMSLOTS);
+    s->readonly_mem = IoctlNoEintr(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) > 0;
+    s->max_slots = IoctlNoEintr(s->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_MEMSLOTS);
     if (s->max_slots <= kFirstDataSlot) s->max_slots = 32;  // KVM's historical minimum
-    s->run_size = ioctl(s->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    s->run_size = IoctlNoEintr(s->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (s->run_size <= 0) {
       s->why = absl::StrFormat("KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
       return s;
@@ -202,7 +213,7 @@ const System& GetSystem() {
     s->cpuid = std::make_unique<CpuidBuffer>();
     CpuidBuffer* cpuid = s->cpuid.get();
     cpuid->nent() = 256;
-    if (ioctl(s->kvm_fd, kGetSupportedCpuid, cpuid->get()) < 0) {
+    if (IoctlNoEintr(s->kvm_fd, kGetSupportedCpuid, cpuid->get()) < 0) {
       s->why = absl::StrFormat("KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
       return s;
     }
@@ -390,7 +401,7 @@ thread_local CallerCache t_cache;
 absl::StatusOr<std::unique_ptr<KvmAddressSpace>> KvmAddressSpace::Create() {
   const System& sys = GetSystem();
   if (!sys.why.empty()) return ErrnoError(EOPNOTSUPP, "kvm backend: " + sys.why);
-  const int vm_fd = ioctl(sys.kvm_fd, KVM_CREATE_VM, 0);
+  const int vm_fd = IoctlNoEintr(sys.kvm_fd, KVM_CREATE_VM, 0);
   if (vm_fd < 0) {
     const int err = errno == ENOMEM || errno == EMFILE || errno == ENFILE ? errno : EAGAIN;
     return ErrnoError(err, absl::StrFormat("ioctl(/dev/kvm, KVM_CREATE_VM): %s",
@@ -425,7 +436,7 @@ absl::Status KvmAddressSpace::SetSlot(int id, uint64_t gpa, uint64_t size, void*
   region.guest_phys_addr = gpa;
   region.memory_size = size;
   region.userspace_addr = reinterpret_cast<uint64_t>(host);
-  if (ioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
+  if (IoctlNoEintr(vm_fd_, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
     return SyscallError(absl::StrFormat(
         "ioctl(KVM_SET_USER_MEMORY_REGION, slot %d, gpa %#x, size %#x)", id, gpa, size));
   }
@@ -932,7 +943,7 @@ absl::StatusOr<Vcpu*> KvmAddressSpace::CallerVcpu() {
     }
     auto fresh = std::make_unique<Vcpu>();
     fresh->index = static_cast<int>(vcpus_.size());
-    fresh->fd = ioctl(vm_fd_, KVM_CREATE_VCPU, fresh->index);
+    fresh->fd = IoctlNoEintr(vm_fd_, KVM_CREATE_VCPU, fresh->index);
     if (fresh->fd < 0) {
       const int err = errno == ENOMEM ? ENOMEM : EAGAIN;
       return ErrnoError(err, absl::StrFormat("ioctl(KVM_CREATE_VCPU, %d): %s", fresh->index,
@@ -971,7 +982,7 @@ absl::Status KvmAddressSpace::InitVcpu(Vcpu& v) {
   const System& sys = GetSystem();
   if (auto r = Ioctl(v.fd, kSetCpuid2, sys.cpuid->get()); !r.ok()) return r.status();
   kvm_sregs sregs = {};
-  if (ioctl(v.fd, KVM_GET_SREGS, &sregs) < 0) return SyscallError("ioctl(KVM_GET_SREGS)");
+  if (IoctlNoEintr(v.fd, KVM_GET_SREGS, &sregs) < 0) return SyscallError("ioctl(KVM_GET_SREGS)");
   auto segment = [](uint16_t selector, bool code, int dpl) {
     kvm_segment s = {};
     s.base = 0;
@@ -1028,7 +1039,7 @@ absl::Status KvmAddressSpace::InitVcpu(Vcpu& v) {
     msrs[i].index = values[i].first;
     msrs[i].data = values[i].second;
   }
-  const int set = ioctl(v.fd, kSetMsrs, msrs.get());
+  const int set = IoctlNoEintr(v.fd, kSetMsrs, msrs.get());
   if (set != 10) {
     return ErrnoError(EIO, absl::StrFormat("ioctl(KVM_SET_MSRS): set %d of 10 MSRs", set));
   }
@@ -1036,9 +1047,9 @@ absl::Status KvmAddressSpace::InitVcpu(Vcpu& v) {
   xcrs.nr_xcrs = 1;
   xcrs.xcrs[0].xcr = 0;
   xcrs.xcrs[0].value = sys.xcr0;
-  if (ioctl(v.fd, KVM_SET_XCRS, &xcrs) < 0) {
+  if (IoctlNoEintr(v.fd, KVM_SET_XCRS, &xcrs) < 0) {
     xcrs.xcrs[0].value = 0x7;  // x87 SSE AVX at least
-    (void)ioctl(v.fd, KVM_SET_XCRS, &xcrs);
+    (void)IoctlNoEintr(v.fd, KVM_SET_XCRS, &xcrs);
   }
   v.run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
   v.initialised = true;
@@ -1228,7 +1239,7 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
     msrs[0].data = state.fs_base;
     msrs[1].index = 0xC0000101;
     msrs[1].data = state.gs_base;
-    if (ioctl(v.fd, kSetMsrs, msrs.get()) != 2) {
+    if (IoctlNoEintr(v.fd, kSetMsrs, msrs.get()) != 2) {
       return SyscallError("ioctl(KVM_SET_MSRS, FS/GS base)");
     }
     v.fs_base = state.fs_base;

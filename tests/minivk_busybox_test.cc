@@ -1,0 +1,249 @@
+// minivk running busybox: each command line runs under `busybox sh -c` natively and as
+// minivk's guest, on every backend this machine has; stdout and the exit status must be the
+// same. The files they work on are made by the test in a fresh directory.
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <vkrt/vmspace.h>
+
+namespace {
+
+struct Result {
+  std::string out;
+  int status = -1;  // exit status, 128 + N for signal N, -1 if it could not run
+};
+
+// Runs argv with cwd `dir`, stdin /dev/null, stdout captured, stderr to the test's stderr
+// only when `show_stderr`. A 120 s watchdog (SIGKILL) keeps a hang from hanging the suite.
+Result RunProgram(const std::vector<std::string>& args, const std::string& dir, bool show_stderr) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return {};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (chdir(dir.c_str()) != 0) _exit(126);
+    const int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(out[1], 1);
+    if (!show_stderr) dup2(null, 2);
+    alarm(120);  // the watchdog: SIGALRM's default action ends it (reported as 142)
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  Result r;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof(buf))) > 0) r.out.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int raw = 0;
+  waitpid(pid, &raw, 0);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  return r;
+}
+
+class BusyboxUnderMinivk : public ::testing::TestWithParam<const char*> {
+ protected:
+  static void SetUpTestSuite() {
+    char templ[] = "/tmp/minivk-busybox-XXXXXX";
+    ASSERT_NE(nullptr, mkdtemp(templ));
+    dir_ = templ;
+    auto write_file = [](const std::string& path, const std::string& data) {
+      const int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+      ASSERT_LE(0, fd) << path;
+      ASSERT_EQ(static_cast<ssize_t>(data.size()), write(fd, data.data(), data.size()));
+      close(fd);
+    };
+    write_file(dir_ + "/words.txt", "alpha\nbeta\ngamma\ndelta\nalpha\nepsilon\nbeta\nalpha\n");
+    std::string data;
+    uint32_t x = 12345;
+    for (int i = 0; i < 300000; ++i) {  // ~300 KB of deterministic bytes
+      x = x * 1103515245 + 12345;
+      data.push_back(static_cast<char>(x >> 16));
+    }
+    write_file(dir_ + "/data.bin", data);
+    ASSERT_EQ(0, mkdir((dir_ + "/sub").c_str(), 0755));
+    write_file(dir_ + "/sub/one.txt", "1\n");
+    write_file(dir_ + "/sub/two.txt", "2\n2\n");
+    write_file(dir_ + "/script.sh", "#!/bin/busybox sh\necho \"script $1\"\nexit 5\n");
+    chmod((dir_ + "/script.sh").c_str(), 0755);
+  }
+  static void TearDownTestSuite() {
+    RunProgram({"/bin/rm", "-rf", dir_}, "/", false);
+  }
+  static std::string dir_;
+};
+std::string BusyboxUnderMinivk::dir_;
+
+// The command lines: pipelines, loops, redirections, subshells, signals, and the applets the
+// issue names, each on the files made above (the directory is the working directory).
+const char* const kCommands[] = {
+    "echo hello | wc -c",
+    "for i in 1 2 3 4 5; do echo \"line $i\"; done | sort -r | uniq -c",
+    "x=$( (echo a; echo b; echo a) | sort | uniq | wc -l ); echo \"sub $x\"",
+    "sort words.txt | uniq -c | sort -rn | head -n 2",
+    "seq 1 1000 | awk '{s+=$1} END {print s}'",
+    "awk -F a '{print NF, $0}' words.txt",
+    "sha256sum data.bin; cat data.bin | sha256sum",
+    "gzip -c data.bin > d.gz && gunzip -c d.gz | sha256sum && rm d.gz",
+    "gzip -9 -c words.txt | gunzip | wc -l",
+    "sed -e 's/alpha/ALPHA/g' -e '/gamma/d' words.txt",
+    "find . -name '*.txt' | sort | xargs wc -l",
+    "find sub -type f | sort | xargs -n 1 cat",
+    "echo out; echo err >&2; exit 7",
+    "cat < words.txt > copy.txt && cmp words.txt copy.txt && echo same; rm -f copy.txt",
+    "(cd sub && ls -1 && pwd | sed 's,.*/,,'); echo $?",
+    "trap 'echo caught USR1' USR1; kill -USR1 $$; echo after",
+    "busybox sh -c 'kill -TERM $$'; echo \"status $?\"",
+    "i=0; while [ $i -lt 200 ]; do i=$((i+1)); done; echo $i",
+    "yes | head -n 3",
+    "sleep 0.05 & wait; echo waited $?",
+    "cat words.txt | tr a-z A-Z | tail -n 2",
+    "false | true; echo $?; true | false; echo $?",
+    "ls /nonexistent-minivk-path 2>/dev/null; echo \"rc $?\"",
+    "read line < words.txt; echo \"first: $line\"",
+    "echo a > f1; echo b >> f1; cat f1; wc -l < f1; rm f1",
+    "dd if=data.bin bs=4096 count=3 2>/dev/null | wc -c",
+    "od -An -tx1 -N8 data.bin",
+    "exec busybox echo replaced by exec",
+    "./script.sh arg; echo \"script exit $?\"",
+    "for f in sub/*.txt; do (read v < $f; echo \"$f $v\" > $f.out) & done; wait; "
+    "cat sub/*.out; rm sub/*.out; echo all done",
+    "busybox sh -c 'exit 3' | cat; echo \"pipe $?\"",
+    "mkdir -p tmpd/a/b && touch tmpd/a/b/c && find tmpd | sort && rm -r tmpd && echo gone",
+    "echo $((6 * 7)); printf '%s-%03d\\n' x 5",
+    "seq 1 20000 | sort -n | tail -n 1",
+};
+
+std::string Describe(const std::string& command, const Result& r) {
+  return "`" + command + "` -> status " + std::to_string(r.status) + ", stdout:\n" + r.out;
+}
+
+TEST_P(BusyboxUnderMinivk, SameStdoutAndStatusAsNative) {
+  const std::string backend = GetParam();
+  const char* why = nullptr;
+  if (vkrt_backend_available(backend.c_str(), &why) != 0) {
+    GTEST_SKIP() << "backend " << backend << " unavailable here: " << (why ? why : "?");
+  }
+  for (const char* command : kCommands) {
+    const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, dir_, false);
+    ASSERT_NE(-1, native.status) << command;
+    const Result guest = RunProgram({MINIVK_BIN, "--backend=" + backend, "/bin/busybox", "sh", "-c",
+                              command},
+                             dir_, true);
+    EXPECT_EQ(native.status, guest.status)
+        << backend << "\nnative: " << Describe(command, native)
+        << "\nminivk: " << Describe(command, guest);
+    EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BusyboxUnderMinivk,
+                         ::testing::Values("seccomp", "ptrace", "kvm"),
+                         [](const auto& info) { return std::string(info.param); });
+
+// Two vkernel threads (--cpus=2) give the same results.
+TEST(MinivkOptions, TwoCpusRunTheSamePipelines) {
+  char templ[] = "/tmp/minivk-cpus-XXXXXX";
+  ASSERT_NE(nullptr, mkdtemp(templ));
+  const std::string command =
+      "for i in $(seq 1 30); do echo $i | wc -c; done | sort | uniq -c; "
+      "(seq 1 3000 | sha256sum) & (seq 1 3000 | md5sum) & wait";
+  const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, templ, false);
+  const Result guest =
+      RunProgram({MINIVK_BIN, "--cpus=2", "/bin/busybox", "sh", "-c", command}, templ, true);
+  EXPECT_EQ(native.status, guest.status);
+  // The two background jobs may finish in either order.
+  auto sorted_lines = [](const std::string& s) {
+    std::vector<std::string> lines;
+    size_t at = 0;
+    while (at < s.size()) {
+      const size_t nl = s.find('\n', at);
+      lines.push_back(s.substr(at, nl - at));
+      at = nl == std::string::npos ? s.size() : nl + 1;
+    }
+    std::sort(lines.begin(), lines.end());
+    return lines;
+  };
+  EXPECT_EQ(sorted_lines(native.out), sorted_lines(guest.out)) << guest.out;
+  rmdir(templ);
+}
+
+// --read-only refuses changes (EROFS) and allows reading; --root makes another directory
+// the guest's "/".
+TEST(MinivkOptions, ReadOnlyAndRoot) {
+  char templ[] = "/tmp/minivk-root-XXXXXX";
+  ASSERT_NE(nullptr, mkdtemp(templ));
+  const std::string dir = templ;
+  ASSERT_EQ(0, mkdir((dir + "/bin").c_str(), 0755));
+  ASSERT_EQ(0, symlink("/bin/busybox", (dir + "/bin/busybox").c_str()));
+  {
+    const int fd = open((dir + "/hello.txt").c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_LE(0, fd);
+    ASSERT_EQ(3, write(fd, "hi\n", 3));
+    close(fd);
+  }
+  Result r = RunProgram({MINIVK_BIN, "--read-only", "/bin/busybox", "sh", "-c",
+                  "cat hello.txt; echo x > new.txt; echo \"write $?\"; rm hello.txt; "
+                  "echo \"rm $?\"; echo fine > /dev/null; echo \"null $?\"; ls"},
+                 dir, false);
+  EXPECT_EQ(0, r.status);
+  EXPECT_EQ("hi\nwrite 1\nrm 1\nnull 0\nbin\nhello.txt\n", r.out);
+  struct stat st;
+  EXPECT_NE(0, stat((dir + "/new.txt").c_str(), &st)) << "--read-only let a file be created";
+  EXPECT_EQ(0, stat((dir + "/hello.txt").c_str(), &st)) << "--read-only let a file be removed";
+  // In the guest, / is the directory (the symbolic link's target /bin/busybox is resolved by
+  // the host, so busybox itself is still found).
+  r = RunProgram({MINIVK_BIN, "--root=" + dir, "/bin/busybox", "sh", "-c",
+           "cat /hello.txt; ls /; cd /bin && pwd"},
+          "/", false);
+  EXPECT_EQ(0, r.status);
+  EXPECT_EQ("hi\nbin\nhello.txt\n/bin\n", r.out);
+  RunProgram({"/bin/rm", "-rf", dir}, "/", false);
+}
+
+// A guest's faults become signals the Linux way: without a handler the process dies of
+// SIGSEGV (minivk exits 128 + 11); with one, the handler gets the faulting address. FPU
+// state is the process's own across system calls, fork and a signal handler. On every
+// backend.
+TEST(MinivkGuest, FaultsSignalsAndFpuState) {
+  for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
+    if (vkrt_backend_available(backend, nullptr) != 0) continue;
+    const std::string flag = std::string("--backend=") + backend;
+    Result r = RunProgram({MINIVK_BIN, flag, MINIVK_GUEST, "segv"}, "/", false);
+    EXPECT_EQ(128 + SIGSEGV, r.status) << backend;
+    r = RunProgram({MINIVK_BIN, flag, MINIVK_GUEST, "segv-handler"}, "/", false);
+    EXPECT_EQ(42, r.status) << backend;
+    EXPECT_EQ("SIGSEGV at 0x10\n", r.out) << backend;
+    r = RunProgram({MINIVK_BIN, flag, MINIVK_GUEST, "fpu"}, "/", true);
+    EXPECT_EQ(0, r.status) << backend;
+    EXPECT_EQ("xmm0 kept, mxcsr kept, handler ran\n", r.out) << backend;
+    r = RunProgram({MINIVK_BIN, flag, MINIVK_GUEST, "touch", "300"}, "/", true);
+    EXPECT_EQ(0, r.status) << backend;
+    EXPECT_NE(std::string::npos, r.out.find("ns per page")) << r.out;
+    r = RunProgram({MINIVK_BIN, flag, MINIVK_GUEST, "getppid", "1000"}, "/", true);
+    EXPECT_EQ(0, r.status) << backend;
+    EXPECT_NE(std::string::npos, r.out.find("ns per getppid")) << r.out;
+  }
+  // --trace names the fault and the signal.
+  const Result r = RunProgram({"/bin/sh", "-c", std::string(MINIVK_BIN) + " --trace " + MINIVK_GUEST +
+                                             " segv 2>&1"},
+                       "/", false);
+  EXPECT_NE(std::string::npos, r.out.find("fault at 0x10 (read)")) << r.out;
+  EXPECT_NE(std::string::npos, r.out.find("signal 11 (default)")) << r.out;
+}
+
+}  // namespace
