@@ -266,6 +266,21 @@ bool AddressSpace::Fault(uint64_t va, uint64_t err) {
   const bool write = err & PGEX_W, exec = err & PGEX_I;
   const vpte_t before = pt_.Lookup(PageDown(va));
   if (!Ensure(va, write, exec)) return false;
+  if (!(before & VPTE_V)) {
+    // Demand paging: fill the rest of this 64 KiB block of the area too, so a program
+    // walking through new memory exits to the vkernel once per block, not once per page.
+    auto area = AreaOf(va);
+    const uint64_t from = std::max(area->first, va & ~uint64_t{0xFFFF});
+    const uint64_t to = std::min(area->second.end, (va | 0xFFFF) + 1);
+    for (uint64_t page = from; page < to; page += kPage) {
+      if (pt_.Lookup(page) & VPTE_V) continue;
+      const uint64_t frame = mem_.Alloc();
+      if (frame == 0 || !pt_.Map(page, frame, area->second.prot)) {
+        if (frame != 0) mem_.Unref(frame);
+        break;
+      }
+    }
+  }
   if (before == pt_.Lookup(PageDown(va))) {
     // The tables already allowed this access: a translation the runtime holds is older
     // than them. Drop it so the retry walks again.
