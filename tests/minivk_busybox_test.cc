@@ -161,7 +161,7 @@ TEST(MinivkOptions, TwoCpusRunTheSamePipelines) {
   ASSERT_NE(nullptr, mkdtemp(templ));
   const std::string command =
       "for i in $(seq 1 30); do echo $i | wc -c; done | sort | uniq -c; "
-      "(seq 1 3000 | sha256sum) & (seq 1 3000 | md5sum) & wait";
+      "(seq 1 30000 | sha256sum) & (seq 1 30000 | md5sum) & wait";
   const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, templ, false);
   const Result guest =
       RunProgram({MINIVK_BIN, "--cpus=2", "/bin/busybox", "sh", "-c", command}, templ, true);

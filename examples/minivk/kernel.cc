@@ -333,6 +333,11 @@ void Kernel::SwitchOut(Process& p) { p.caller = std::move(p.caller).resume(); }
 
 void Kernel::Block(Process& p) {
   p.state = Process::State::kBlocked;
+  if (polling_ && (!p.waits.empty() || p.wait_deadline >= 0)) {
+    // Another thread sleeps in ppoll on a set made before this wait: make it start over.
+    const uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
   SwitchOut(p);
 }
 
