@@ -53,12 +53,37 @@ int VkrtTestRunWithYmm(void* id, struct trapframe* tf, struct vextframe* vf, con
                        void* ymm1_out);
 int VkrtTestRunWithZmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* zmm0_in,
                        void* zmm1_out);
+// xmm0 loaded from `in` before, stored to `out` after.
+int VkrtTestRunXmm0(void* id, struct trapframe* tf, struct vextframe* vf, const void* xmm0_in,
+                    void* xmm0_out);
 }
 
 static_assert(VMSPACE_CTL_RUN == 1, "the helpers below pass cmd 1");
 
 asm(R"(
         .text
+        .p2align 4
+        .globl VkrtTestRunXmm0
+        .hidden VkrtTestRunXmm0
+        .type VkrtTestRunXmm0, @function
+VkrtTestRunXmm0:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        movdqu (%rcx), %xmm0
+        movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        movdqu %xmm0, (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunXmm0, .-VkrtTestRunXmm0
+
         .p2align 4
         .globl VkrtTestRunWithXmm
         .hidden VkrtTestRunWithXmm
@@ -1573,6 +1598,53 @@ TEST_P(Conformance, AvxStatePassesBothWays) {
     EXPECT_EQ(guest_value[1], out[1]);
     EXPECT_EQ(guest_value[2], out[2]) << "upper half of ymm1 lost on the way out";
     EXPECT_EQ(guest_value[3], out[3]) << "upper half of ymm1 lost on the way out";
+  }
+}
+
+// A guest that leaves the FPU alone gives back exactly the state it was given, whatever the
+// state of earlier RUNs (backends may skip transfers when the guest did not touch it).
+// The guest alternates: report xmm0 in rdi and trap without touching it; then load xmm0 from
+// (rbx) and trap.
+//      0: 66 48 0f 7e c7         movq   %xmm0,%rdi
+//      5: b8 27 00 00 00         mov    $0x27,%eax
+//      a: 0f 05                  syscall
+//      c: f3 0f 6f 03            movdqu (%rbx),%xmm0
+//     10: b8 27 00 00 00         mov    $0x27,%eax
+//     15: 0f 05                  syscall
+//     17: eb e7                  jmp    0
+VKRT_GUEST_CODE kGuestXmm0UntouchedThenLoaded[] = {
+    0x66, 0x48, 0x0f, 0x7e, 0xc7, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0xf3, 0x0f, 0x6f, 0x03, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xe7,
+};
+
+TEST_P(Conformance, FpuStateTheGuestLeavesAloneComesBackAsGiven) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestXmm0UntouchedThenLoaded));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  trapframe tf = Frame();
+  tf.tf_rbx = kDataAddr;
+  vextframe vf = {};
+  // Values the caller passes: repeated ones (the context already holds them), new ones, and the
+  // guest's own (what the context's frame held after the guest loaded it).
+  const uint64_t kGuestLow = 0x5151515151515151ULL;
+  const uint64_t values[] = {1, 1, 2, kGuestLow, kGuestLow, 3, 3, 3, 4};
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); ++i) {
+    const uint64_t guest_value[2] = {kGuestLow, 0x5252525252525252ULL + i};
+    ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, guest_value, sizeof(guest_value)));
+    // Untouched: the caller gets its own xmm0 back, and the guest saw it.
+    alignas(16) uint64_t in[2] = {values[i], ~values[i]};
+    alignas(16) uint64_t out[2] = {};
+    ASSERT_EQ(0, VkrtTestRunXmm0(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(values[i], AsU64(tf.tf_rdi)) << "round " << i;
+    EXPECT_EQ(in[0], out[0]) << "round " << i;
+    EXPECT_EQ(in[1], out[1]) << "round " << i;
+    // Loaded: the caller gets the guest's.
+    ASSERT_EQ(0, VkrtTestRunXmm0(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(guest_value[0], out[0]) << "round " << i;
+    EXPECT_EQ(guest_value[1], out[1]) << "round " << i;
   }
 }
 

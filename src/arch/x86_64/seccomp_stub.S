@@ -46,6 +46,7 @@
 #define SYS_close_range 436
 #define SYS_mseal 462
 
+#define UC_FPREGS 224                /* ucontext: uc_mcontext.fpregs */
 #define HANDLER_FLAGS 0x0C000004     /* SIGINFO|ONSTACK|RESTORER */
 #define FUTEX_WAIT 0
 #define FUTEX_WAKE 1
@@ -386,6 +387,56 @@ vkrt_seccomp_stub_boot:
 	mov %eax, MB_SI_ARCH(%rbx)
 	mov 16(%rsi), %rax           /* si_addr, si_call_addr */
 	mov %rax, MB_SI_ADDR(%rbx)
+	/* Is the frame's FPU state the one the vkernel last loaded or read (CMD_XREF)? Then it
+	 * need not read it across CPUs. Compared here, where the kernel has just written the
+	 * frame: the legacy area, the in-use bits, the in-use components. The handler started
+	 * with a clean FPU state (rt_sigreturn loads the frame's), so xmm0-2 are free. */
+	xor %r8d, %r8d               /* r8d: MB_FPU_SAME */
+	cmpl $0, CMD_XREF_ON(%r13)
+	je .Lfpu_done
+	mov UC_FPREGS(%rdx), %r9     /* the frame's XSAVE area: inside this slot's stack? */
+	test $63, %r9
+	jnz .Lfpu_done
+	lea VKRT_SC_STACK_OFFSET(%rbx), %rax
+	cmp %rax, %r9
+	jb .Lfpu_done
+	mov CMD_XCMP_SIZE(%r13), %eax
+	add %r9, %rax
+	jc .Lfpu_done
+	lea VKRT_SC_SLOT_SIZE(%rbx), %rcx
+	cmp %rcx, %rax
+	ja .Lfpu_done
+	lea CMD_XREF(%r13), %r10     /* r10: the reference */
+	mov 512(%r9), %r14           /* r14: XSTATE_BV */
+	mov %r14, %rax
+	xor 512(%r10), %rax
+	test $XCMP_FEATURES, %eax
+	jnz .Lfpu_done
+	pxor %xmm0, %xmm0            /* xmm0: every difference or'ed */
+	xor %ecx, %ecx
+	mov $XCMP_LEGACY, %r11d
+	call .Lfpu_cmp
+	mov CMD_XCMP_COUNT(%r13), %r15d
+	lea CMD_XCMP(%r13), %rdi
+1:	test %r15d, %r15d
+	jz 2f
+	mov 0(%rdi), %ecx            /* a component: compared if the frame uses it */
+	bt %rcx, %r14
+	jnc 3f
+	mov 4(%rdi), %ecx
+	mov 8(%rdi), %r11d
+	add %rcx, %r11
+	call .Lfpu_cmp
+3:	add $12, %rdi
+	dec %r15d
+	jmp 1b
+2:	pxor %xmm1, %xmm1
+	pcmpeqb %xmm1, %xmm0
+	pmovmskb %xmm0, %eax
+	cmp $0xFFFF, %eax
+	sete %r8b
+.Lfpu_done:
+	mov %r8d, MB_FPU_SAME(%rbx)
 	rdtscp                       /* ecx = TSC_AUX: the CPU number (Linux) */
 	and $0xFFF, %ecx
 	mov %ecx, MB_CPU(%rbx)
@@ -468,6 +519,15 @@ vkrt_seccomp_stub_boot:
 	mov $ARCH_SET_GS, %edi
 	mov CMD_GS_BASE(%r13), %rsi
 	syscall
+	ret
+	/* xmm0 |= frame ^ reference over bytes [rcx, r11) (16-byte multiples; rcx < r11) */
+.Lfpu_cmp:
+	movdqa (%r9,%rcx), %xmm1
+	pxor (%r10,%rcx), %xmm1
+	por %xmm1, %xmm0
+	add $16, %rcx
+	cmp %r11, %rcx
+	jb .Lfpu_cmp
 	ret
 .Lcontext_exit:
 	mov $60, %eax                /* exit(0): this thread only (its vkernel thread left) */

@@ -174,10 +174,14 @@ struct Context {
   bool rcx_reported_as_r10 = false;
   uint64_t syscall_rcx = 0;   // rcx at the last system call (the return address)
   uint32_t server_wait = 0;   // a server batch the context must see done before resuming
-  // The FPU state the frame holds, as last reported (GuestXstateSize() bytes): RUN writes the
-  // caller's state into the frame only when it differs.
+  // The guest's FPU state as the vkernel last loaded it into the frame or read it from there
+  // (GuestXstateSize() bytes, standard format): RUN writes the caller's state into the frame
+  // only when it differs, and the stub's handler tells whether the frame still holds it (then
+  // the vkernel need not read it across CPUs). In the slot's command page (CMD_XREF), where the
+  // stub can read it, if it fits; else on the heap, and the stub does not compare.
   bool xstate_known = false;
-  std::unique_ptr<unsigned char[]> xstate;
+  unsigned char* xref = nullptr;
+  std::unique_ptr<unsigned char[]> xref_heap;
 };
 
 // The context whose fault the calling thread is resolving: its translations go to the
@@ -253,10 +257,13 @@ class SeccompAddressSpace : public AddressSpace {
     uint64_t addr;    // si_addr / si_call_addr
     uint64_t* gregs;   // the frame's, in shared memory
     uint8_t* fpregs;   // the frame's XSAVE area (GuestXstateSize() bytes inside the slot)
+    bool fpu_same;     // the stub says: the frame's FPU state is c.xref's (guest data)
   };
   absl::Status TakeReport(Context& c, Report& report);
   // Writes `state` into the frame of `c`'s current report.
   absl::Status LoadFrame(Context& c, const GuestState& state);
+  // Makes c.xref hold `xstate` (a standard-format area) and tells the stub it is valid.
+  void SetXref(Context& c, const void* xstate);
   // Writes the caller's FPU state `xstate` into a frame's XSAVE area `fp`.
   absl::Status LoadXstate(uint8_t* fp, uint32_t frame_size, uint64_t frame_features,
                           const void* xstate);
@@ -598,6 +605,25 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   Store(cmd + CMD_USE_ARCH_PRCTL, use_arch_prctl_ ? 1 : 0);
   const struct timespec slice = {0, 10'000'000};  // the context re-checks every 10 ms
   memcpy(cmd + CMD_TIMEOUT, &slice, sizeof(slice));
+  // What the handler compares of the frame's FPU state with CMD_XREF: the legacy area, the
+  // in-use bits, then these components while in use (offsets and sizes are 64-byte multiples).
+  x86_64::XstateComponent components[CMD_XCMP_MAX];
+  const int ncomp = x86_64::GuestXstateComponents(components, CMD_XCMP_MAX);
+  bool stub_compares_xstate =
+      ncomp <= CMD_XCMP_MAX && x86_64::GuestXstateSize() <= CMD_XREF_MAX;
+  for (int i = 0; i < ncomp && stub_compares_xstate; ++i) {
+    const x86_64::XstateComponent& k = components[i];
+    stub_compares_xstate = k.offset % 16 == 0 && k.size % 16 == 0 && k.size > 0 &&
+                           k.offset >= 576 && k.offset + k.size <= x86_64::GuestXstateSize();
+  }
+  for (int i = 0; i < ncomp && stub_compares_xstate; ++i) {
+    const uint32_t entry[3] = {static_cast<uint32_t>(components[i].index),
+                               static_cast<uint32_t>(components[i].offset),
+                               static_cast<uint32_t>(components[i].size)};
+    memcpy(cmd + CMD_XCMP + 12 * i, entry, sizeof(entry));
+  }
+  Store(cmd + CMD_XCMP_COUNT, static_cast<uint32_t>(ncomp));
+  Store(cmd + CMD_XCMP_SIZE, static_cast<uint32_t>(x86_64::GuestXstateSize()));
   auto before = ListTasks(pid_);
   if (!before.ok()) return before.status();
   auto created = ServerCall({SYS_clone, {kContextCloneFlags, 0, 0, 0, 0,
@@ -638,8 +664,13 @@ absl::StatusOr<Context*> SeccompAddressSpace::CreateContext(pid_t tracer) {
   c.kicks_pending = 0;
   c.last_cpu = -1;
   c.rcx_reported_as_r10 = false;
-  c.xstate_known = false;
-  if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
+  c.xstate_known = false;  // (CMD_XREF_ON is 0: the command page was cleared)
+  if (stub_compares_xstate) {
+    c.xref = cmd + CMD_XREF;
+  } else {
+    if (c.xref_heap == nullptr) c.xref_heap.reset(new unsigned char[x86_64::GuestXstateSize()]);
+    c.xref = c.xref_heap.get();
+  }
   // The new thread traps once on purpose (its first report): from then on it waits in its
   // handler with a signal frame the first RUN fills in.
   if (auto s = AwaitReport(c, 1, 10'000'000'000); !s.ok()) return s;
@@ -714,6 +745,7 @@ absl::Status SeccompAddressSpace::TakeReport(Context& c, Report& r) {
   memcpy(&r.code, mb + MB_SI_CODE, 4);
   memcpy(&r.arch, mb + MB_SI_ARCH, 4);
   memcpy(&r.addr, mb + MB_SI_ADDR, 8);
+  r.fpu_same = Load(mb + MB_FPU_SAME) == 1;
   uint64_t uc_addr;
   memcpy(&uc_addr, mb + MB_UC, 8);
   uint8_t* uc = InStack(slot, uc_addr, kUcSize);
@@ -740,7 +772,7 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
   auto* gregs = reinterpret_cast<uint64_t*>(uc + kUcMcontext);
   // The frame already holds the guest's FPU state as last reported: write the caller's only
   // if the vkernel changed it (the usual system call leaves it alone).
-  if (!c.xstate_known || !x86_64::SameGuestXstate(c.xstate.get(), state.xstate)) {
+  if (!c.xstate_known || !x86_64::SameGuestXstate(c.xref, state.xstate)) {
     uint64_t fp_addr;
     memcpy(&fp_addr, uc + kUcFpregs, 8);
     uint8_t* fp = InStack(slot, fp_addr, 576);
@@ -755,8 +787,10 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
       return Died("its signal frame's FPU area was overwritten");
     }
     if (auto s = LoadXstate(fp, frame_size, frame_features, state.xstate); !s.ok()) return s;
+    // What the frame holds now, as far as the stub's comparison goes: where LoadXstate had to
+    // differ (features the frame does not carry), the comparison fails, which is safe.
+    SetXref(c, state.xstate);
   }
-  c.xstate_known = false;  // the guest runs: the next report tells
   // Registers. After a system call exit the frame's rcx was reported as r10 (DragonFly); a
   // vkernel that leaves it so gets the rcx the `syscall` instruction left.
   trapframe tf = *state.tf;
@@ -803,6 +837,22 @@ absl::Status SeccompAddressSpace::LoadXstate(uint8_t* fp, uint32_t frame_size,
   memcpy(fp + kXstateBv, &new_bv, 8);
   memset(fp + kXstateBv + 8, 0, 56);  // XCOMP_BV and the reserved header bytes
   return absl::OkStatus();
+}
+
+void SeccompAddressSpace::SetXref(Context& c, const void* xstate) {
+  // What SameGuestXstate and the stub compare: through AVX, and AVX-512 only while it is in
+  // use. Only the lines that changed: each one written here travels to the guest's CPU,
+  // where the stub reads the reference on the next report.
+  const auto* src = static_cast<const unsigned char*>(xstate);
+  const size_t n = x86_64::UsesAvx512(src) ? x86_64::GuestXstateSize() : x86_64::AvxXstateSize();
+  for (size_t i = 0; i < n; i += 64) {
+    const size_t len = std::min<size_t>(64, n - i);
+    if (memcmp(c.xref + i, src + i, len) != 0) memcpy(c.xref + i, src + i, len);
+  }
+  if (!c.xstate_known) {
+    c.xstate_known = true;
+    if (c.xref_heap == nullptr) Store(Command(SlotOf(c)) + CMD_XREF_ON, 1);
+  }
 }
 
 void SeccompAddressSpace::Resume(Context& c) {
@@ -962,12 +1012,12 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     GuestExit exit;
     auto report = [&](GuestExit e) -> GuestExit {
       x86_64::SigGregsToFrame(gregs, *state.tf);
+      // The frame still holds c.xref, which LoadFrame made equal to the caller's state in
+      // state.xstate: nothing to copy. (A guest that forges the stub's answer gets the
+      // caller's own FPU state back, as if it had restored it itself.)
+      if (c.xstate_known && rep.fpu_same) return e;
       StoreXstate(fpregs, state.xstate);
-      // What SameGuestXstate looks at: through AVX, and AVX-512 only while it is in use.
-      memcpy(c.xstate.get(), state.xstate,
-             x86_64::UsesAvx512(state.xstate) ? x86_64::GuestXstateSize()
-                                              : x86_64::AvxXstateSize());
-      c.xstate_known = true;
+      SetXref(c, state.xstate);
       return e;
     };
 
