@@ -40,7 +40,23 @@ extern "C" {
 long vkrt_futex_wait_in_rseq(const uint64_t* sigmask, const uint32_t* uaddr, uint32_t val,
                              const struct timespec* timeout);
 extern const struct rseq_cs vkrt_futex_rseq_cs;
+
+// arch/x86_64/seccomp_spin.S: releases the guest and spins for its report in a restartable
+// sequence, signals as they are. The layout is the assembly's.
+struct SeccompSpin {
+  uint32_t* resp;              // the command page's CMD_RESP_SEQ
+  uint32_t seq;                // stored there: releases the guest
+  uint32_t want;               // the report awaited
+  const uint8_t* mailbox;
+  uint64_t deadline;           // TSC
+  uint64_t pass;               // signals (bit sig-1) whose report RUN returns as it is
+  const uint64_t* all;         // what to block on the way out to a blocked wait
+  uint64_t* old;               // the mask before
+  uint64_t* rseq_cs;           // &rseq->rseq_cs
+};
+int vkrt_seccomp_spin_in_rseq(const SeccompSpin* spin);
 }
+static_assert(offsetof(SeccompSpin, deadline) == 24 && offsetof(SeccompSpin, rseq_cs) == 56);
 
 namespace vkrt {
 namespace {
@@ -50,6 +66,13 @@ using x86_64::kStubBase;
 constexpr long kPreemptedBlocked = -1001;    // vkrt_futex_wait_in_rseq (entry.S)
 constexpr long kPreemptedUnblocked = -1002;
 constexpr long kSignalled = -1003;
+
+// vkrt_seccomp_spin_in_rseq's results.
+constexpr int kSpinGot = 0;             // the report came; signals as they were
+constexpr int kSpinGotBlocked = 1;      // the report came; signals now blocked
+constexpr int kSpinTimeUp = 2;          // signals now blocked
+constexpr int kSpinWakeContext = 3;     // the context sleeps; signals now blocked
+constexpr int kSpinHandlerRan = -1;     // aborted by a handler on this stack
 
 constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 constexpr uint64_t kIgnoredByDefault =
@@ -267,6 +290,8 @@ class SeccompAddressSpace : public AddressSpace {
   // Writes the caller's FPU state `xstate` into a frame's XSAVE area `fp`.
   absl::Status LoadXstate(uint8_t* fp, uint32_t frame_size, uint64_t frame_features,
                           const void* xstate);
+  // What the context reads when it resumes, but the resume sequence number.
+  void PrepareResume(Context& c);
   void Resume(Context& c);
   bool ContextAlive(const Context& c) const;
   absl::Status Died(const char* why);
@@ -855,13 +880,18 @@ void SeccompAddressSpace::SetXref(Context& c, const void* xstate) {
   }
 }
 
-void SeccompAddressSpace::Resume(Context& c) {
+void SeccompAddressSpace::PrepareResume(Context& c) {
   uint8_t* cmd = Command(SlotOf(c));
   // Spinning only helps when the guest runs on another CPU than ours.
   const int cpu = CurrentCpu();
   Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : SpinTicks());
   Store(cmd + CMD_SERVER_WAIT, c.server_wait);
   c.server_wait = 0;
+}
+
+void SeccompAddressSpace::Resume(Context& c) {
+  PrepareResume(c);
+  uint8_t* cmd = Command(SlotOf(c));
   Store(cmd + CMD_RESP_SEQ, c.seq);
   __atomic_thread_fence(__ATOMIC_SEQ_CST);  // against the context's "sleeping" flag (Dekker)
   if (Load(Mailbox(SlotOf(c)) + MB_STUB_SLEEPING) != 0) {
@@ -894,28 +924,79 @@ void StoreXstate(const uint8_t* fp, void* area) {
   }
 }
 
+// After the fast wait was aborted with no signal frame under this stack's red zone: did a
+// handler run on the thread's alternate signal stack? Linux puts the frame's FPU area at the
+// top of that stack, so its FP_XSTATE_MAGIC2 lands in the top 128 bytes. The magic is erased
+// after each look, so one left by a handler that ran before this RUN shows at most once (RUN
+// then ends early, as if interrupted). Without an alternate stack, or while running on it
+// (handlers then use this stack), no. Only after an abort, which is rare: system calls are
+// fine here.
+bool AltStackHandlerRan() {
+  stack_t ss;
+  if (syscall(SYS_sigaltstack, nullptr, &ss) != 0) return true;  // cannot tell
+  if ((ss.ss_flags & (SS_DISABLE | SS_ONSTACK)) != 0 || ss.ss_size < 128) return false;
+  const uint64_t top = reinterpret_cast<uint64_t>(ss.ss_sp) + ss.ss_size;
+  uint8_t area[128];
+  // Through the kernel: the stack's memory may have gone meanwhile.
+  auto read = CopyProcessMemory(getpid(), false, top - sizeof(area), area, sizeof(area));
+  if (!read.ok() || *read != sizeof(area)) return true;
+  constexpr uint32_t kMagic2 = 0x46505845;  // FP_XSTATE_MAGIC2
+  bool found = false;
+  for (size_t i = 0; i + 4 <= sizeof(area); ++i) {
+    uint32_t v;
+    memcpy(&v, area + i, 4);
+    if (v == kMagic2) {
+      found = true;
+      const uint32_t zero = 0;
+      (void)CopyProcessMemory(getpid(), true, top - sizeof(area) + i,
+                              const_cast<uint32_t*>(&zero), 4);
+    }
+  }
+  return found;
+}
+
 absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState& state,
                                                           const RunLimits& limits) {
   ThreadState& ts = ThreadState::Current();
+  // Signals. RUN must end once a handler ran in this thread while the guest ran. The fast
+  // wait (the guest on another CPU, a report within the spin) notices that with a
+  // restartable sequence and leaves the signal mask alone; every other wait blocks all
+  // signals first (once per RUN) and restores the caller's mask at the end.
   uint64_t old_mask = 0;
-  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
-  const uint64_t wait_mask = old_mask | kIgnoredByDefault;
+  uint64_t wait_mask = 0;  // while blocked: what the blocked waits let through
+  bool blocked = false;
+  auto Block = [&] {
+    if (blocked) return;
+    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, &old_mask, 8);
+    wait_mask = old_mask | kIgnoredByDefault;
+    blocked = true;
+  };
   bool timer_armed = false;
   absl::Cleanup cleanup = [&] {  // no allocation on the RUN path
     if (timer_armed) ts.DisarmTimer();
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
+    if (blocked) syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
   };
+  struct rseq* const rs = ThreadRseq();
+  if (rs == nullptr || c.last_cpu == CurrentCpu()) Block();
+  // Before the interrupt request and the timer: a kick (their signal) from here on shows.
+  const uint32_t kicks_at_start = ThreadState::Kicks();
   if (ts.TakeInterrupt()) return GuestExit{};
   if (limits.timeout_ns != 0) {
     if (auto s = ts.ArmTimer(limits.timeout_ns); !s.ok()) return s;
     timer_armed = true;
   }
+  const bool rcx_reported_as_r10 = c.rcx_reported_as_r10;
   if (auto s = LoadFrame(c, state); !s.ok()) return s;
 
   const int slot = SlotOf(c);
   uint8_t* mb = Mailbox(slot);
   uint8_t* cmd = Command(slot);
-  const uint32_t kicks_at_start = ThreadState::Kicks();
+  // Reports the fast wait returns from as they are, signals unblocked: a system call (always,
+  // whatever the si_code), and while si_code > 0 the exceptions RUN always returns. Not the
+  // kick, and SIGSEGV only without MAP_VPAGETABLE (faults there may be resolved, and RUN goes
+  // on with signals blocked).
+  const uint64_t pass = SigBit(SIGILL) | SigBit(SIGTRAP) | SigBit(SIGBUS) | SigBit(SIGFPE) |
+                        (vpt() == nullptr ? SigBit(SIGSEGV) : 0);
   bool interrupted = false;  // we kicked the guest in this RUN
   auto TakePendingSignal = [&] {
     if (ThreadState::Kicks() != kicks_at_start) return true;
@@ -938,18 +1019,51 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
   };
 
   for (;;) {
-    Resume(c);
     const uint32_t want = c.seq + 1;
     // Wait for the next report: spin (the guest runs on another CPU), then sleep.
     bool got = false;
-    if (c.last_cpu != CurrentCpu()) {
-      const uint64_t deadline = __rdtsc() + SpinTicks();
-      do {
-        if (Load(mb + MB_REPORT_SEQ) == want) {
+    if (!blocked) {
+      PrepareResume(c);
+      const SeccompSpin spin = {reinterpret_cast<uint32_t*>(cmd + CMD_RESP_SEQ), c.seq, want,
+                                mb, __rdtsc() + SpinTicks(), pass, &kAllSignals, &old_mask,
+                                reinterpret_cast<uint64_t*>(&rs->rseq_cs)};
+      for (;;) {
+        const int r = vkrt_seccomp_spin_in_rseq(&spin);
+        if (r == kSpinGot) {
           got = true;
           break;
         }
-      } while (__rdtsc() < deadline);
+        if (r > 0) {  // signals now blocked
+          wait_mask = old_mask | kIgnoredByDefault;
+          blocked = true;
+          got = r == kSpinGotBlocked;
+          if (r == kSpinWakeContext) Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
+          break;
+        }
+        if (r == kSpinHandlerRan || ThreadState::Kicks() != kicks_at_start ||
+            AltStackHandlerRan()) {
+          Block();
+          if (Load(cmd + CMD_RESP_SEQ) != c.seq) {
+            // Before the release: the guest did not run. Its frame stays as loaded.
+            c.rcx_reported_as_r10 = rcx_reported_as_r10;
+            return GuestExit{};
+          }
+          Kick();  // RUN ends once the guest has stopped
+          break;
+        }
+        // A preemption: spin on (releasing again changes nothing).
+      }
+    } else {
+      Resume(c);
+      if (c.last_cpu != CurrentCpu()) {
+        const uint64_t deadline = __rdtsc() + SpinTicks();
+        do {
+          if (Load(mb + MB_REPORT_SEQ) == want) {
+            got = true;
+            break;
+          }
+        } while (__rdtsc() < deadline);
+      }
     }
     while (!got) {
       if (Load(mb + MB_REPORT_SEQ) == want) break;
@@ -1024,9 +1138,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     if (sig == SC_KICK_SIGNAL) {
       if (c.kicks_pending > 0) --c.kicks_pending;
       if (interrupted && c.kicks_pending == 0) return report(GuestExit{});  // kInterrupted
+      Block();  // (already, unless the report changed after the fast wait read it)
       continue;  // a kick from an earlier RUN, or a forged report: the guest goes on
     }
-    if (si_code <= 0 && sig != SIGSYS) continue;  // sent by somebody else: not the guest's
+    if (si_code <= 0 && sig != SIGSYS) {
+      Block();
+      continue;  // sent by somebody else: not the guest's
+    }
 
     if (sig == SIGSYS) {
       const uint64_t call_addr = rep.addr;
@@ -1100,6 +1218,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         const vpt::Access access = (hw & PGEX_W)   ? vpt::Access::kWrite
                                    : (hw & PGEX_I) ? vpt::Access::kExecute
                                                    : vpt::Access::kRead;
+        Block();  // (already: the fast wait blocks for SIGSEGV with MAP_VPAGETABLE)
         SpaceInstaller installer(*this);
         t_resolving = &c;
         auto resolved = vpt()->Resolve(exit.addr, access, installer);
