@@ -80,9 +80,10 @@
 #define SRV_MAX_OPS 64
 
 /* The stub's fixed descriptors. */
-#define SC_FD_SOCKET 0          /* to the vkernel: fds arrive, acknowledgements leave */
+#define SC_FD_SOCKET 0          /* to the vkernel: fds arrive (and it ends when the stub does) */
 #define SC_FD_PIDFD 1           /* the vkernel process: readable when it is gone */
-#define SC_FD_FIRST_OBJECT 2
+#define SC_FD_ACK 2             /* an eventfd: +1 per batch carried out (acknowledgements) */
+#define SC_FD_FIRST_OBJECT 3
 
 #define SC_KICK_SIGNAL 10       /* SIGUSR1: the vkernel stops a running guest */
 
@@ -105,7 +106,7 @@ struct SeccompBootArgs {
   int32_t socket_fd;
   int32_t pidfd;
   int32_t memfd;
-  int32_t pad;
+  int32_t ack_fd;
   const void* server_filter;   // struct sock_fprog*: the whole stub process
   const void* context_filter;  // struct sock_fprog*: copied to FILTER for context threads
 };

@@ -10,8 +10,9 @@
  *   - the server (the process leader) never runs guest code. It waits on its command page
  *     and carries out batches of system calls the vkernel decided (maps, unmaps, installs,
  *     clone of a context thread, receiving a memory object), then acknowledges each batch by
- *     writing 8 bytes to its socket: the acknowledgement travels through the kernel, so no
- *     guest can forge it. It exits the process when the vkernel is gone.
+ *     adding 1 to its eventfd, from a constant in its read-only code: the acknowledgement
+ *     travels through the kernel, so no guest can forge or alter it. It exits the process
+ *     when the vkernel is gone.
  *   - context threads run guest code. Each has its own slot: a signal stack in shared memory
  *     and a command page. Their seccomp filter (stacked on the server's) makes every guest
  *     system call raise SIGSYS and lets the stub code make only futex calls on stub
@@ -74,6 +75,7 @@ vkrt_seccomp_stub_boot:
 	movslq 0(%rdi), %r12         /* socket */
 	movslq 4(%rdi), %r13         /* vkernel pidfd */
 	movslq 8(%rdi), %r14         /* memfd */
+	movslq 12(%rdi), %rbx        /* acknowledgement eventfd */
 	mov 16(%rdi), %r15           /* server filter */
 	mov 24(%rdi), %rbp           /* context filter */
 	mov $SYS_mmap, %eax
@@ -157,7 +159,7 @@ vkrt_seccomp_stub_boot:
 	mov $VKRT_SC_RO, %rdi
 	cmp %rdi, %rax
 	jne .Lboot_fail
-	/* Descriptors: socket -> 0, pidfd -> 1, nothing else. */
+	/* Descriptors: socket -> 0, pidfd -> 1, eventfd -> 2, nothing else. */
 	mov $SYS_dup3, %eax
 	mov %r12, %rdi
 	mov $1000, %esi
@@ -173,6 +175,13 @@ vkrt_seccomp_stub_boot:
 	cmp $1001, %rax
 	jne .Lboot_fail
 	mov $SYS_dup3, %eax
+	mov %rbx, %rdi
+	mov $1002, %esi
+	xor %edx, %edx
+	syscall
+	cmp $1002, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
 	mov $1000, %edi
 	mov $SC_FD_SOCKET, %esi
 	xor %edx, %edx
@@ -185,6 +194,13 @@ vkrt_seccomp_stub_boot:
 	xor %edx, %edx
 	syscall
 	cmp $SC_FD_PIDFD, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
+	mov $1002, %edi
+	mov $SC_FD_ACK, %esi
+	xor %edx, %edx
+	syscall
+	cmp $SC_FD_ACK, %rax
 	jne .Lboot_fail
 	mov $SYS_close_range, %eax
 	mov $SC_FD_FIRST_OBJECT, %edi
@@ -295,18 +311,17 @@ vkrt_seccomp_stub_boot:
 	add $SRV_OP_SIZE, %r15
 	jmp .Lserver_op
 .Lserver_ack:
-	/* Tell the vkernel (the socket: an acknowledgement no guest can forge), then a context
-	 * that waits for this batch (memory: a hint). In this order: the woken context may take
-	 * the CPU, and the vkernel must not wait for the acknowledgement meanwhile. */
-	mov $VKRT_SC_SCRATCH, %rsi
-	mov %r12, 128(%rsi)
+	/* Tell the vkernel (the eventfd, +1 from read-only code: an acknowledgement no guest can
+	 * forge or alter), then a context that waits for this batch (memory: a hint). In this
+	 * order: the woken context may take the CPU, and the vkernel must not wait for the
+	 * acknowledgement meanwhile. */
 	mov $SYS_write, %eax
-	mov $SC_FD_SOCKET, %edi
-	lea 128(%rsi), %rsi
+	mov $SC_FD_ACK, %edi
+	lea .Lone(%rip), %rsi
 	mov $8, %edx
 	syscall
 	cmp $8, %rax
-	jne .Lserver_exit            /* the vkernel closed its end */
+	jne .Lserver_exit
 	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_DONE_SEQ), %rdi
 	mov %r12d, (%rdi)
 	mov $SYS_futex, %eax
@@ -541,6 +556,9 @@ vkrt_seccomp_stub_boot:
 	syscall
 	ud2
 
+	.p2align 3
+.Lone:
+	.quad 1                      /* what an acknowledgement adds (read-only: the code page) */
 .Lhandled_signals:
 	.byte 31, 11, 7, 4, 8, 5, SC_KICK_SIGNAL, 0
 .Lblob_end:

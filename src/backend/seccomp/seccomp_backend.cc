@@ -9,7 +9,9 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/auxv.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -213,8 +215,9 @@ thread_local Context* t_resolving = nullptr;
 
 class SeccompAddressSpace : public AddressSpace {
  public:
-  SeccompAddressSpace(pid_t pid, int sock, uint8_t* shm) : pid_(pid), sock_(sock), shm_(shm) {
-    used_fds_[SC_FD_SOCKET] = used_fds_[SC_FD_PIDFD] = true;
+  SeccompAddressSpace(pid_t pid, int sock, int ack, uint8_t* shm)
+      : pid_(pid), sock_(sock), ack_(ack), shm_(shm) {
+    used_fds_[SC_FD_SOCKET] = used_fds_[SC_FD_PIDFD] = used_fds_[SC_FD_ACK] = true;
   }
   ~SeccompAddressSpace() override;
 
@@ -254,6 +257,9 @@ class SeccompAddressSpace : public AddressSpace {
   absl::Status PostAsyncLocked(Context& c);
   // Collects the acknowledgement of a batch posted by PostAsyncLocked. ops_mu_ held.
   absl::Status DrainLocked();
+  // Reads the acknowledgement of the one outstanding batch if it is there (`got`).
+  absl::Status TryAck(bool& got);
+  // Waits for it.
   absl::Status ReadAck();
   // Moves the server to `cpu` (if it is not there): it runs where its waker waits.
   void PinServer(int cpu) {
@@ -298,6 +304,7 @@ class SeccompAddressSpace : public AddressSpace {
 
   const pid_t pid_;
   const int sock_;
+  const int ack_;  // the server's acknowledgements (an eventfd, non-blocking)
   uint8_t* const shm_;
   std::atomic<bool> dead_{false};
   const bool use_arch_prctl_ = !HaveFsgsbase();
@@ -322,6 +329,7 @@ SeccompAddressSpace::~SeccompAddressSpace() {
   while (syscall(SYS_wait4, pid_, &status, __WALL, nullptr) < 0 && errno == EINTR) {
   }
   close(sock_);
+  close(ack_);
   munmap(shm_, VKRT_SC_MEMFD_SIZE);
 }
 
@@ -341,22 +349,32 @@ uint8_t* SeccompAddressSpace::InStack(int slot, uint64_t addr, uint64_t len) con
 
 // ---- the server channel --------------------------------------------------------------------
 
+absl::Status SeccompAddressSpace::TryAck(bool& got) {
+  // The acknowledgement comes through the kernel (an eventfd only the server writes, adding
+  // the 1 in its read-only code), never through memory a guest could write. One batch at a
+  // time is outstanding: anything but 1 means the stub is not what it should be.
+  uint64_t n = 0;
+  const ssize_t r = read(ack_, &n, sizeof(n));
+  got = r == static_cast<ssize_t>(sizeof(n));
+  if (got && n != 1) {
+    kill(pid_, SIGKILL);
+    return Died("its server acknowledged batches it was not given");
+  }
+  if (!got && errno != EAGAIN && errno != EINTR) return Died("its acknowledgements failed");
+  return absl::OkStatus();
+}
+
 absl::Status SeccompAddressSpace::ReadAck() {
-  // The acknowledgement comes through the kernel (the socket), never through memory a guest
-  // could write.
-  uint64_t ack = 0;
-  size_t got = 0;
-  while (got < sizeof(ack)) {
-    const ssize_t r = read(sock_, reinterpret_cast<char*>(&ack) + got, sizeof(ack) - got);
-    if (r > 0) {
-      got += static_cast<size_t>(r);
-    } else if (r < 0 && errno == EINTR) {
-      continue;
-    } else {
+  for (;;) {
+    bool got = false;
+    if (auto s = TryAck(got); !s.ok() || got) return s;
+    // Until it comes, or the stub is gone (its end of the socket closes).
+    struct pollfd fds[2] = {{ack_, POLLIN, 0}, {sock_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) return Died("poll for its acknowledgement");
+    if ((fds[1].revents & (POLLIN | POLLHUP | POLLERR)) != 0 && (fds[0].revents & POLLIN) == 0) {
       return Died("its server stopped answering");
     }
   }
-  return absl::OkStatus();
 }
 
 absl::Status SeccompAddressSpace::DrainLocked() {
@@ -364,10 +382,9 @@ absl::Status SeccompAddressSpace::DrainLocked() {
   async_outstanding_ = false;
   // Normally the context woke the server and the acknowledgement is there; if the context's
   // RUN ended before it resumed, nobody woke the server: do it.
-  uint64_t ack;
-  const ssize_t r = recv(sock_, &ack, sizeof(ack), MSG_DONTWAIT);
-  if (r != static_cast<ssize_t>(sizeof(ack))) {
-    if (r > 0) return Died("its server sent a short acknowledgement");
+  bool got = false;
+  if (auto s = TryAck(got); !s.ok()) return s;
+  if (!got) {
     Futex(Command(VKRT_SC_SERVER_SLOT) + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
     if (auto s = ReadAck(); !s.ok()) return s;
   }
@@ -1273,10 +1290,20 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return SyscallError("socketpair(AF_UNIX, SOCK_STREAM) for a seccomp stub");
   }
+  // The server's acknowledgements: an eventfd is a cheaper write and read than the socket
+  // (~0.25 us each against ~0.8 us here), and one comes per VPAGETABLE fault.
+  const int ack = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (ack < 0) {
+    absl::Status s = SyscallError("eventfd for a seccomp stub's acknowledgements");
+    close(sv[0]);
+    close(sv[1]);
+    return s;
+  }
   const int memfd = static_cast<int>(syscall(SYS_memfd_create, "vkrt-stub", MFD_CLOEXEC));
   if (memfd < 0 || ftruncate(memfd, VKRT_SC_MEMFD_SIZE) != 0) {
     absl::Status s = SyscallError("memfd_create/ftruncate for a seccomp stub's shared pages");
     if (memfd >= 0) close(memfd);
+    close(ack);
     close(sv[0]);
     close(sv[1]);
     return s;
@@ -1285,6 +1312,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace
   if (shm == MAP_FAILED) {
     absl::Status s = SyscallError("mmap of a seccomp stub's shared pages");
     close(memfd);
+    close(ack);
     close(sv[0]);
     close(sv[1]);
     return s;
@@ -1295,7 +1323,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace
   const struct timespec server_slice = {1, 0};
   memcpy(srv + SRV_TIMEOUT, &server_slice, sizeof(server_slice));
   const int pidfd = SelfPidfd();
-  x86_64::SeccompBootArgs args = {sv[1], pidfd, memfd, 0, &programs.server_prog,
+  x86_64::SeccompBootArgs args = {sv[1], pidfd, memfd, ack, &programs.server_prog,
                                   &programs.context_prog};
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, 0, 0, 0, 0, 0));
   if (pid == 0) {
@@ -1314,10 +1342,11 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace
   close(memfd);
   if (pid < 0) {
     close(sv[0]);
+    close(ack);
     munmap(shm, VKRT_SC_MEMFD_SIZE);
     return ErrnoError(clone_errno, "clone() of a seccomp stub process");
   }
-  auto space = std::make_unique<SeccompAddressSpace>(pid, sv[0], view);
+  auto space = std::make_unique<SeccompAddressSpace>(pid, sv[0], ack, view);
   if (auto s = space->Ping(); !s.ok()) {
     return ErrnoError(EFAULT, absl::StrFormat("seccomp stub %d did not start: %s", pid,
                                               s.message()));
