@@ -53,12 +53,37 @@ int VkrtTestRunWithYmm(void* id, struct trapframe* tf, struct vextframe* vf, con
                        void* ymm1_out);
 int VkrtTestRunWithZmm(void* id, struct trapframe* tf, struct vextframe* vf, const void* zmm0_in,
                        void* zmm1_out);
+// xmm0 loaded from `in` before, stored to `out` after.
+int VkrtTestRunXmm0(void* id, struct trapframe* tf, struct vextframe* vf, const void* xmm0_in,
+                    void* xmm0_out);
 }
 
 static_assert(VMSPACE_CTL_RUN == 1, "the helpers below pass cmd 1");
 
 asm(R"(
         .text
+        .p2align 4
+        .globl VkrtTestRunXmm0
+        .hidden VkrtTestRunXmm0
+        .type VkrtTestRunXmm0, @function
+VkrtTestRunXmm0:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        movdqu (%rcx), %xmm0
+        movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        movdqu %xmm0, (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunXmm0, .-VkrtTestRunXmm0
+
         .p2align 4
         .globl VkrtTestRunWithXmm
         .hidden VkrtTestRunWithXmm
@@ -281,6 +306,7 @@ class SharedMemfd {
 
   bool ok() const { return words_ != nullptr; }
   int fd() const { return fd_; }
+  const uint64_t* words() const { return words_; }
   uint64_t Load(size_t byte_offset) const {
     return __atomic_load_n(&words_[byte_offset / 8], __ATOMIC_ACQUIRE);
   }
@@ -1576,6 +1602,53 @@ TEST_P(Conformance, AvxStatePassesBothWays) {
   }
 }
 
+// A guest that leaves the FPU alone gives back exactly the state it was given, whatever the
+// state of earlier RUNs (backends may skip transfers when the guest did not touch it).
+// The guest alternates: report xmm0 in rdi and trap without touching it; then load xmm0 from
+// (rbx) and trap.
+//      0: 66 48 0f 7e c7         movq   %xmm0,%rdi
+//      5: b8 27 00 00 00         mov    $0x27,%eax
+//      a: 0f 05                  syscall
+//      c: f3 0f 6f 03            movdqu (%rbx),%xmm0
+//     10: b8 27 00 00 00         mov    $0x27,%eax
+//     15: 0f 05                  syscall
+//     17: eb e7                  jmp    0
+VKRT_GUEST_CODE kGuestXmm0UntouchedThenLoaded[] = {
+    0x66, 0x48, 0x0f, 0x7e, 0xc7, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0xf3, 0x0f, 0x6f, 0x03, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xe7,
+};
+
+TEST_P(Conformance, FpuStateTheGuestLeavesAloneComesBackAsGiven) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestXmm0UntouchedThenLoaded));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  trapframe tf = Frame();
+  tf.tf_rbx = kDataAddr;
+  vextframe vf = {};
+  // Values the caller passes: repeated ones (the context already holds them), new ones, and the
+  // guest's own (what the context's frame held after the guest loaded it).
+  const uint64_t kGuestLow = 0x5151515151515151ULL;
+  const uint64_t values[] = {1, 1, 2, kGuestLow, kGuestLow, 3, 3, 3, 4};
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); ++i) {
+    const uint64_t guest_value[2] = {kGuestLow, 0x5252525252525252ULL + i};
+    ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, guest_value, sizeof(guest_value)));
+    // Untouched: the caller gets its own xmm0 back, and the guest saw it.
+    alignas(16) uint64_t in[2] = {values[i], ~values[i]};
+    alignas(16) uint64_t out[2] = {};
+    ASSERT_EQ(0, VkrtTestRunXmm0(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(values[i], AsU64(tf.tf_rdi)) << "round " << i;
+    EXPECT_EQ(in[0], out[0]) << "round " << i;
+    EXPECT_EQ(in[1], out[1]) << "round " << i;
+    // Loaded: the caller gets the guest's.
+    ASSERT_EQ(0, VkrtTestRunXmm0(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(guest_value[0], out[0]) << "round " << i;
+    EXPECT_EQ(guest_value[1], out[1]) << "round " << i;
+  }
+}
+
 // ---- RUN: refused frames --------------------------------------------------------------------
 
 TEST_P(Conformance, Avx512StatePassesBothWays) {
@@ -1755,6 +1828,114 @@ TEST_P(Conformance, TimerSignalEndsRunWithSaRestart) {
 }
 
 TEST_P(Conformance, PthreadKillEndsRun) { ExpectSignalEndsRun(Kick::kPthreadKill, false); }
+
+// A signal that comes while a backend may still be spinning for the guest's first report (in
+// a restartable sequence rather than with signals blocked) ends RUN like any other: with the
+// handler on this stack, with SA_RESTART, and on an alternate signal stack. A thread-directed
+// timer fires 30-80 us into each RUN; the handler notes whether the guest had started (its
+// flag), and if so RUN must end with tf_trapno 0. (One that fires before the guest starts
+// may be handled as one before RUN: the guest then loops ~10 ms and makes a system call.)
+//      0: 48 89 37               mov    %rsi,(%rdi)
+//      3: 48 ff c9               dec    %rcx
+//      6: 75 fb                  jne    3
+//      8: b8 27 00 00 00         mov    $0x27,%eax
+//      d: 0f 05                  syscall
+VKRT_GUEST_CODE kGuestFlagThenCountDown[] = {
+    0x48, 0x89, 0x37, 0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
+};
+const volatile uint64_t* g_early_flag = nullptr;
+std::atomic<int> g_early_saw_guest{0};
+void NoteEarlySignal(int) {
+  g_sigalrm_count.fetch_add(1);
+  if (*g_early_flag == kRunningToken) g_early_saw_guest.store(1);
+}
+
+void ExpectEarlySignalsEndRun(int backend, int flags) {
+  ScopedVmspace vm(backend);
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd flag(kPage);
+  ASSERT_TRUE(flag.ok()) << strerror(errno);
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestFlagThenCountDown));
+  ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kFlagAddr, kPage, kRw, MAP_SHARED, flag.fd(), 0));
+  trapframe start = Frame();
+  start.tf_rdi = kFlagAddr;
+  start.tf_rsi = static_cast<int64_t>(kRunningToken);
+  start.tf_rcx = 1;
+  trapframe tf = start;
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));  // the context exists
+  g_early_flag = static_cast<const volatile uint64_t*>(flag.words());
+
+  std::vector<char> alt_stack(64 * 1024);
+  stack_t ss = {};
+  stack_t old_ss = {};
+  ss.ss_sp = alt_stack.data();
+  ss.ss_size = alt_stack.size();
+  if (flags & SA_ONSTACK) {
+    ASSERT_EQ(0, sigaltstack(&ss, &old_ss)) << strerror(errno);
+  }
+  struct sigaction sa = {};
+  struct sigaction old_sa = {};
+  sa.sa_handler = NoteEarlySignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = flags;
+  ASSERT_EQ(0, sigaction(SIGALRM, &sa, &old_sa));
+  sigset_t alrm;
+  sigset_t old_mask;
+  sigemptyset(&alrm);
+  sigaddset(&alrm, SIGALRM);
+  ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &alrm, &old_mask));
+  struct sigevent sev = {};
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SIGALRM;
+  sev._sigev_un._tid = CurrentTid();
+  timer_t timer{};
+  ASSERT_EQ(0, timer_create(CLOCK_MONOTONIC, &sev, &timer)) << strerror(errno);
+  Cleanup restore([&] {
+    timer_delete(timer);
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    sigaction(SIGALRM, &old_sa, nullptr);
+    if (flags & SA_ONSTACK) sigaltstack(&old_ss, nullptr);
+  });
+
+  int in_time = 0;
+  for (int round = 0; round < 100; ++round) {
+    flag.Store(0, 0);
+    g_sigalrm_count.store(0);
+    g_early_saw_guest.store(0);
+    tf = start;
+    tf.tf_rcx = 1 << 24;
+    struct itimerspec its = {};
+    its.it_value.tv_nsec = 30'000 + 500 * round;
+    ASSERT_EQ(0, timer_settime(timer, 0, &its, nullptr)) << strerror(errno);
+    errno = 0;
+    const int rc = RunGuest(vm.id(), &tf);
+    const int err = errno;
+    ASSERT_EQ(0, rc) << strerror(err);
+    const int count_at_return = g_sigalrm_count.load();
+    if (g_early_saw_guest.load() == 0) {
+      // Before the guest ran (or never): RUN may have gone on to the system call.
+      its.it_value.tv_nsec = 0;
+      timer_settime(timer, 0, &its, nullptr);
+      continue;
+    }
+    ++in_time;
+    ASSERT_EQ(0, tf.tf_trapno) << "round " << round << ": " << Describe(tf);
+    ASSERT_EQ(1, count_at_return) << "round " << round;
+  }
+  printf("%d of 100 signals came while the guest ran\n", in_time);
+}
+
+TEST_P(Conformance, EarlySignalsEndRun) { ExpectEarlySignalsEndRun(GetParam(), 0); }
+
+TEST_P(Conformance, EarlySignalsEndRunWithSaRestart) {
+  SKIP_WITHOUT_RSEQ();
+  ExpectEarlySignalsEndRun(GetParam(), SA_RESTART);
+}
+
+TEST_P(Conformance, EarlySignalsOnAnAlternateStackEndRun) {
+  SKIP_WITHOUT_RSEQ();
+  ExpectEarlySignalsEndRun(GetParam(), SA_ONSTACK | SA_RESTART);
+}
 
 TEST_P(Conformance, PthreadKillEndsRunWithSaRestart) {
   SKIP_WITHOUT_RSEQ();

@@ -37,6 +37,7 @@
 
 #include <gtest/gtest.h>
 
+#include "arch/x86_64/seccomp_layout.h"
 #include "arch/x86_64/stub_layout.h"
 #include "common/errno_status.h"
 
@@ -201,8 +202,9 @@ int RunFiltered(const std::vector<sock_filter>& program, Body body) {
   if (pid == 0) {
     const rlimit no_core = {0, 0};  // a killed child dumps no core
     if (setrlimit(RLIMIT_CORE, &no_core) != 0) _exit(kSetupFailed);
-    const int null_fd = open("/dev/null", O_WRONLY);  // fd 0: the server's "socket"
-    if (null_fd < 0 || dup2(null_fd, 0) != 0) _exit(kSetupFailed);
+    // fd 0: the server's "socket"; fd 2: its acknowledgement eventfd.
+    const int null_fd = open("/dev/null", O_WRONLY);
+    if (null_fd < 0 || dup2(null_fd, 0) != 0 || dup2(null_fd, 2) != 2) _exit(kSetupFailed);
     const KernelSigaction action = {OnSigsys, SA_SIGINFO | kSaRestorer, vkrt_test_restorer, 0};
     if (syscall(SYS_rt_sigaction, SIGSYS, &action, nullptr, sizeof(uint64_t)) != 0) {
       _exit(kSetupFailed);
@@ -660,18 +662,20 @@ TEST_F(StubFilter, ServerTrapsGuestSystemCall) {
   EXPECT_EQ(AUDIT_ARCH_X86_64, report_->arch);
 }
 
-TEST_F(StubFilter, ServerWritesOnlyToFdZero) {
-  static const char kByte = 'x';
+TEST_F(StubFilter, ServerWritesOnlyEightBytesToTheAcknowledgementFd) {
+  static const uint64_t kOne = 1;
   const int status = RunFiltered(server_, [] {
-    Step(1, [] { return Gate(SYS_write, 0, reinterpret_cast<long>(&kByte), 1); });
+    Step(1, [] { return Gate(SYS_write, SC_FD_ACK, reinterpret_cast<long>(&kOne), 8); });
   });
   ASSERT_TRUE(Survived(status));
-  EXPECT_EQ(1, report_->results[1]);  // fd 0 is /dev/null in the child
+  EXPECT_EQ(8, report_->results[1]);  // fd 2 is /dev/null in the child
+  for (int fd : {SC_FD_SOCKET, SC_FD_PIDFD, SC_FD_FIRST_OBJECT}) {
+    EXPECT_TRUE(KillsOnly(server_, [fd] {
+      return Gate(SYS_write, fd, reinterpret_cast<long>(&kOne), 8);
+    })) << "fd " << fd;
+  }
   EXPECT_TRUE(KillsOnly(server_, [] {
-    return Gate(SYS_write, 1, reinterpret_cast<long>(&kByte), 0);
-  }));
-  EXPECT_TRUE(KillsOnly(server_, [] {
-    return Gate(SYS_write, 2, reinterpret_cast<long>(&kByte), 0);
+    return Gate(SYS_write, SC_FD_ACK, reinterpret_cast<long>(&kOne), 1);
   }));
 }
 

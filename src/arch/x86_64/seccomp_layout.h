@@ -44,6 +44,7 @@
 #define MB_SI_CODE 40       /* u32: the siginfo fields the vkernel needs, copied into this */
 #define MB_SI_ARCH 44       /* u32: cache line (the frame is read across CPUs) */
 #define MB_SI_ADDR 48       /* u64: si_addr / si_call_addr */
+#define MB_FPU_SAME 56      /* u32: 1 if the frame's FPU state equals CMD_XREF (see there) */
 #define MB_DONE_SEQ 32      /* server slot only: u32, the last batch carried out (a hint) */
 #define MB_RESULTS 64       /* server slot: u64 results[SERVER_MAX_OPS] */
 
@@ -58,6 +59,17 @@
 #define CMD_EXIT 48             /* u32: instead of resuming, the context thread exits */
 #define CMD_SERVER_WAIT 52      /* u32: before resuming, wake the server and wait until its
                                    batch of this number is done (translations for this fault) */
+#define CMD_XREF_ON 56          /* u32: CMD_XREF holds the guest's FPU state as the vkernel
+                                   last loaded or read it: the handler compares the frame's */
+#define CMD_XCMP_COUNT 64       /* u32: entries in CMD_XCMP */
+#define CMD_XCMP_SIZE 68        /* u32: bytes of the XSAVE area the comparison may read */
+#define CMD_XCMP 72             /* { u32 bv_bit, u32 offset, u32 len } x CMD_XCMP_MAX: the
+                                   components compared when in use (after the legacy area) */
+#define CMD_XCMP_MAX 4
+#define CMD_XREF 1024           /* the reference XSAVE area (standard format), up to 3 KiB */
+#define CMD_XREF_MAX 3072
+#define XCMP_LEGACY 416         /* FCW..XMM15: always compared */
+#define XCMP_FEATURES 0xE7      /* XSTATE_BV bits that pass between vkernel and guest */
 
 /* Server command page (RO): a batch of system calls the vkernel decided. */
 #define SRV_SEQ 0               /* u32: futex word the server waits on */
@@ -68,9 +80,10 @@
 #define SRV_MAX_OPS 64
 
 /* The stub's fixed descriptors. */
-#define SC_FD_SOCKET 0          /* to the vkernel: fds arrive, acknowledgements leave */
+#define SC_FD_SOCKET 0          /* to the vkernel: fds arrive (and it ends when the stub does) */
 #define SC_FD_PIDFD 1           /* the vkernel process: readable when it is gone */
-#define SC_FD_FIRST_OBJECT 2
+#define SC_FD_ACK 2             /* an eventfd: +1 per batch carried out (acknowledgements) */
+#define SC_FD_FIRST_OBJECT 3
 
 #define SC_KICK_SIGNAL 10       /* SIGUSR1: the vkernel stops a running guest */
 
@@ -86,13 +99,14 @@ static_assert(VKRT_SC_RO + VKRT_SC_RO_SIZE <= VKRT_STUB_END);
 static_assert(VKRT_SC_MEMFD_SIZE == VKRT_SC_RW_SIZE + VKRT_SC_RO_SIZE);
 static_assert(SRV_OPS + SRV_MAX_OPS * SRV_OP_SIZE <= 0x1000);
 static_assert(MB_RESULTS + SRV_MAX_OPS * 8 <= 0x1000);
+static_assert(CMD_XCMP + CMD_XCMP_MAX * 12 <= 128 && CMD_XREF + CMD_XREF_MAX == 0x1000);
 
 // What vkrt_seccomp_stub_boot needs; read before the vkernel's memory is unmapped.
 struct SeccompBootArgs {
   int32_t socket_fd;
   int32_t pidfd;
   int32_t memfd;
-  int32_t pad;
+  int32_t ack_fd;
   const void* server_filter;   // struct sock_fprog*: the whole stub process
   const void* context_filter;  // struct sock_fprog*: copied to FILTER for context threads
 };

@@ -10,8 +10,9 @@
  *   - the server (the process leader) never runs guest code. It waits on its command page
  *     and carries out batches of system calls the vkernel decided (maps, unmaps, installs,
  *     clone of a context thread, receiving a memory object), then acknowledges each batch by
- *     writing 8 bytes to its socket: the acknowledgement travels through the kernel, so no
- *     guest can forge it. It exits the process when the vkernel is gone.
+ *     adding 1 to its eventfd, from a constant in its read-only code: the acknowledgement
+ *     travels through the kernel, so no guest can forge or alter it. It exits the process
+ *     when the vkernel is gone.
  *   - context threads run guest code. Each has its own slot: a signal stack in shared memory
  *     and a command page. Their seccomp filter (stacked on the server's) makes every guest
  *     system call raise SIGSYS and lets the stub code make only futex calls on stub
@@ -46,6 +47,7 @@
 #define SYS_close_range 436
 #define SYS_mseal 462
 
+#define UC_FPREGS 224                /* ucontext: uc_mcontext.fpregs */
 #define HANDLER_FLAGS 0x0C000004     /* SIGINFO|ONSTACK|RESTORER */
 #define FUTEX_WAIT 0
 #define FUTEX_WAKE 1
@@ -73,6 +75,7 @@ vkrt_seccomp_stub_boot:
 	movslq 0(%rdi), %r12         /* socket */
 	movslq 4(%rdi), %r13         /* vkernel pidfd */
 	movslq 8(%rdi), %r14         /* memfd */
+	movslq 12(%rdi), %rbx        /* acknowledgement eventfd */
 	mov 16(%rdi), %r15           /* server filter */
 	mov 24(%rdi), %rbp           /* context filter */
 	mov $SYS_mmap, %eax
@@ -156,7 +159,7 @@ vkrt_seccomp_stub_boot:
 	mov $VKRT_SC_RO, %rdi
 	cmp %rdi, %rax
 	jne .Lboot_fail
-	/* Descriptors: socket -> 0, pidfd -> 1, nothing else. */
+	/* Descriptors: socket -> 0, pidfd -> 1, eventfd -> 2, nothing else. */
 	mov $SYS_dup3, %eax
 	mov %r12, %rdi
 	mov $1000, %esi
@@ -172,6 +175,13 @@ vkrt_seccomp_stub_boot:
 	cmp $1001, %rax
 	jne .Lboot_fail
 	mov $SYS_dup3, %eax
+	mov %rbx, %rdi
+	mov $1002, %esi
+	xor %edx, %edx
+	syscall
+	cmp $1002, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
 	mov $1000, %edi
 	mov $SC_FD_SOCKET, %esi
 	xor %edx, %edx
@@ -184,6 +194,13 @@ vkrt_seccomp_stub_boot:
 	xor %edx, %edx
 	syscall
 	cmp $SC_FD_PIDFD, %rax
+	jne .Lboot_fail
+	mov $SYS_dup3, %eax
+	mov $1002, %edi
+	mov $SC_FD_ACK, %esi
+	xor %edx, %edx
+	syscall
+	cmp $SC_FD_ACK, %rax
 	jne .Lboot_fail
 	mov $SYS_close_range, %eax
 	mov $SC_FD_FIRST_OBJECT, %edi
@@ -294,18 +311,17 @@ vkrt_seccomp_stub_boot:
 	add $SRV_OP_SIZE, %r15
 	jmp .Lserver_op
 .Lserver_ack:
-	/* Tell the vkernel (the socket: an acknowledgement no guest can forge), then a context
-	 * that waits for this batch (memory: a hint). In this order: the woken context may take
-	 * the CPU, and the vkernel must not wait for the acknowledgement meanwhile. */
-	mov $VKRT_SC_SCRATCH, %rsi
-	mov %r12, 128(%rsi)
+	/* Tell the vkernel (the eventfd, +1 from read-only code: an acknowledgement no guest can
+	 * forge or alter), then a context that waits for this batch (memory: a hint). In this
+	 * order: the woken context may take the CPU, and the vkernel must not wait for the
+	 * acknowledgement meanwhile. */
 	mov $SYS_write, %eax
-	mov $SC_FD_SOCKET, %edi
-	lea 128(%rsi), %rsi
+	mov $SC_FD_ACK, %edi
+	lea .Lone(%rip), %rsi
 	mov $8, %edx
 	syscall
 	cmp $8, %rax
-	jne .Lserver_exit            /* the vkernel closed its end */
+	jne .Lserver_exit
 	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_DONE_SEQ), %rdi
 	mov %r12d, (%rdi)
 	mov $SYS_futex, %eax
@@ -386,6 +402,56 @@ vkrt_seccomp_stub_boot:
 	mov %eax, MB_SI_ARCH(%rbx)
 	mov 16(%rsi), %rax           /* si_addr, si_call_addr */
 	mov %rax, MB_SI_ADDR(%rbx)
+	/* Is the frame's FPU state the one the vkernel last loaded or read (CMD_XREF)? Then it
+	 * need not read it across CPUs. Compared here, where the kernel has just written the
+	 * frame: the legacy area, the in-use bits, the in-use components. The handler started
+	 * with a clean FPU state (rt_sigreturn loads the frame's), so xmm0-2 are free. */
+	xor %r8d, %r8d               /* r8d: MB_FPU_SAME */
+	cmpl $0, CMD_XREF_ON(%r13)
+	je .Lfpu_done
+	mov UC_FPREGS(%rdx), %r9     /* the frame's XSAVE area: inside this slot's stack? */
+	test $63, %r9
+	jnz .Lfpu_done
+	lea VKRT_SC_STACK_OFFSET(%rbx), %rax
+	cmp %rax, %r9
+	jb .Lfpu_done
+	mov CMD_XCMP_SIZE(%r13), %eax
+	add %r9, %rax
+	jc .Lfpu_done
+	lea VKRT_SC_SLOT_SIZE(%rbx), %rcx
+	cmp %rcx, %rax
+	ja .Lfpu_done
+	lea CMD_XREF(%r13), %r10     /* r10: the reference */
+	mov 512(%r9), %r14           /* r14: XSTATE_BV */
+	mov %r14, %rax
+	xor 512(%r10), %rax
+	test $XCMP_FEATURES, %eax
+	jnz .Lfpu_done
+	pxor %xmm0, %xmm0            /* xmm0: every difference or'ed */
+	xor %ecx, %ecx
+	mov $XCMP_LEGACY, %r11d
+	call .Lfpu_cmp
+	mov CMD_XCMP_COUNT(%r13), %r15d
+	lea CMD_XCMP(%r13), %rdi
+1:	test %r15d, %r15d
+	jz 2f
+	mov 0(%rdi), %ecx            /* a component: compared if the frame uses it */
+	bt %rcx, %r14
+	jnc 3f
+	mov 4(%rdi), %ecx
+	mov 8(%rdi), %r11d
+	add %rcx, %r11
+	call .Lfpu_cmp
+3:	add $12, %rdi
+	dec %r15d
+	jmp 1b
+2:	pxor %xmm1, %xmm1
+	pcmpeqb %xmm1, %xmm0
+	pmovmskb %xmm0, %eax
+	cmp $0xFFFF, %eax
+	sete %r8b
+.Lfpu_done:
+	mov %r8d, MB_FPU_SAME(%rbx)
 	rdtscp                       /* ecx = TSC_AUX: the CPU number (Linux) */
 	and $0xFFF, %ecx
 	mov %ecx, MB_CPU(%rbx)
@@ -469,6 +535,15 @@ vkrt_seccomp_stub_boot:
 	mov CMD_GS_BASE(%r13), %rsi
 	syscall
 	ret
+	/* xmm0 |= frame ^ reference over bytes [rcx, r11) (16-byte multiples; rcx < r11) */
+.Lfpu_cmp:
+	movdqa (%r9,%rcx), %xmm1
+	pxor (%r10,%rcx), %xmm1
+	por %xmm1, %xmm0
+	add $16, %rcx
+	cmp %r11, %rcx
+	jb .Lfpu_cmp
+	ret
 .Lcontext_exit:
 	mov $60, %eax                /* exit(0): this thread only (its vkernel thread left) */
 	xor %edi, %edi
@@ -481,6 +556,9 @@ vkrt_seccomp_stub_boot:
 	syscall
 	ud2
 
+	.p2align 3
+.Lone:
+	.quad 1                      /* what an acknowledgement adds (read-only: the code page) */
 .Lhandled_signals:
 	.byte 31, 11, 7, 4, 8, 5, SC_KICK_SIGNAL, 0
 .Lblob_end:

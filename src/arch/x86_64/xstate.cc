@@ -26,11 +26,7 @@ constexpr int kAvx512Components[] = {5, 6, 7};
 constexpr uint64_t kAvx512Bits = (1u << 5) | (1u << 6) | (1u << 7);
 constexpr size_t kXstateBvOffset = 512;
 
-struct Component {
-  int index;
-  size_t offset;
-  size_t size;
-};
+using Component = XstateComponent;
 
 struct Layout {
   size_t avx_size = 576;    // legacy area + header (+ AVX when enabled)
@@ -72,6 +68,13 @@ uint64_t XstateBv(const unsigned char* area) {
 
 size_t GuestXstateSize() { return GetLayout().guest_size; }
 size_t AvxXstateSize() { return GetLayout().avx_size; }
+
+int GuestXstateComponents(XstateComponent* out, int max) {
+  const auto& components = GetLayout().components;
+  const int n = static_cast<int>(components.size());
+  for (int i = 0; i < n && i < max; ++i) out[i] = components[i];
+  return n;
+}
 
 bool UsesAvx512(const void* area) {
   return (XstateBv(static_cast<const unsigned char*>(area)) & kAvx512Bits) != 0;

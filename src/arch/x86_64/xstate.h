@@ -23,6 +23,16 @@ size_t AvxXstateSize();
 // True if the area's XSTATE_BV says an AVX-512 component is in use.
 bool UsesAvx512(const void* area);
 
+// A component of the standard-format area beyond the legacy area and header.
+struct XstateComponent {
+  int index;      // its XSTATE_BV bit
+  size_t offset;  // in the standard format
+  size_t size;
+};
+// The AVX and AVX-512 components the OS enabled (those SameGuestXstate compares when in
+// use); at most 4. Returns how many, filling `out` with up to `max` of them.
+int GuestXstateComponents(XstateComponent* out, int max);
+
 // True if two standard-format areas hold the same guest-visible state: the legacy area, the
 // in-use bits and the in-use AVX/AVX-512 components. A false "different" is harmless (the
 // state is transferred again); "same" is exact.

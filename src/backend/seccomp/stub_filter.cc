@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_format.h"
+#include "arch/x86_64/seccomp_layout.h"
 #include "arch/x86_64/stub_layout.h"
 #include "common/errno_status.h"
 
@@ -118,7 +119,7 @@ absl::StatusOr<std::vector<sock_filter>> ServerProgram(uint64_t code_start, uint
   // can do narrow even so (and a guest that jumps into the server's code runs under the
   // context program, which refuses all of these).
   std::vector<Rule> rules = {
-      {SCMP_SYS(write), {Eq(0, 0)}},  // acknowledgements on the socket
+      {SCMP_SYS(write), {Eq(0, SC_FD_ACK), Eq(2, 8)}},  // acknowledgements (the eventfd)
       {SCMP_SYS(close), {}},
       {SCMP_SYS(close_range), {}},
       {SCMP_SYS(dup3), {}},
