@@ -528,7 +528,6 @@ void Kernel::Exit(Process& p, int wait_status) {
   }
   for (int pid : orphaned_zombies) procs_.erase(pid);
   if (p.pid == 1) {
-    init_done_ = true;
     init_status_ = wait_status;
     // As when a PID namespace's init dies: everyone else goes.
     for (auto& [pid, c] : procs_) SendSignal(*c, SIGKILL);

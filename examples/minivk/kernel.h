@@ -220,7 +220,6 @@ class Kernel {
   int live_ = 0;             // processes not yet zombies
   bool polling_ = false;     // a thread sits in ppoll (wake it with wake_fd_)
   int wake_fd_ = -1;         // eventfd
-  bool init_done_ = false;
   int init_status_ = 0;
   std::string fatal_;        // a host failure that ends Run()
   Stats stats_;
