@@ -196,7 +196,10 @@ void Kernel::StartFiber(Process& p) {
       std::allocator_arg, boost::context::protected_fixedsize_stack(kFiberStack),
       [this, &p](boost::context::fiber&& caller) {
         p.caller = std::move(caller);
+        TsanFiber::TakeOver(&mu_);
         ProcessMain(p);
+        TsanFiber::HandOver(&mu_);
+        p.tsan.Leave();
         return std::move(p.caller);
       });
 }
@@ -244,7 +247,10 @@ void Kernel::SchedulerLoop(std::unique_lock<std::mutex>& lock) {
       runq_.pop_front();
       p->state = Process::State::kRunning;
       ++stats_.context_switches;
+      TsanFiber::HandOver(&mu_);
+      p->tsan.Enter();
       p->fiber = std::move(p->fiber).resume();
+      TsanFiber::TakeOver(&mu_);
       if (p->state == Process::State::kZombie && !p->fiber && p->ppid == 0) {
         procs_.erase(p->pid);  // nobody will wait for it
       }
@@ -329,7 +335,12 @@ void Kernel::Wake(Process& p) {
   }
 }
 
-void Kernel::SwitchOut(Process& p) { p.caller = std::move(p.caller).resume(); }
+void Kernel::SwitchOut(Process& p) {
+  TsanFiber::HandOver(&mu_);
+  p.tsan.Leave();
+  p.caller = std::move(p.caller).resume();
+  TsanFiber::TakeOver(&mu_);  // not reached when resumed only to unwind (~Process)
+}
 
 void Kernel::Block(Process& p) {
   p.state = Process::State::kBlocked;

@@ -18,6 +18,9 @@
 #include <vkrt/vmspace.h>
 
 #include <boost/context/fiber.hpp>
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -64,6 +67,41 @@ struct SigAction {
   uint64_t mask = 0;
 };
 
+// Tells ThreadSanitizer about fiber switches (Boost 1.74's fibers do not), so that TSan sees each
+// process's kernel context as one fiber that may move between vkernel threads rather than as
+// stack memory shared by unrelated threads. TSan also gives each fiber its own mutex
+// ownership, while the kernel lock is held across every switch: HandOver and TakeOver move the
+// lock's ownership with the switch (released by the side that leaves, taken by the side that
+// arrives), which is what happens. All of it compiles to nothing without TSan.
+struct TsanFiber {
+#if defined(__SANITIZE_THREAD__)
+  void* self = __tsan_create_fiber(0);
+  void* caller = nullptr;  // the context that resumed this fiber last
+  // Before resuming the fiber, on the resuming side.
+  void Enter() {
+    caller = __tsan_get_current_fiber();
+    __tsan_switch_to_fiber(self, 0);
+  }
+  // Before the fiber gives the thread back (SwitchOut, or returning from its function), and
+  // on the destroying side after a suspended fiber was unwound by its destruction.
+  void Leave() { __tsan_switch_to_fiber(caller, 0); }
+  static void HandOver(void* lock) {
+    __tsan_mutex_pre_unlock(lock, 0);
+    __tsan_mutex_post_unlock(lock, 0);
+  }
+  static void TakeOver(void* lock) {
+    __tsan_mutex_pre_lock(lock, 0);
+    __tsan_mutex_post_lock(lock, 0, 1);
+  }
+  ~TsanFiber() { __tsan_destroy_fiber(self); }
+#else
+  void Enter() {}
+  void Leave() {}
+  static void HandOver(void*) {}
+  static void TakeOver(void*) {}
+#endif
+};
+
 struct Process {
   enum class State { kRunnable, kRunning, kBlocked, kZombie };
 
@@ -95,8 +133,19 @@ struct Process {
   uint64_t fault_addr = 0;
   int sender = 0;              // si_pid of the last kill()
   boost::context::fiber fiber, caller;
+  TsanFiber tsan;              // `fiber` as ThreadSanitizer knows it
   std::string comm;            // for --trace
   std::string exe;             // the program's guest path (/proc/self/exe)
+
+  // A suspended fiber unwinds its stack when destroyed, which runs on it: done here, before
+  // `tsan` goes, so that TSan sees that switch too.
+  ~Process() {
+    if (fiber) {
+      tsan.Enter();
+      fiber = boost::context::fiber();
+      tsan.Leave();
+    }
+  }
 };
 
 class Kernel {
