@@ -898,7 +898,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
       }
       if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
       RememberXstate(c, state.xstate);
-      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
+      c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
       return exit;
     }
 

@@ -1201,7 +1201,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       }
       report(exit);  // rax: the number as the guest loaded it (seccomp rolled it back)
       c.syscall_rcx = gregs[x86_64::kSigRcx];
-      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
+      c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
       return exit;
     }
 
