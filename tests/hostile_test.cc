@@ -557,7 +557,9 @@ class Hostile : public ::testing::TestWithParam<int> {
   // No effect on the host so far: the directory holds only what the test put there,
   // unchanged; no signal reached the vkernel or the watcher; nobody traces the watcher; and
   // no process anywhere under the test process changed since the last WarmUp.
-  void ExpectNoHostEffect(const std::string& what) {
+  // With `runtime_died` (RUN said the guest's address space died), the dying stub is left
+  // out: RecreateVmspace then checks that nothing at all is left under the test process.
+  void ExpectNoHostEffect(const std::string& what, bool runtime_died = false) {
     std::set<std::string> names;
     if (DIR* dir = opendir(dir_.c_str())) {
       while (dirent* e = readdir(dir)) {
@@ -581,7 +583,7 @@ class Hostile : public ::testing::TestWithParam<int> {
     const std::string state = StatusField(status, "State");
     EXPECT_TRUE(!state.empty() && (state[0] == 'S' || state[0] == 'R'))
         << what << ": the watcher is " << state;
-    if (live_) {
+    if (live_ && !runtime_died) {
       EXPECT_EQ("", HostDiff(baseline_, SnapshotHost())) << what;
     }
   }
@@ -1029,7 +1031,7 @@ TEST_P(HostileRuntimePages, EveryReachablePageIsReadOnlyFaultingOrHarmlessToWrit
       continue;
     }
     ++writable;
-    ExpectNoHostEffect(what);
+    ExpectNoHostEffect(what, rc != 0);
     ASSERT_NO_FATAL_FAILURE(AfterWreck(rc, err, what, &deaths));
   }
   ExpectNoHostEffect("writing runtime pages");
@@ -1076,6 +1078,7 @@ TEST_P(HostileRuntimePages, JumpsIntoRuntimeCodeWithCraftedRegistersNeverReachTh
   struct Site {
     uint64_t va;
     bool i386;
+    bool page_start;  // not a system call instruction: two payloads are enough
   };
   std::vector<Site> sites;
   ASSERT_NO_FATAL_FAILURE(Load(kCopy));
@@ -1088,11 +1091,11 @@ TEST_P(HostileRuntimePages, JumpsIntoRuntimeCodeWithCraftedRegistersNeverReachTh
     ASSERT_NO_FATAL_FAILURE(RunExpect(&tf, T_FAST_SYSCALL)) << "copy " << Hex(page);
     std::vector<unsigned char> bytes(kPage);
     ASSERT_EQ(static_cast<ssize_t>(kPage), vmspace_pread(&id_, bytes.data(), kPage, 0, kCopyBuffer));
-    sites.push_back({page, false});
+    sites.push_back({page, false, true});
     for (size_t i = 0; i + 1 < kPage; ++i) {
-      if (bytes[i] == 0x0f && bytes[i + 1] == 0x05 && i != 0) sites.push_back({page + i, false});
+      if (bytes[i] == 0x0f && bytes[i + 1] == 0x05) sites.push_back({page + i, false, false});
       if ((bytes[i] == 0xcd && bytes[i + 1] == 0x80) || (bytes[i] == 0x0f && bytes[i + 1] == 0x34)) {
-        sites.push_back({page + i, true});
+        sites.push_back({page + i, true, false});
       }
     }
   }
@@ -1101,6 +1104,7 @@ TEST_P(HostileRuntimePages, JumpsIntoRuntimeCodeWithCraftedRegistersNeverReachTh
     const Payload* list = site.i386 ? i386 : native;
     const size_t n = site.i386 ? std::size(i386) : std::size(native);
     for (size_t k = 0; k < n; ++k) {
+      if (site.page_start && k != 0 && k != 5) continue;  // openat, clone
       const Payload& p = list[k];
       const std::string what = std::string(p.name) + " at " + Hex(site.va);
       ASSERT_NO_FATAL_FAILURE(Load(kJumpR11));
@@ -1136,7 +1140,7 @@ TEST_P(HostileRuntimePages, JumpsIntoRuntimeCodeWithCraftedRegistersNeverReachTh
         ++syscalls;
         tf.tf_rax = kEnosys;
       }
-      ExpectNoHostEffect(what);
+      ExpectNoHostEffect(what, rc != 0);
       ASSERT_NO_FATAL_FAILURE(AfterWreck(rc, err, what, &deaths));
       if (HasFailure()) return;
       // A page the guest cannot execute needs one payload only.

@@ -1220,6 +1220,17 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         return exit;
       }
     }
+    if (sig == SIGSEGV && (gregs[x86_64::kSigRip] & ~uint64_t{0xFFF}) == 0xFFFFFFFFFF600000ULL) {
+      // A jump into the vsyscall page at no entry point: Linux refuses to emulate it and
+      // sends a bare SIGSEGV (SI_KERNEL) whose frame carries a stale trap number and error
+      // code. To the guest it is what any other vsyscall call is, a fetch from a page that is
+      // not there (docs/api.md).
+      exit.kind = GuestExit::Kind::kPageFault;
+      exit.trapno = T_PAGEFLT;
+      exit.err = PGEX_U | PGEX_I;
+      exit.addr = gregs[x86_64::kSigRip];
+      return report(exit);
+    }
     // A hardware exception: the frame has the vector, error code and fault address.
     const int vector = static_cast<int>(gregs[x86_64::kSigTrapno]);
     exit.trapno = x86_64::TrapCodeForVector(vector);
