@@ -1620,6 +1620,55 @@ TEST_P(HostileSpin, NeverTrappingGuestIsStoppedAndResumedAtWill) {
   close(flag_fd);
 }
 
+// The outside checks see what they look for: a process forked under the test, a signal
+// left pending in a watcher, a tracer, a changed disposition (so that a pass above means
+// "nothing happened", not "nothing was looked at").
+TEST(HostileSelfCheck, OutsideChecksSeeHostEffects) {
+  ASSERT_EQ(0, prctl(PR_SET_CHILD_SUBREAPER, 1));
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  const pid_t watcher = fork();
+  if (watcher == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) pause();
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_GT(watcher, 0);
+  const HostState before = SnapshotHost();
+  EXPECT_EQ("", HostDiff(before, SnapshotHost()));
+  // A signal: pending in the watcher.
+  ASSERT_EQ(0, kill(watcher, SIGUSR1));
+  const std::string status = ReadFile("/proc/" + std::to_string(watcher) + "/status");
+  EXPECT_NE("0000000000000000", StatusField(status, "ShdPnd"));
+  // A new process.
+  const pid_t child = fork();
+  if (child == 0) {
+    for (;;) pause();
+  }
+  EXPECT_NE("", HostDiff(before, SnapshotHost())) << "a new process";
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  // A changed disposition and a new descriptor.
+  struct sigaction ign = {}, saved = {};
+  ign.sa_handler = SIG_IGN;
+  sigaction(SIGTERM, &ign, &saved);
+  EXPECT_NE("", HostDiff(before, SnapshotHost())) << "SIGTERM ignored";
+  sigaction(SIGTERM, &saved, nullptr);
+  const int fd = dup(0);
+  EXPECT_NE("", HostDiff(before, SnapshotHost())) << "a new descriptor";
+  close(fd);
+  EXPECT_EQ("", HostDiff(before, SnapshotHost()));
+  // A tracer: the watcher's TracerPid.
+  ASSERT_EQ(0, ptrace(PTRACE_SEIZE, watcher, 0, 0)) << strerror(errno);
+  EXPECT_EQ(std::to_string(getpid()),
+            StatusField(ReadFile("/proc/" + std::to_string(watcher) + "/status"), "TracerPid"));
+  EXPECT_NE("", HostDiff(before, SnapshotHost())) << "a traced watcher";
+  kill(watcher, SIGKILL);
+  waitpid(watcher, nullptr, 0);
+}
+
 std::string ParamName(const ::testing::TestParamInfo<int>& info) {
   return BackendName(info.param);
 }
