@@ -295,8 +295,11 @@ absl::StatusOr<GuestExit> Vmspace::Run(trapframe& tf, const vextframe& vf, void*
   frame.tf_addr = static_cast<int64_t>(exit->addr);
   frame.tf_xflags = 0;
   frame.tf_flags = 0;
-  if (exit->kind == GuestExit::Kind::kSyscall || exit->kind == GuestExit::Kind::kSyscall80) {
-    frame.tf_rcx = frame.tf_r10;  // DragonFly stores r10 there (the 4th argument)
+  if (exit->kind == GuestExit::Kind::kSyscall) {
+    // DragonFly stores r10 there (the 4th argument): `syscall` itself overwrote rcx. Not for
+    // `int $0x80`, which leaves rcx alone and whose i386 ABI passes argument 2 in ecx: the
+    // vkernel must see the guest's rcx (tests/hostile_test.cc, Int80Syscalls...).
+    frame.tf_rcx = frame.tf_r10;
   }
   tf = frame;
   return exit;

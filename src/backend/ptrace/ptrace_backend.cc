@@ -197,6 +197,7 @@ struct Context {
 };
 
 constexpr int kSpinBackoff = 32;
+constexpr uint64_t kVsyscallPage = 0xFFFFFFFFFF600000ULL;  // Linux's fixed vsyscall page
 constexpr uint64_t kPgexProtectionKey = 0x20;  // a page fault's PK bit
 
 // Loads `want` into the stopped stub thread of `c`, writing only the registers that differ
@@ -898,7 +899,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
       }
       if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
       RememberXstate(c, state.xstate);
-      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
+      c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
       return exit;
     }
 
@@ -916,6 +917,21 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
         c.regs = fault_regs;  // what the thread holds: resuming it needs no register write
         c.regs_known = true;
         vpt_fault = false;
+        if (sig == SIGSEGV && (fault_regs.rip & ~uint64_t{0xFFF}) == kVsyscallPage) {
+          // A jump into the vsyscall page at no entry point: Linux refuses to emulate it and
+          // sends a bare SIGSEGV (SI_KERNEL) whose frame carries a stale trap number and
+          // error code. To the guest it is what any other vsyscall call is, a fetch from a
+          // page that is not there (docs/api.md). The thread stays at the delivery stop;
+          // the next RUN's resume discards the signal.
+          x86_64::UserRegsToFrame(fault_regs, *state.tf);
+          if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
+          RememberXstate(c, state.xstate);
+          exit.kind = GuestExit::Kind::kPageFault;
+          exit.trapno = T_PAGEFLT;
+          exit.err = PGEX_U | PGEX_I;
+          exit.addr = fault_regs.rip;
+          return exit;
+        }
         if (sig == SIGSEGV && vpt() != nullptr) {
           // A VPAGETABLE fault is resolved here, before any handler runs, when the signal
           // tells the access (vpagetable/space.h InferAccess): one stop for the fault, one

@@ -1201,7 +1201,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       }
       report(exit);  // rax: the number as the guest loaded it (seccomp rolled it back)
       c.syscall_rcx = gregs[x86_64::kSigRcx];
-      c.rcx_reported_as_r10 = exit.kind != GuestExit::Kind::kException;
+      c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
       return exit;
     }
 
@@ -1219,6 +1219,17 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         c.rcx_reported_as_r10 = true;
         return exit;
       }
+    }
+    if (sig == SIGSEGV && (gregs[x86_64::kSigRip] & ~uint64_t{0xFFF}) == 0xFFFFFFFFFF600000ULL) {
+      // A jump into the vsyscall page at no entry point: Linux refuses to emulate it and
+      // sends a bare SIGSEGV (SI_KERNEL) whose frame carries a stale trap number and error
+      // code. To the guest it is what any other vsyscall call is, a fetch from a page that is
+      // not there (docs/api.md).
+      exit.kind = GuestExit::Kind::kPageFault;
+      exit.trapno = T_PAGEFLT;
+      exit.err = PGEX_U | PGEX_I;
+      exit.addr = gregs[x86_64::kSigRip];
+      return report(exit);
     }
     // A hardware exception: the frame has the vector, error code and fault address.
     const int vector = static_cast<int>(gregs[x86_64::kSigTrapno]);
