@@ -88,6 +88,7 @@ class Input {
   uint64_t U64() { return U32() | (static_cast<uint64_t>(U32()) << 32); }
   // Copies up to `n` bytes of the input into `out`, zero-filling past the end.
   void Bytes(uint8_t* out, size_t n) {
+    if (n == 0) return;  // `out` may be null then
     const size_t have = std::min(n, size_ - std::min(pos_, size_));
     if (have > 0) memcpy(out, data_ + pos_, have);
     memset(out + have, 0, n - have);
@@ -323,8 +324,9 @@ class Session {
   // ---- operations ----
 
   void OpCreate() {
-    int index;
-    void* id = Id(&index);
+    // Only pool ids are created: the other values must stay unknown ids.
+    const int index = in_.U8() % kPoolSize;
+    void* id = &g_pool[index];
     const uint8_t t = in_.U8();
     int type = VKRT_TYPE_DEFAULT;
     if (t >= 0xF0) type = static_cast<int>(in_.U32());  // mostly unknown
@@ -333,7 +335,6 @@ class Session {
     g_create_called = true;
     const int r = vmspace_create(id, type, data);
     if (r == 0) {
-      CHECK(index >= 0, reinterpret_cast<long long>(id));  // only pool ids are ever created
       CHECK(!spaces_[index].created && data == nullptr && type >= 0 && type <= 3, index);
       spaces_[index] = Space();
       spaces_[index].created = true;
@@ -341,7 +342,7 @@ class Session {
     }
     CHECK(r == -1, r);
     CHECK(ErrnoIn(errno, {EEXIST, EINVAL, EOPNOTSUPP}), r);
-    if (index >= 0 && spaces_[index].created && data == nullptr && type >= 0 && type <= 3) {
+    if (spaces_[index].created && data == nullptr && type >= 0 && type <= 3) {
       CHECK(errno == EEXIST || errno == EOPNOTSUPP, index);
     }
     if (data != nullptr || type < 0 || type > 3) CHECK(errno == EINVAL, type);
