@@ -614,6 +614,19 @@ class Session {
     const int saved_errno = errno;
     __builtin_ia32_fxrstor64(fxarea);
     errno = saved_errno;
+    if (getenv("API_FUZZ_TRACE") != nullptr) {  // for debugging a crash: the RUN, in and out
+      fprintf(stderr,
+              "api_fuzz: op #%d RUN r=%d errno=%d in: rip %#llx rsp %#llx rflags %#llx rax "
+              "%#llx rcx %#llx r11 %#llx; out: trapno %lld err %#llx addr %#llx rip %#llx "
+              "rax %#llx rcx %#llx r11 %#llx\n",
+              g_op_number, r, r < 0 ? errno : 0, (unsigned long long)before.tf_rip,
+              (unsigned long long)before.tf_rsp, (unsigned long long)before.tf_rflags,
+              (unsigned long long)before.tf_rax, (unsigned long long)before.tf_rcx,
+              (unsigned long long)before.tf_r11, (long long)tf.tf_trapno,
+              (unsigned long long)tf.tf_err, (unsigned long long)tf.tf_addr,
+              (unsigned long long)tf.tf_rip, (unsigned long long)tf.tf_rax,
+              (unsigned long long)tf.tf_rcx, (unsigned long long)tf.tf_r11);
+    }
     Space* s = SpaceOf(index);
     if (s == nullptr) {
       CHECK(r == -1 && errno == UnknownIdErrno(), r);
@@ -633,7 +646,7 @@ class Session {
       CHECK(r == -1 && errno == EFAULT, r);
       return;
     }
-    if (!canonical(static_cast<uint64_t>(tf.tf_rip)) || fs >= 0x00007FFFFFFFF000ULL ||
+    if (!canonical(static_cast<uint64_t>(before.tf_rip)) || fs >= 0x00007FFFFFFFF000ULL ||
         gs >= 0x00007FFFFFFFF000ULL) {
       CHECK(r == -1 && errno == EINVAL, r);
       CHECK(memcmp(&before, &tf, sizeof(tf)) == 0);  // *tf untouched
@@ -642,6 +655,9 @@ class Session {
     // A sane frame always runs (the guest cannot break its vmspace: security.md).
     CHECK(r == 0, r, tf.tf_rip);
     CHECK(tf.tf_cs == 0x33 && tf.tf_ss == 0x2b, tf.tf_cs, tf.tf_ss);
+    // No CPU holds a non-canonical rip, and RUN refuses one: the state RUN returns must be
+    // one the vkernel can run again.
+    CHECK(canonical(static_cast<uint64_t>(tf.tf_rip)), tf.tf_trapno, tf.tf_rip);
     constexpr uint64_t kRflagsAllowed = 0x1 | 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 |
                                         0x400 | 0x800 | 0x4000 | 0x10000 | 0x40000 | 0x200000;
     CHECK((static_cast<uint64_t>(tf.tf_rflags) & ~kRflagsAllowed) == 0 && (tf.tf_rflags & 2),
