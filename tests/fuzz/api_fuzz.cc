@@ -671,6 +671,11 @@ class Session {
           trapno, tf.tf_rip);
     if (trapno == T_PAGEFLT) {
       CHECK((tf.tf_err & PGEX_U) && (tf.tf_err & ~0x1fLL) == 0, tf.tf_err, tf.tf_addr);
+      // A fault at the instruction's own address is its fetch: I, never W (SPEC §3: the W
+      // and I bits must be right on every backend).
+      if (tf.tf_addr == tf.tf_rip) {
+        CHECK((tf.tf_err & (PGEX_I | PGEX_W)) == PGEX_I, tf.tf_err, tf.tf_addr);
+      }
     } else if (trapno == T_FAST_SYSCALL || trapno == T_SYSCALL80) {
       CHECK(tf.tf_err == 2, tf.tf_err);
       CHECK(tf.tf_rcx == tf.tf_r10, tf.tf_rcx, tf.tf_r10);
