@@ -32,7 +32,8 @@ struct WalkResult {
   // ok: PROT_* bits to install: the mapping's, minus PROT_WRITE unless the final entry has
   // RW and M and every level allows writes, minus PROT_EXEC if any level has NX.
   int prot = 0;
-  // ok: log2 of the translation's size in pages (0: 4 KiB, 9: 2 MiB, 18: 1 GiB, 27: 512 GiB).
+  // ok: log2 of the translation's size in pages (0: 4 KiB, 9: 2 MiB, 18: 1 GiB, 27: 512 GiB;
+  // 36 when the root itself has PS, which SPEC §4's loop and DragonFly accept).
   int page_shift = 0;
   // !ok: the PGEX_* error code for the guest's T_PAGEFLT: PGEX_U, plus PGEX_W / PGEX_I for
   // the access, plus PGEX_P when a valid entry refused it (RW or NX) rather than missing.

@@ -1366,6 +1366,19 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
           if (g_syscall_cpl_mode.load(std::memory_order_relaxed) == 0) {
             g_syscall_cpl_mode.store(v.at_cpl3 ? 1 : 2, std::memory_order_relaxed);
           }
+          if (!x86_64::IsCanonical(now.rcx)) {
+            // Only a guest that jumped to the stub can get here with a non-canonical rcx
+            // (`syscall` stores the next rip). Reporting it as tf_rip would hand the vkernel
+            // a rip no CPU holds, which RUN then refuses (EINVAL; found by api_fuzz). The CPU
+            // answers a non-canonical return address with #GP: so does vkrt, at the stub.
+            report(now, L::kStubVa, now.rsp,
+                   (now.r11 & x86_64::kRflagsUserChangeable) | x86_64::kRflagsAlwaysSet);
+            if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;
+            GuestExit exit;
+            exit.kind = GuestExit::Kind::kException;
+            exit.trapno = T_PROTFLT;
+            return exit;
+          }
           report(now, now.rcx, now.rsp,
                  (now.r11 & x86_64::kRflagsUserChangeable) | x86_64::kRflagsAlwaysSet);
           if (auto s = StoreXstate(v, state.xstate); !s.ok()) return s;

@@ -8,6 +8,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <poll.h>
 #include <sys/auxv.h>
@@ -123,7 +125,30 @@ uint32_t SpinTicks() {
   return static_cast<uint32_t>(std::min<uint64_t>(TscPerUs() * (kSpinNs / 1000), 0xFFFFFFFF));
 }
 constexpr long kWaitSliceNs = 50'000'000;  // a sleeping RUN checks the stub this often
+
+// Time thread `tid` of process `pid` has spent on a CPU, in ns (the first field of
+// /proc/<pid>/task/<tid>/schedstat), or -1 if the kernel does not say.
+int64_t ThreadCpuNs(pid_t pid, pid_t tid) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", static_cast<int>(pid),
+           static_cast<int>(tid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[96];
+  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  return strtoll(buf, nullptr, 10);
+}
 constexpr int64_t kKickGraceNs = 2'000'000'000;  // a kicked guest must report within this
+// ... of which it must have spent this long on a CPU: on an overloaded machine a guest that
+// honours the kick may simply not have been scheduled for seconds (found by the API fuzzer
+// at a load average of ~2000: an innocent `jmp .` guest was killed). A guest that blocked the
+// kick and does not trap can only spin, so it burns this quickly once it runs.
+constexpr int64_t kKickGraceCpuNs = 100'000'000;
+// Beyond this a silent guest is killed whatever its CPU time (a stub stopped from outside).
+constexpr int64_t kKickGraceMaxNs = 60'000'000'000;
 
 uint32_t Load(const void* p) {
   return __atomic_load_n(static_cast<const uint32_t*>(p), __ATOMIC_ACQUIRE);
@@ -1027,11 +1052,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     return true;
   };
   int64_t waited_since_kick_ns = 0;
+  int64_t cpu_at_kick_ns = -1;  // the context thread's CPU time when it was kicked
   auto Kick = [&] {
     (void)ts.TakeInterrupt();
     if (!interrupted) {
       interrupted = true;
       waited_since_kick_ns = 0;
+      cpu_at_kick_ns = ThreadCpuNs(pid_, c.tid);
       ++c.kicks_pending;
       syscall(SYS_tgkill, pid_, c.tid, SC_KICK_SIGNAL);
     }
@@ -1123,7 +1150,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         if (!interrupted) Kick();
       } else if (r == -ETIMEDOUT) {
         if (!ContextAlive(c)) return Died("a context thread is gone");
-        if (interrupted && (waited_since_kick_ns += kWaitSliceNs) >= kKickGraceNs) {
+        const auto ran_long_enough = [&] {
+          if (waited_since_kick_ns >= kKickGraceMaxNs || cpu_at_kick_ns < 0) return true;
+          const int64_t cpu = ThreadCpuNs(pid_, c.tid);
+          return cpu < 0 || cpu - cpu_at_kick_ns >= kKickGraceCpuNs;
+        };
+        if (interrupted && (waited_since_kick_ns += kWaitSliceNs) >= kKickGraceNs &&
+            ran_long_enough()) {
           // The guest blocked the kick signal (rt_sigreturn with a forged frame can do that)
           // and does not trap: it cannot be stopped any other way.
           kill(pid_, SIGKILL);
