@@ -34,7 +34,9 @@ root=$PWD
 scripts/deps.sh
 if ! command -v clang++ >/dev/null; then  # clang ships libFuzzer's runtime (Debian package)
   echo "fuzz.sh: installing clang" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq  # a fresh machine has no package lists yet
+  apt-get install -y -qq --no-install-recommends clang
 fi
 if [[ ! -f build-fuzz/build.ninja ]]; then
   rm -rf build-fuzz

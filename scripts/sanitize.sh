@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite under ASan+UBSan (build-asan/) and the threaded tests under TSan
-# (build-tsan/). Any sanitizer report fails the run. CI runs this after the README's command.
-#   usage: scripts/sanitize.sh [--help] [--asan-only | --tsan-only] [-- meson test args...]
+# Runs the whole test suite under ASan+UBSan (build-asan/), the threaded tests under TSan
+# (build-tsan/) and both libFuzzer targets for 30 s each (clang, build-fuzz/). Any report fails.
+#   usage: scripts/sanitize.sh [--help] [--asan-only | --tsan-only | --fuzz-only] [-- meson test args]
 set -euo pipefail
 usage() {
   sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
@@ -9,6 +9,7 @@ usage() {
 
   --asan-only   only the ASan+UBSan stage (every test in the suite)
   --tsan-only   only the TSan stage (the tests that run several threads)
+  --fuzz-only   only the short fuzzing stage (scripts/fuzz.sh --time 30; installs clang)
   --help        this text
 
 Build directories are configured once (delete them to start over) with benchmarks off, as
@@ -16,12 +17,13 @@ the suite does not run them. Reports stop the test that made them (halt_on_error
 report is a failing test with the sanitizer's text in its log.
 EOF
 }
-stages=(asan tsan)
+stages=(asan tsan fuzz)
 while (($#)); do
   case "$1" in
     --help|-h) usage; exit 0 ;;
     --asan-only) stages=(asan); shift ;;
     --tsan-only) stages=(tsan); shift ;;
+    --fuzz-only) stages=(fuzz); shift ;;
     --) shift; break ;;
     *) echo "sanitize.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -37,7 +39,7 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1${TSAN_OPTIONS:+:$TS
 
 # The tests that run more than one thread (minivk's fibers carry their own TSan annotations,
 # examples/minivk/kernel.h; minivk_busybox runs it with --cpus=2).
-tsan_tests=(conformance own_space seccomp_hostile kvm_hostile preload minivk minivk_busybox)
+tsan_tests=(conformance own_space seccomp_hostile kvm_hostile hostile preload minivk minivk_busybox)
 
 configure() {  # dir sanitizers
   if [[ ! -f "$1/build.ninja" ]]; then
@@ -59,6 +61,10 @@ for stage in "${stages[@]}"; do
       echo "== TSan: ${tsan_tests[*]} (build-tsan/)"
       configure build-tsan thread
       meson test -C build-tsan --print-errorlogs --timeout-multiplier 3 "$@" "${tsan_tests[@]}"
+      ;;
+    fuzz)
+      echo "== libFuzzer: api (default backend) and walker, 30 s each (build-fuzz/)"
+      scripts/fuzz.sh --target all --time 30
       ;;
   esac
   echo "== $stage stage passed in $((SECONDS - start)) s"
