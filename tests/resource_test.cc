@@ -289,6 +289,80 @@ TEST_P(ResourceTest, ThousandLiveVmspaces) {
   EXPECT_EQ(before.descendants, after.descendants);
 }
 
+// At a hard RLIMIT_NOFILE vkrt cannot raise, the vmspace that does not fit fails with EMFILE
+// (at create, or on kvm when RUN makes the vCPU) and the vkernel goes on: in a child, so the
+// test process keeps its limit.
+[[noreturn]] void FdLimitedVkernel(int type, int out_fd) {
+  alarm(120);
+  auto fail = [out_fd](const std::string& what) {
+    dprintf(out_fd, "FAIL %s\n", what.c_str());
+    _exit(1);
+  };
+  const rlimit limit = {128, 128};
+  if (setrlimit(RLIMIT_NOFILE, &limit) != 0) fail(std::string("setrlimit: ") + strerror(errno));
+  std::vector<char> ids(kLiveSpaces);
+  int live = 0;
+  std::string error;
+  int error_number = 0;
+  for (; live < kLiveSpaces; ++live) {
+    error = MakeSpace(&ids[live], type, kGuestLoad, sizeof(kGuestLoad), live);
+    if (error.empty()) error = RunLoad(&ids[live], live);
+    if (!error.empty()) {
+      error_number = errno;
+      break;
+    }
+  }
+  dprintf(out_fd, "%d vmspaces under RLIMIT_NOFILE 128, then errno %d: %s\n", live,
+          error_number, error.c_str());
+  if (error_number != EMFILE) fail("not EMFILE");
+  // The one that failed may exist (kvm: its VM fit, its vCPU did not): destroy what exists.
+  for (int i = 0; i <= live && i < kLiveSpaces; ++i) {
+    if (vmspace_destroy(&ids[i]) != 0 && (i < live || errno != ENOENT)) {
+      fail(std::string("destroy: ") + vkrt_last_error());
+    }
+  }
+  char fresh;
+  if (std::string e = MakeSpace(&fresh, type, kGuestLoad, sizeof(kGuestLoad), 0xF00D); !e.empty()) {
+    fail("fresh vmspace: " + e);
+  }
+  if (std::string e = RunLoad(&fresh, 0xF00D); !e.empty()) fail("fresh vmspace: " + e);
+  if (vmspace_destroy(&fresh) != 0) fail(std::string("destroy fresh: ") + vkrt_last_error());
+  dprintf(out_fd, "OK\n");
+  _exit(0);
+}
+
+// Runs `body(out_fd)` in a forked child; returns what it wrote, and its status in `status`.
+template <typename Body>
+std::string RunInChild(Body body, int& status) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return "pipe failed";
+  const pid_t child = fork();
+  if (child < 0) return "fork failed";
+  if (child == 0) {
+    close(out[0]);
+    body(out[1]);
+    _exit(1);
+  }
+  close(out[1]);
+  std::string report;
+  char buf[1024];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof(buf))) > 0) report.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  waitpid(child, &status, 0);
+  return report;
+}
+
+TEST_P(ResourceTest, DescriptorLimitFailsCleanlyWithEmfile) {
+  Watchdog watchdog(std::string("RLIMIT_NOFILE on ") + name(), std::chrono::seconds(150));
+  int status = -1;
+  const std::string report =
+      RunInChild([type = GetParam()](int fd) { FdLimitedVkernel(type, fd); }, status);
+  printf("%s: %s", name(), report.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << ": " << report;
+  EXPECT_NE(std::string::npos, report.find("OK\n")) << report;
+}
+
 // ---- SIGKILL of a vkernel with 100 running guests ----------------------------------------
 
 constexpr int kKilledGuests = 100;
