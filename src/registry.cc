@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
+#include "backend/host.h"
 #include "thread_state.h"
 
 namespace vkrt {
@@ -51,6 +52,7 @@ absl::Status Registry::Create(void* id, int type, void* data) {
       return ErrnoError(EEXIST, absl::StrFormat("vmspace_create(%p): id in use", id));
     }
   }
+  EnsureFdHeadroom();
   auto space = (*backend)->CreateAddressSpace();
   if (!space.ok()) return space.status();
   auto* vs = new Vmspace(id, *std::move(space));

@@ -8,9 +8,15 @@
  *   forkexec N PROG [ARG...]   N times fork, exec PROG, wait; prints microseconds per round
  *   time PROG [ARG...]         runs PROG (fork, exec, wait) with its stdout on /dev/null;
  *                              prints its milliseconds
+ *   alloc        mmaps 1 MiB chunks and touches every page until mmap fails, then does the
+ *                same with brk; prints how much each gave and the error (exit 1 if one never
+ *                failed within 64 GiB or failed with another error)
+ *   oom          touches every page of a 16 GiB MAP_NORESERVE mapping (a vkernel with less
+ *                memory must kill it; exit 1 if it survives)
  * (The timed modes measure inside the guest world, so a vkernel's or a UML boot's start-up
  * is not counted.) */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -46,11 +52,49 @@ static void on_usr1(int sig) {
   handled = 1;
 }
 
+/* Reports through write(2) only: stdio would allocate, and memory is what runs out here. */
+static void say(const char* what, long mib, int err) {
+  char line[128];
+  const int n = snprintf(line, sizeof(line), "%s: %s after %ld MiB\n", what,
+                         err == ENOMEM ? "ENOMEM" : strerror(err), mib);
+  if (write(1, line, (size_t)n) != n) _exit(3);
+}
+
+enum { kAllocChunk = 1 << 20 };
+static const long kAllocBoundMib = 64 * 1024;
+
+/* mmap until it fails; returns the error (0 if the bound was reached), *mib what it got. */
+static int alloc_mmap(long* mib) {
+  static char* chunks[64 * 1024];
+  int err = 0;
+  for (*mib = 0; *mib < kAllocBoundMib; ++*mib) {
+    char* p = mmap(NULL, kAllocChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      err = errno;
+      break;
+    }
+    for (long off = 0; off < kAllocChunk; off += 4096) p[off] = 1;
+    chunks[*mib] = p;
+  }
+  /* Given back, so that brk has the same memory to try. */
+  for (long i = 0; i < *mib; ++i) munmap(chunks[i], kAllocChunk);
+  return err;
+}
+
+static int alloc_brk(long* mib) {
+  for (*mib = 0; *mib < kAllocBoundMib; ++*mib) {
+    char* p = sbrk(kAllocChunk);
+    if (p == (void*)-1) return errno;
+    for (long off = 0; off < kAllocChunk; off += 4096) p[off] = 1;
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
-            "       forkexec N PROG [ARG...] | time PROG [ARG...]\n",
+            "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom\n",
             argv[0]);
     return 2;
   }
@@ -134,6 +178,26 @@ int main(int argc, char** argv) {
       printf("%.1f us per fork+exec+wait\n", ns / 1e3 / (double)n);
     }
     return 0;
+  }
+  if (strcmp(argv[1], "alloc") == 0) {
+    long mmap_mib = 0, brk_mib = 0;
+    const int mmap_err = alloc_mmap(&mmap_mib);
+    say("mmap", mmap_mib, mmap_err);
+    const int brk_err = alloc_brk(&brk_mib);
+    say("brk", brk_mib, brk_err);
+    return mmap_err == ENOMEM && brk_err == ENOMEM ? 0 : 1;
+  }
+  if (strcmp(argv[1], "oom") == 0) {
+    const size_t len = (size_t)16 << 30;
+    char* p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+      perror("mmap");
+      return 1;
+    }
+    for (size_t off = 0; off < len; off += 4096) p[off] = 1;
+    printf("survived touching 16 GiB\n");
+    return 1;
   }
   fprintf(stderr, "%s: unknown mode %s\n", argv[0], argv[1]);
   return 2;

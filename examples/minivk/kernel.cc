@@ -404,9 +404,24 @@ void Kernel::HandleExit(Process& p) {
               (p.tf.tf_err & PGEX_P) ? ", protection" : "",
               static_cast<unsigned long>(p.tf.tf_rip));
       }
-      if (!p.as->Fault(static_cast<uint64_t>(p.tf.tf_addr), static_cast<uint64_t>(p.tf.tf_err))) {
-        ForceSignal(p, SIGSEGV, (p.tf.tf_err & PGEX_P) ? 2 /* SEGV_ACCERR */ : 1 /* MAPERR */,
-                    static_cast<uint64_t>(p.tf.tf_addr));
+      switch (p.as->Fault(static_cast<uint64_t>(p.tf.tf_addr),
+                          static_cast<uint64_t>(p.tf.tf_err))) {
+        case AddressSpace::FaultResult::kResolved:
+          break;
+        case AddressSpace::FaultResult::kNotAllowed:
+          ForceSignal(p, SIGSEGV, (p.tf.tf_err & PGEX_P) ? 2 /* SEGV_ACCERR */ : 1 /* MAPERR */,
+                      static_cast<uint64_t>(p.tf.tf_addr));
+          break;
+        case AddressSpace::FaultResult::kOutOfMemory:
+          // As Linux's OOM killer: the process that needs a page nobody can give it dies
+          // (SIGKILL, which no handler sees); the vkernel and every other process go on.
+          fprintf(stderr,
+                  "minivk: out of memory (%zu MiB of guest memory in use): killed process %d "
+                  "(%s), which faulted at %#lx\n",
+                  (mem_.size() - mem_.free_frames() * 4096) >> 20, p.pid, p.comm.c_str(),
+                  static_cast<unsigned long>(p.tf.tf_addr));
+          SendSignal(p, SIGKILL);
+          break;
       }
       break;
     case T_SYSCALL80:

@@ -234,6 +234,7 @@ void AddressSpace::Inval(uint64_t start, uint64_t end) {
 }
 
 bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
+  out_of_memory_ = false;
   auto area = AreaOf(va);
   if (area == areas_.end()) return false;
   const int prot = area->second.prot;
@@ -244,7 +245,10 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
   const vpte_t e = pt_.Lookup(va);
   if (!(e & VPTE_V)) {
     const uint64_t frame = mem_.Alloc();
-    return frame != 0 && pt_.Map(va, frame, prot);
+    if (frame != 0 && pt_.Map(va, frame, prot)) return true;
+    if (frame != 0) mem_.Unref(frame);  // a table could not be allocated
+    out_of_memory_ = true;
+    return false;
   }
   if (write && !(e & VPTE_RW)) {
     const uint64_t pa = e & VPTE_FRAME;
@@ -252,7 +256,10 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
       pt_.Set(va, e | VPTE_RW);  // the last sharer keeps the frame
     } else {
       const uint64_t copy = mem_.Alloc();
-      if (copy == 0) return false;
+      if (copy == 0) {
+        out_of_memory_ = true;
+        return false;
+      }
       memcpy(mem_.At(copy), mem_.At(pa), kPage);
       pt_.Set(va, PageTable::Leaf(copy, prot));
       mem_.Unref(pa);
@@ -262,10 +269,12 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
   return true;
 }
 
-bool AddressSpace::Fault(uint64_t va, uint64_t err) {
+AddressSpace::FaultResult AddressSpace::Fault(uint64_t va, uint64_t err) {
   const bool write = err & PGEX_W, exec = err & PGEX_I;
   const vpte_t before = pt_.Lookup(PageDown(va));
-  if (!Ensure(va, write, exec)) return false;
+  if (!Ensure(va, write, exec)) {
+    return out_of_memory_ ? FaultResult::kOutOfMemory : FaultResult::kNotAllowed;
+  }
   if (!(before & VPTE_V)) {
     // Demand paging: fill the rest of this 64 KiB block of the area too, so a program
     // walking through new memory exits to the vkernel once per block, not once per page.
@@ -286,7 +295,20 @@ bool AddressSpace::Fault(uint64_t va, uint64_t err) {
     // than them. Drop it so the retry walks again.
     Inval(PageDown(va), PageDown(va) + kPage);
   }
-  return true;
+  return FaultResult::kResolved;
+}
+
+bool AddressSpace::CanCommit(uint64_t pages) const {
+  // Frames are handed out only when touched, so like Linux's default (heuristic) overcommit
+  // this refuses only what obviously cannot be backed: more pages than are free now, less a
+  // reserve for page tables and the stacks and heaps of the processes already running. A
+  // guest that allocates and touches chunk by chunk so gets ENOMEM from mmap or brk instead
+  // of being killed when it touches memory that is not there; MAP_NORESERVE skips the check.
+  const uint64_t frames = mem_.size() / kPage;
+  const uint64_t reserve = std::max<uint64_t>(64, frames / 32);
+  const uint64_t free = mem_.free_frames();
+  const uint64_t tables = pages / 512 + 4;  // one leaf table per 2 MiB, and the levels above
+  return free > reserve && pages + tables <= free - reserve;
 }
 
 bool AddressSpace::CopyIn(uint64_t va, void* dst, size_t len) {
@@ -380,6 +402,8 @@ int64_t AddressSpace::Brk(uint64_t want) {
   if (new_end > old_end) {
     auto next = areas_.lower_bound(old_end);
     if (next != areas_.end() && next->first < new_end) return static_cast<int64_t>(brk_);
+    // Linux's brk refuses growth it could not commit: the old break (libc says ENOMEM).
+    if (!CanCommit((new_end - old_end) / kPage)) return static_cast<int64_t>(brk_);
     auto heap = AreaOf(old_end - 1);
     if (old_end > brk_start_ && heap != areas_.end() && heap->second.end == old_end &&
         heap->first >= brk_start_) {
@@ -403,6 +427,12 @@ int64_t AddressSpace::Mmap(uint64_t addr, uint64_t len, int prot, int flags, int
   const bool anonymous = flags & MAP_ANONYMOUS;
   if (!anonymous && (flags & MAP_SHARED) && (prot & PROT_WRITE)) {
     return -ENODEV;  // no shared file pages in minivk: private (copied) mappings only
+  }
+  // Private writable memory must be backed once touched, and a file mapping is copied in
+  // now: refuse what cannot be (CanCommit), unless the caller said MAP_NORESERVE.
+  if (!(flags & MAP_NORESERVE) && ((prot & PROT_WRITE) || !anonymous) &&
+      !CanCommit(len / kPage)) {
+    return -ENOMEM;
   }
   uint64_t at;
   if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {

@@ -105,9 +105,14 @@ class AddressSpace {
 
   void* id() const { return id_; }
 
-  // A T_PAGEFLT at `va` with PGEX_* `err`: true if it is now resolved (demand page, stack,
-  // copy-on-write), false if the access is not allowed (the guest gets SIGSEGV).
-  bool Fault(uint64_t va, uint64_t err);
+  // What a T_PAGEFLT came to.
+  enum class FaultResult {
+    kResolved,     // demand page, stack, copy-on-write: the guest retries
+    kNotAllowed,   // no area or not that access: the guest gets SIGSEGV
+    kOutOfMemory,  // allowed, but no frame is left: the process is killed (Linux's OOM kill)
+  };
+  // A T_PAGEFLT at `va` with PGEX_* `err`.
+  FaultResult Fault(uint64_t va, uint64_t err);
 
   // Copies between minivk and guest memory, faulting pages in as the guest would (a write
   // breaks copy-on-write). False if any byte is not accessible that way.
@@ -136,8 +141,12 @@ class AddressSpace {
   // Removes [start, end) from the areas (splitting them) and its pages; no INVAL.
   void Remove(uint64_t start, uint64_t end);
   void AddArea(uint64_t start, uint64_t end, int prot);
-  // Page `va` present with at least the rights of `write`; false if not allowed/no memory.
+  // Page `va` present with at least the rights of `write`; false if not allowed/no memory
+  // (out_of_memory_ tells which).
   bool Ensure(uint64_t va, bool write, bool exec);
+  // Linux's heuristic overcommit, measured against free frames: false if `pages` new pages
+  // of private writable memory could not be backed now (mmap and brk then fail with ENOMEM).
+  bool CanCommit(uint64_t pages) const;
   // True if the program's read-only pages are mapped exactly as the program maps them.
   bool TextIntact() const;
   // Drops the runtime's translations of [start, end).
@@ -152,6 +161,7 @@ class AddressSpace {
   std::shared_ptr<const Program> program_;  // what it runs (kept alive for the pool's sake)
   std::map<uint64_t, Area> areas_;  // start -> area, disjoint
   uint64_t brk_start_ = 0, brk_ = 0;
+  bool out_of_memory_ = false;  // the last Ensure failed for want of a frame
 };
 
 }  // namespace minivk

@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -29,6 +31,21 @@ int SelfPidfd() {
     owner = getpid();
   }
   return fd;
+}
+
+void EnsureFdHeadroom() {
+  // Enough for the creation itself and the vCPU (kvm) or context work of the calls after
+  // it, so that the limit is raised before anything fails with EMFILE.
+  constexpr rlim_t kFdHeadroom = 64;
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  // Descriptors are handed out lowest-free first, so the number a new one gets is what
+  // decides whether the next ones hit the limit (not how many are open).
+  const int probe = static_cast<int>(syscall(SYS_eventfd2, 0, EFD_CLOEXEC));
+  if (probe >= 0) close(probe);
+  if (probe >= 0 && static_cast<rlim_t>(probe) + kFdHeadroom < limit.rlim_cur) return;
+  limit.rlim_cur = limit.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &limit);  // if refused, creation fails with EMFILE as before
 }
 
 absl::Status SendFdOverSocket(int sock, int fd, pid_t pid) {

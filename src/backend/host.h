@@ -16,6 +16,13 @@ namespace vkrt {
 // the kernel has none. Created once per process (again in a fork() child).
 int SelfPidfd();
 
+// Called before a vmspace is created. Each vmspace holds descriptors in the vkernel (two:
+// a stub's socket and eventfd, or a VM and a vCPU), so a vkernel with a thousand vmspaces
+// passes the usual soft RLIMIT_NOFILE of 1024 long before any hard limit. When fewer than
+// kFdHeadroom descriptor numbers are left below the soft limit, raises it to the hard limit
+// (as Go's runtime does at start-up). Lazily: a vkernel with few vmspaces keeps its limit.
+void EnsureFdHeadroom();
+
 // Sends the vkernel's descriptor `fd` over the Unix socket `sock` to stub `pid` (one byte
 // with SCM_RIGHTS): the stub then holds the same open file description.
 absl::Status SendFdOverSocket(int sock, int fd, pid_t pid);

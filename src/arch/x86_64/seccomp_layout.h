@@ -119,7 +119,8 @@ struct SeccompStubOffsets {
 extern "C" const SeccompStubOffsets vkrt_seccomp_stub_offsets;
 
 // In a freshly forked child: builds the stub (see seccomp_stub.S) and becomes its server
-// thread. Uses no stack after loading `args`.
+// thread. Uses no stack after loading `args`. socket_fd, pidfd and ack_fd must be distinct
+// and at least 3 (they are moved to 0, 1 and 2 in that order).
 extern "C" [[noreturn]] void vkrt_seccomp_stub_boot(const SeccompBootArgs* args);
 
 }  // namespace vkrt::x86_64

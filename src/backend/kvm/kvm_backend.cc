@@ -945,7 +945,9 @@ absl::StatusOr<Vcpu*> KvmAddressSpace::CallerVcpu() {
     fresh->index = static_cast<int>(vcpus_.size());
     fresh->fd = IoctlNoEintr(vm_fd_, KVM_CREATE_VCPU, fresh->index);
     if (fresh->fd < 0) {
-      const int err = errno == ENOMEM ? ENOMEM : EAGAIN;
+      // Out of memory or descriptors: say so (docs/api.md); anything else is KVM's vCPU
+      // limit, EAGAIN as for the other backends' context limits.
+      const int err = (errno == ENOMEM || errno == EMFILE || errno == ENFILE) ? errno : EAGAIN;
       return ErrnoError(err, absl::StrFormat("ioctl(KVM_CREATE_VCPU, %d): %s", fresh->index,
                                              strerror(errno)));
     }

@@ -1380,6 +1380,13 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> SeccompBackend::CreateAddressSpace
         syscall(SYS_rseq, rs, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
       }
     }
+    // The boot moves socket, pidfd and eventfd to 0, 1, 2 with dup3: none of them may be
+    // one of those numbers yet (a vkernel that closed its stdin has them handed out), or an
+    // earlier dup3 would overwrite it. A copy at a free number >= 3 cannot overwrite
+    // anything; close_range drops the copies. (args is this child's own copy.)
+    for (int32_t* fd : {&args.socket_fd, &args.pidfd, &args.ack_fd}) {
+      if (*fd < 3) *fd = static_cast<int32_t>(syscall(SYS_fcntl, *fd, F_DUPFD, 3));
+    }
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &kAllSignals, nullptr, 8);
     x86_64::vkrt_seccomp_stub_boot(&args);
   }
