@@ -39,7 +39,8 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1${TSAN_OPTIONS:+:$TS
 
 # The tests that run more than one thread (minivk's fibers carry their own TSan annotations,
 # examples/minivk/kernel.h; minivk_busybox runs it with --cpus=2).
-tsan_tests=(conformance own_space seccomp_hostile kvm_hostile hostile preload minivk minivk_busybox)
+tsan_tests=(conformance own_space seccomp_hostile kvm_hostile hostile resource preload minivk
+            minivk_busybox)
 
 configure() {  # dir sanitizers
   if [[ ! -f "$1/build.ninja" ]]; then
