@@ -259,14 +259,6 @@ std::string Readlink(const std::string& path) {
   return n < 0 ? "?" : std::string(buf, static_cast<size_t>(n));
 }
 
-int CountEntries(const std::string& dir_path) {
-  int n = 0;
-  if (DIR* dir = opendir(dir_path.c_str())) {
-    while (dirent* e = readdir(dir)) n += e->d_name[0] != '.';
-    closedir(dir);
-  }
-  return n;
-}
 
 // Everything about one process that a guest's escaped system call could change.
 struct ProcessState {
@@ -315,7 +307,7 @@ HostState SnapshotHost() {
     p.sig_ign = StatusField(status, "SigIgn");
     p.sig_cgt = StatusField(status, "SigCgt");
     p.cwd = Readlink(base + "/cwd");
-    p.fds = CountEntries(base + "/fd");
+    p.fds = static_cast<int>(std::max(0L, vkrt_test::CountDirEntries(base + "/fd")));
     if (DIR* dir = opendir((base + "/task").c_str())) {
       while (dirent* e = readdir(dir)) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;

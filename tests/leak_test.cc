@@ -38,6 +38,8 @@ constexpr long kMaxMapsGrowth = 64;
 constexpr auto kTestLimit = std::chrono::seconds(1100);
 
 using vkrt_test::BackendName;
+using vkrt_test::CountDirEntries;
+using vkrt_test::StatusField;
 using vkrt_test::Watchdog;
 
 struct ProcessCounts {
@@ -58,26 +60,7 @@ std::string ToString(const ProcessCounts& c) {
          " rss_kib=" + std::to_string(c.rss_kib);
 }
 
-long CountDirEntries(const char* path) {
-  DIR* d = opendir(path);
-  if (d == nullptr) return -1;
-  long n = 0;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  closedir(d);
-  return n;
-}
 
-long StatusField(const std::string& path, const std::string& key) {
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, key.size(), key) == 0)
-      return strtol(line.c_str() + key.size(), nullptr, 10);
-  }
-  return -1;
-}
 
 ProcessCounts Snapshot() {
   ProcessCounts c;

@@ -44,6 +44,8 @@
 namespace {
 
 using vkrt_test::BackendName;
+using vkrt_test::CountDirEntries;
+using vkrt_test::StatusField;
 using vkrt_test::Watchdog;
 
 constexpr uint64_t kCodeAddr = 0x400000;
@@ -51,25 +53,7 @@ constexpr uint64_t kDataAddr = 0x401000;
 
 // ---- /proc helpers ------------------------------------------------------------------------
 
-long CountDirEntries(const std::string& path) {
-  DIR* d = opendir(path.c_str());
-  if (d == nullptr) return -1;
-  long n = 0;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  closedir(d);
-  return n;
-}
 
-long StatusField(const std::string& path, const std::string& key) {
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, key.size(), key) == 0) return strtol(line.c_str() + key.size(), nullptr, 10);
-  }
-  return -1;
-}
 
 struct ProcStat {
   char state = 0;

@@ -8,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <errno.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -89,6 +91,29 @@ class Watchdog {
   bool done_ = false;
   std::thread thread_;
 };
+
+// The entries of a /proc directory (fd/, task/, ...) other than . and ..; -1 if unreadable.
+inline long CountDirEntries(const std::string& path) {
+  DIR* d = opendir(path.c_str());
+  if (d == nullptr) return -1;
+  long n = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+// The number after `key` (e.g. "VmRSS:") in a /proc status file; -1 if absent.
+inline long StatusField(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, key.size(), key) == 0)
+      return strtol(line.c_str() + key.size(), nullptr, 10);
+  }
+  return -1;
+}
 
 }  // namespace vkrt_test
 
