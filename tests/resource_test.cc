@@ -545,6 +545,18 @@ constexpr rlim_t kAddressSpaceHeadroom = 2ull << 30;
       !e.empty()) {
     fail(e);
   }
+  // Under ASan the vkernel's size includes ~20 TiB of shadow, so the limit a stub inherits
+  // would leave it that much room: each process below the vkernel (the stub backends' stubs)
+  // gets its own size plus the headroom instead.
+  for (const auto& [pid, stat] : Descendants(getpid())) {
+    const long kib = StatusField("/proc/" + std::to_string(pid) + "/status", "VmSize:");
+    if (kib <= 0) continue;
+    const rlimit stub_limit = {static_cast<rlim_t>(kib) * 1024 + kAddressSpaceHeadroom,
+                               static_cast<rlim_t>(kib) * 1024 + kAddressSpaceHeadroom};
+    if (prlimit(static_cast<pid_t>(pid), RLIMIT_AS, &stub_limit, nullptr) != 0) {
+      fail("prlimit(" + std::to_string(pid) + ", RLIMIT_AS): " + strerror(errno));
+    }
+  }
   trapframe tf = {};
   tf.tf_rip = kCodeAddr;
   tf.tf_rflags = 0x202;
