@@ -33,6 +33,7 @@
 #include <vector>
 
 #include <vkrt/vmspace.h>
+#include "fuzz_input.h"
 
 namespace {
 
@@ -77,29 +78,7 @@ bool ErrnoIn(int e, std::initializer_list<int> allowed) {
   return std::find(allowed.begin(), allowed.end(), e) != allowed.end();
 }
 
-// A reader that yields zeros past the end.
-class Input {
- public:
-  Input(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  bool Empty() const { return pos_ >= size_; }
-  uint8_t U8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | (U8() << 8)); }
-  uint32_t U32() { return U16() | (static_cast<uint32_t>(U16()) << 16); }
-  uint64_t U64() { return U32() | (static_cast<uint64_t>(U32()) << 32); }
-  // Copies up to `n` bytes of the input into `out`, zero-filling past the end.
-  void Bytes(uint8_t* out, size_t n) {
-    if (n == 0) return;  // `out` may be null then
-    const size_t have = std::min(n, size_ - std::min(pos_, size_));
-    if (have > 0) memcpy(out, data_ + pos_, have);
-    memset(out + have, 0, n - have);
-    pos_ += have;
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+using vkrt_fuzz::Input;
 
 struct Region {
   uint64_t end;

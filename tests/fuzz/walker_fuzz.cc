@@ -30,6 +30,7 @@
 #include <map>
 
 #include "vkrt/vmspace.h"
+#include "fuzz_input.h"
 #include "vpagetable/walker.h"
 
 namespace {
@@ -50,23 +51,7 @@ using vkrt::vpt::WalkResult;
                       static_cast<unsigned long long>(b));                        \
   } while (0)
 
-class Input {
- public:
-  Input(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  bool Empty() const { return pos_ >= size_; }
-  uint8_t U8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | (U8() << 8)); }
-  uint64_t U64() {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(U8()) << (8 * i);
-    return v;
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+using vkrt_fuzz::Input;
 
 // A sparse backing object that counts accesses and can simulate a concurrent writer.
 class Memory : public EntryAccess {
