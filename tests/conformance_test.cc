@@ -2945,6 +2945,110 @@ TEST_P(Vpagetable, InvalRacingRunningGuestsNeverLeavesStaleTranslations) {
   EXPECT_GT(reads.load(), 0);
 }
 
+// A guest counting in a VPAGETABLE page, RUN by two vkernel threads in turn, each RUN cut short
+// by a timeout so that it often stops between a fault and its report. Between RUNs the vkernel
+// moves the page to another frame (copying it and poisoning the old one, as copy-on-write and
+// frame reuse do) or takes write access away (as fork does; the guest's write then comes back
+// as a fault, and the vkernel gives the right back): every change followed by MADV_INVAL.
+// A fault left over from one thread's RUN and seen in the other's is read against the newer
+// tables: a write reported as a fetch, or a stale frame (the guest's check fails, ud2).
+TEST_P(Vpagetable, GuestRunByAlternatingThreadsSeesEveryChange) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(1 << 20);
+  // Not executable: a fault on a page installed writable can then only be a fetch, which is
+  // what a stale fault misleads the ptrace backend into reporting.
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm, true, kRw));
+  // 0:  31 db                   xor    %ebx,%ebx
+  // 2:  48 ff c3                inc    %rbx
+  // 5:  48 ff 04 25 00 00 00 40 incq   0x40000000
+  // d:  48 3b 1c 25 00 00 00 40 cmp    0x40000000,%rbx
+  // 15: 75 11                   jne    28          (the page lost a write: ud2)
+  // 17: f7 c3 ff 03 00 00       test   $0x3ff,%ebx
+  // 1d: 75 e3                   jne    2
+  // 1f: b8 27 00 00 00          mov    $0x27,%eax  (getpid, every 1024 rounds)
+  // 24: 0f 05                   syscall
+  // 26: eb da                   jmp    2
+  // 28: 0f 0b                   ud2
+  static const unsigned char kCounter[] = {
+      0x31, 0xdb, 0x48, 0xff, 0xc3, 0x48, 0xff, 0x04, 0x25, 0x00, 0x00, 0x00, 0x40, 0x48,
+      0x3b, 0x1c, 0x25, 0x00, 0x00, 0x00, 0x40, 0x75, 0x11, 0xf7, 0xc3, 0xff, 0x03, 0x00,
+      0x00, 0x75, 0xe3, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xda, 0x0f, 0x0b};
+  static_assert(kVptAddr == 0x40000000);
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kCounter));
+  const uint64_t frames[2] = {pm.NewFrame(), pm.NewFrame()};
+  const uint64_t entry = pm.EntryOffset(0);
+  pm.Store(entry, frames[0] | kVpteUser);
+
+  constexpr int kRuns = 4000;
+  std::mutex mu;
+  std::condition_variable cv;
+  int turn = 0, runs = 0;
+  bool done = false;
+  std::string failure;
+  trapframe tf = Frame();
+  vextframe vf = {};
+  uint32_t seed = 12345;
+  auto next = [&] { return seed = seed * 1103515245 + 12345; };
+  auto inval = [&] {
+    if (vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kPage, MADV_INVAL, 0) != 0) {
+      failure = std::string("MADV_INVAL: ") + vkrt_last_error();
+    }
+  };
+  auto worker = [&](int me) {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return turn == me || done; });
+      if (done) return;
+      // The lock stays held: the other thread waits, as a vkernel's other CPU would for
+      // this process.
+      // Thread 0's RUNs are very short (the stop lands anywhere, often between a fault and
+      // its report); thread 1's are long enough to fault the page in and count on.
+      const uint64_t timeout_ns = me == 0 ? 2000 + next() % 50000 : 1000000;
+      if (vkrt_vmspace_run(vm.id(), &tf, &vf, timeout_ns) != 0) {
+        failure = std::string("RUN: ") + vkrt_last_error();
+      } else if (tf.tf_trapno == T_PAGEFLT) {
+        const uint64_t e = pm.Load(entry);
+        if (AsU64(tf.tf_addr) != kVptAddr || (e & VPTE_RW) || !(tf.tf_err & PGEX_W) ||
+            (tf.tf_err & PGEX_I)) {
+          failure = "unexpected fault: " + Describe(tf) + ", entry " + Hex(e);
+        } else {
+          pm.Store(entry, e | VPTE_RW);
+          inval();
+        }
+      } else if (tf.tf_trapno != T_FAST_SYSCALL && tf.tf_trapno != 0) {
+        failure = "unexpected exit (the guest saw a stale page?): " + Describe(tf);
+      }
+      const uint32_t r = next() % 8;
+      const uint64_t e = pm.Load(entry);
+      if (r == 0) {  // copy-on-write: a new frame, the old one reused for something else
+        const uint64_t from = e & VPTE_FRAME;
+        const uint64_t to = from == frames[0] ? frames[1] : frames[0];
+        pm.Store(to, pm.Load(from));
+        pm.Store(entry, to | (e & ~VPTE_FRAME & ~(VPTE_A | VPTE_M)));
+        inval();
+        pm.Store(from, 0x5a5a5a5a5a5a5a5a);
+      } else if (r == 1) {  // fork: write access goes
+        pm.Store(entry, e & ~(VPTE_RW | VPTE_A | VPTE_M));
+        inval();
+      }
+      if (++runs >= kRuns || !failure.empty()) done = true;
+      turn = 1 - me;
+      cv.notify_all();
+    }
+  };
+  // Signals open, as in a vkernel thread: the timeout's signal interrupts the wait.
+  std::thread a([&] { worker(0); });
+  std::thread b([&] { worker(1); });
+  a.join();
+  b.join();
+  ASSERT_EQ("", failure) << "after " << runs << " runs";
+  // The guest stopped with its count in memory or, between its two increments, one behind.
+  const uint64_t counted = AsU64(tf.tf_rbx), stored = pm.Load(pm.Load(entry) & VPTE_FRAME);
+  EXPECT_TRUE(stored == counted || stored + 1 == counted) << counted << " vs " << stored;
+  EXPECT_GT(counted, 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values(VKRT_TYPE_PTRACE, VKRT_TYPE_SECCOMP, VKRT_TYPE_KVM), ParamName);
 INSTANTIATE_TEST_SUITE_P(Backends, Vpagetable, ::testing::Values(VKRT_TYPE_PTRACE, VKRT_TYPE_SECCOMP, VKRT_TYPE_KVM), ParamName);
 

@@ -1,5 +1,6 @@
 #include "loader.h"
 
+#include <cpuid.h>
 #include <elf.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -52,6 +53,13 @@ bool ReadGuest(const PhysMem& mem, const PageTable& pt, uint64_t va, void* dst, 
 
 namespace {
 
+// AT_HWCAP as Linux gives it on x86-64: CPUID leaf 1's EDX feature bits.
+uint64_t Hwcap() {
+  unsigned eax, ebx, ecx, edx;
+  __cpuid(1, eax, ebx, ecx, edx);
+  return edx;
+}
+
 // A fresh frame at `va`, or, if two segments share the page, the union of their rights.
 bool MapFreshPage(PhysMem& mem, PageTable& pt, uint64_t va, int prot) {
   const vpte_t e = pt.Lookup(va);
@@ -100,19 +108,37 @@ bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bia
     }
   }
 
-  // Strings and random bytes at the top, then the vectors below them (16-byte aligned).
+  // The strings as Linux lays them out: at the very top a zero word, below it the program's
+  // file name (AT_EXECFN), then the environment and argument strings, each block in
+  // ascending order (argv[0] lowest); below them the platform name and the random bytes,
+  // then the vectors (16-byte aligned). Programs read past a string's end into the next
+  // one and rely on the zero word to stop them (glibc's GLIBC_TUNABLES parser does).
   uint64_t sp = stack_top;
   auto push_bytes = [&](const void* data, size_t len) {
     sp -= len;
     return WriteGuest(mem, pt, sp, data, len) ? sp : 0;
   };
+  const uint64_t zero_word = 0;
+  bool ok = push_bytes(&zero_word, sizeof(zero_word)) != 0;
+  const std::string& file_name = argv.empty() ? std::string() : argv[0];
+  const uint64_t execfn = push_bytes(file_name.c_str(), file_name.size() + 1);
+  std::vector<uint64_t> argv_at(argv.size()), envp_at(envp.size());
+  for (size_t i = envp.size(); i-- > 0;) {
+    envp_at[i] = push_bytes(envp[i].c_str(), envp[i].size() + 1);
+  }
+  for (size_t i = argv.size(); i-- > 0;) {
+    argv_at[i] = push_bytes(argv[i].c_str(), argv[i].size() + 1);
+  }
+  static const char kPlatform[] = "x86_64";
+  sp &= ~uint64_t{15};
+  const uint64_t platform_at = push_bytes(kPlatform, sizeof(kPlatform));
+  sp &= ~uint64_t{15};
   unsigned char random[16];
   if (getrandom(random, sizeof(random), 0) != sizeof(random)) memset(random, 0x5a, sizeof(random));
   const uint64_t random_at = push_bytes(random, sizeof(random));
-  std::vector<uint64_t> argv_at, envp_at;
-  for (const std::string& s : argv) argv_at.push_back(push_bytes(s.c_str(), s.size() + 1));
-  for (const std::string& s : envp) envp_at.push_back(push_bytes(s.c_str(), s.size() + 1));
-  const uint64_t execfn = argv_at.empty() ? 0 : argv_at[0];
+  ok = ok && execfn != 0 && platform_at != 0 && random_at != 0;
+  for (uint64_t at : argv_at) ok = ok && at != 0;
+  for (uint64_t at : envp_at) ok = ok && at != 0;
   std::vector<uint64_t> words;
   words.push_back(argv.size());
   words.insert(words.end(), argv_at.begin(), argv_at.end());
@@ -126,15 +152,16 @@ bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bia
       {AT_UID, getuid()},                 {AT_EUID, geteuid()},
       {AT_GID, getgid()},                 {AT_EGID, getegid()},
       {AT_SECURE, 0},                     {AT_EXECFN, execfn},
-      {AT_NULL, 0},
+      {AT_PLATFORM, platform_at},         {AT_CLKTCK, 100},
+      {AT_HWCAP, Hwcap()},                {AT_NULL, 0},
   };
   for (const auto& pair : auxv) {
     words.push_back(pair[0]);
     words.push_back(pair[1]);
   }
   sp = (sp - words.size() * 8) & ~uint64_t{15};
-  if (sp < stack_top - stack_pages * kPage ||
-      !WriteGuest(mem, pt, sp, words.data(), words.size() * 8) || random_at == 0) {
+  if (!ok || sp < stack_top - stack_pages * kPage ||
+      !WriteGuest(mem, pt, sp, words.data(), words.size() * 8)) {
     error = "the arguments do not fit the stack";
     return false;
   }

@@ -67,6 +67,29 @@ absl::Status Ptrace(int request, pid_t tid, uint64_t addr, uint64_t data, const 
   return absl::OkStatus();
 }
 
+// True if a synchronous fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP: the guest's
+// own faults and traps, which Linux queues to the thread) waits in stopped thread `tid`'s
+// private queue (its first entries: blocked signals may precede it). A failed peek reads as
+// none.
+bool FaultSignalPending(pid_t tid) {
+  struct __ptrace_peeksiginfo_args args = {0, 0, 8};  // from offset 0 of the thread's queue
+  siginfo_t si[8];
+  const long n = ptrace(PTRACE_PEEKSIGINFO, tid, &args, si);
+  for (long i = 0; i < n; ++i) {
+    switch (si[i].si_signo) {
+      case SIGSEGV:
+      case SIGBUS:
+      case SIGFPE:
+      case SIGILL:
+      case SIGTRAP:
+        return true;
+      default:
+        break;
+    }
+  }
+  return false;
+}
+
 absl::Status GetRegs(pid_t tid, user_regs_struct& regs) {
   if (ptrace(PTRACE_GETREGS, tid, 0, &regs) == -1) {
     return SyscallError(absl::StrFormat("ptrace(PTRACE_GETREGS, %d)", tid));
@@ -801,6 +824,15 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
     if (event == PTRACE_EVENT_STOP) {
       c.pending_event_stop = false;
       if (stopping && !awaiting_report) {
+        // The stop PTRACE_INTERRUPT asked for comes before the delivery of a signal already
+        // queued: a fault the guest took just before it would stay pending in the thread and
+        // be delivered on a later RUN, after the vkernel changed the registers or the tables
+        // (or another context installed the page), and be read as a fault of that new state.
+        // Let it be delivered now and handled as this RUN's fault.
+        if (FaultSignalPending(tid)) {
+          if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
+          continue;
+        }
         if (auto s = ReadRegs(c, regs); !s.ok()) return s;
         x86_64::UserRegsToFrame(regs, *state.tf);
         if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
