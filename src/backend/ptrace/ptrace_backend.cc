@@ -211,8 +211,11 @@ struct Context {
   bool regs_known = false;
   user_regs_struct regs = {};
   // After a system call exit tf_rcx reports r10 (DragonFly); if the vkernel leaves it so,
-  // the guest keeps the rcx the `syscall` instruction left (the return address).
+  // the guest keeps the rcx the `syscall` instruction left (the return address). Only for
+  // the address space's next RUN (`rcx_run` + 1): after a RUN in another context the guest
+  // has moved on, and rcx equal to r10 is then its own state.
   bool rcx_reported_as_r10 = false;
+  uint64_t rcx_run = 0;
   // RUNs left before WaitGuest tries a yield again (see there).
   int spin_backoff = 0;
   // The guest used AVX-512 at its last stop: read its FPU state through AVX-512.
@@ -332,6 +335,7 @@ class PtraceAddressSpace : public AddressSpace {
   std::atomic<bool> dead_{false};
   std::mutex contexts_mu_;  // serialises context creation and release
   std::array<Context, x86_64::kStubMaxSlots> contexts_;
+  std::atomic<uint64_t> runs_{0};  // RUNs of this address space so far, in any context
 };
 
 PtraceAddressSpace::~PtraceAddressSpace() {
@@ -744,7 +748,11 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
     if (blocked) syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
   };
 
+  // This RUN's number in the address space (see Context::rcx_run).
+  const uint64_t run = runs_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (c.rcx_reported_as_r10 && c.rcx_run + 1 != run) c.rcx_reported_as_r10 = false;
   if (ts.TakeInterrupt()) {
+    c.rcx_run = run;  // the guest did not run: the next RUN may still restore rcx
     GuestExit exit;
     exit.kind = GuestExit::Kind::kInterrupted;
     return exit;
@@ -932,6 +940,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
       if (auto s = GetXstate(tid, state.xstate, c.wide_xstate); !s.ok()) return s;
       RememberXstate(c, state.xstate);
       c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
+      c.rcx_run = run;
       return exit;
     }
 

@@ -223,6 +223,10 @@ struct Context {
   int kicks_pending = 0;      // kick signals sent whose report has not been seen
   bool rcx_reported_as_r10 = false;
   uint64_t syscall_rcx = 0;   // rcx at the last system call (the return address)
+  // The RUN (of the address space) whose system call exit set rcx_reported_as_r10: only the
+  // next one restores rcx. After a RUN in another context the guest has moved on, and rcx
+  // equal to r10 is then its own state.
+  uint64_t rcx_run = 0;
   uint32_t server_wait = 0;   // a server batch the context must see done before resuming
   // The guest's FPU state as the vkernel last loaded it into the frame or read it from there
   // (GuestXstateSize() bytes, standard format): RUN writes the caller's state into the frame
@@ -346,6 +350,7 @@ class SeccompAddressSpace : public AddressSpace {
 
   std::mutex contexts_mu_;  // context creation and release
   std::array<Context, VKRT_SC_SLOTS> contexts_;
+  std::atomic<uint64_t> runs_{0};  // RUNs of this address space so far, in any context
 };
 
 SeccompAddressSpace::~SeccompAddressSpace() {
@@ -1029,6 +1034,8 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     if (auto s = ts.ArmTimer(limits.timeout_ns); !s.ok()) return s;
     timer_armed = true;
   }
+  const uint64_t run = runs_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (c.rcx_reported_as_r10 && c.rcx_run + 1 != run) c.rcx_reported_as_r10 = false;
   const bool rcx_reported_as_r10 = c.rcx_reported_as_r10;
   if (auto s = LoadFrame(c, state); !s.ok()) return s;
 
@@ -1092,6 +1099,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
           if (Load(cmd + CMD_RESP_SEQ) != c.seq) {
             // Before the release: the guest did not run. Its frame stays as loaded.
             c.rcx_reported_as_r10 = rcx_reported_as_r10;
+            c.rcx_run = run;
             return GuestExit{};
           }
           Kick();  // RUN ends once the guest has stopped
@@ -1235,6 +1243,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       report(exit);  // rax: the number as the guest loaded it (seccomp rolled it back)
       c.syscall_rcx = gregs[x86_64::kSigRcx];
       c.rcx_reported_as_r10 = exit.kind == GuestExit::Kind::kSyscall;  // (vmspace.cc)
+      c.rcx_run = run;
       return exit;
     }
 
@@ -1250,6 +1259,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         state.tf->tf_rax = kUretprobeSyscall;
         c.syscall_rcx = gregs[x86_64::kSigRcx];
         c.rcx_reported_as_r10 = true;
+        c.rcx_run = run;
         return exit;
       }
     }
