@@ -26,39 +26,16 @@ VmspacePool::~VmspacePool() {
   for (auto& id : all_) vmspace_destroy(id.get());
 }
 
-void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, uint64_t serial,
-                       const Ranges& keep, std::string& error) {
+void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, std::string& error) {
   if (!free_.empty()) {
-    // The most recently returned vmspace that ran the same program, else any.
-    size_t pick = free_.size() - 1;
-    for (size_t i = free_.size(); i-- > 0;) {
-      if (serial != 0 && free_[i].second == serial) {
-        pick = i;
-        break;
-      }
-    }
-    const auto [id, had] = free_[pick];
-    free_.erase(free_.begin() + static_cast<long>(pick));
-    const uint64_t len = kUserTop - kRegionStart;
-    auto inval = [&](uint64_t start, uint64_t end) {
-      return start >= end || vmspace_mcontrol(id, reinterpret_cast<void*>(start), end - start,
-                                              MADV_INVAL, 0) == 0;
-    };
-    bool ok = vmspace_mcontrol(id, reinterpret_cast<void*>(kRegionStart), len, MADV_SETMAP,
-                               static_cast<off_t>(pt.root())) == 0;
-    if (ok && serial != 0 && had == serial) {
-      uint64_t from = kRegionStart;
-      for (const auto& [start, end] : keep) {
-        ok = ok && inval(from, start);
-        from = end;
-      }
-      ok = ok && inval(from, kUserTop);
-    } else if (ok) {
-      ok = inval(kRegionStart, kUserTop);
-    }
-    if (!ok) {
+    void* id = free_.back();
+    free_.pop_back();
+    // SETMAP drops every translation of the range (as DragonFly's does): nothing of the
+    // last user's address space is left.
+    if (vmspace_mcontrol(id, reinterpret_cast<void*>(kRegionStart), kUserTop - kRegionStart,
+                         MADV_SETMAP, static_cast<off_t>(pt.root())) != 0) {
       error = std::string("reusing a vmspace: ") + vkrt_last_error();
-      free_.emplace_back(id, 0);
+      free_.push_back(id);
       return nullptr;
     }
     return id;
@@ -76,25 +53,11 @@ void* VmspacePool::Get(const PhysMem& mem, const PageTable& pt, uint64_t serial,
   return all_.back().get();
 }
 
-void VmspacePool::Put(void* id, uint64_t serial) { free_.emplace_back(id, serial); }
-
-bool AddressSpace::TextIntact() const {
-  if (!program_) return false;
-  for (const auto& [start, end] : program_->read_only()) {
-    for (uint64_t va = start; va < end; va += kPage) {
-      constexpr vpte_t kSame = VPTE_FRAME | VPTE_V | VPTE_RW | VPTE_NX;
-      if ((pt_.Lookup(va) & kSame) != (program_->pages().Lookup(va) & kSame)) return false;
-    }
-  }
-  return true;
-}
+void VmspacePool::Put(void* id) { free_.push_back(id); }
 
 AddressSpace::~AddressSpace() {
-  // If the program's read-only pages are still what the program maps (no munmap, mprotect
-  // or MAP_FIXED changed them), the vmspace's translations of them stay good for it.
-  const uint64_t serial = TextIntact() ? program_->serial() : 0;
   pt_.ForEach([&](uint64_t, vpte_t e) { mem_.Unref(e & VPTE_FRAME); });
-  if (id_ != nullptr) pool_.Put(id_, serial);
+  if (id_ != nullptr) pool_.Put(id_);
 }
 
 void AddressSpace::AddArea(uint64_t start, uint64_t end, int prot) {
@@ -114,24 +77,13 @@ Program::~Program() {
 
 bool Program::Build(const std::vector<unsigned char>& file, const ElfImage& image,
                     std::string& error) {
-  static uint64_t next_serial = 0;  // under the kernel lock
-  serial_ = ++next_serial;
   image_ = image;
   bias_ = image.pie ? 0x555555554000 : 0;
   if (!pages_.Init()) {
     error = "out of guest memory";
     return false;
   }
-  if (!LoadSegments(mem_, pages_, file.data(), file.size(), image, bias_, error)) return false;
-  pages_.ForEach([&](uint64_t va, vpte_t e) {
-    if (e & VPTE_RW) return;
-    if (!read_only_.empty() && read_only_.back().second == va) {
-      read_only_.back().second += kPage;
-    } else {
-      read_only_.emplace_back(va, va + kPage);
-    }
-  });
-  return true;
+  return LoadSegments(mem_, pages_, file.data(), file.size(), image, bias_, error);
 }
 
 bool AddressSpace::Load(std::shared_ptr<const Program> shared,
@@ -183,7 +135,7 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
   }
   AddArea(kStackTop - kStackSize, kStackTop, PROT_READ | PROT_WRITE);
   brk_start_ = brk_ = PageUp(out.brk);
-  id_ = pool_.Get(mem_, pt_, program.serial(), program.read_only(), error);
+  id_ = pool_.Get(mem_, pt_, error);
   return id_ != nullptr;
 }
 
@@ -222,8 +174,7 @@ bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {
     return false;
   }
   program_ = parent.program_;
-  id_ = TextIntact() ? pool_.Get(mem_, pt_, program_->serial(), program_->read_only(), error)
-                     : pool_.Get(mem_, pt_, 0, Ranges{}, error);
+  id_ = pool_.Get(mem_, pt_, error);
   return id_ != nullptr;
 }
 

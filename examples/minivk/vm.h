@@ -39,29 +39,23 @@ inline uint64_t PageUp(uint64_t v) { return (v + kPage - 1) & ~(kPage - 1); }
 // number), its root set with MADV_SETMAP. False with `error` naming what failed.
 bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error);
 
-// Read-only page ranges [first, second) of a program that every process running it maps to
-// the same frames with the same rights.
-using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
-
 // Vmspaces of the runtime, created once and reused by later address spaces (creating one
-// costs a stub process on the ptrace/seccomp backends). Owns the ids' storage. A vmspace
-// returned with a program's read-only pages intact keeps those translations for the next
-// address space running the same program (its text need not be faulted in again).
+// costs a stub process on the ptrace/seccomp backends). Owns the ids' storage. A reused
+// vmspace keeps no translation of its last user: MADV_SETMAP, which points it at the new
+// tables, drops them all. (Keeping a program's text mapped across processes would need the
+// new address space to take over the old one's page-table root.)
 class VmspacePool {
  public:
   explicit VmspacePool(int type) : type_(type) {}
   ~VmspacePool();
-  // A vmspace governed by `pt` (fresh or reused: translations other than program `serial`'s
-  // `keep` ranges are dropped). nullptr with `error` naming the failing call.
-  void* Get(const PhysMem& mem, const PageTable& pt, uint64_t serial, const Ranges& keep,
-            std::string& error);
-  // `serial`: the program whose read-only pages are still mapped as it maps them (0: none).
-  void Put(void* id, uint64_t serial);
+  // A vmspace governed by `pt`, fresh or reused. nullptr with `error` naming the failing call.
+  void* Get(const PhysMem& mem, const PageTable& pt, std::string& error);
+  void Put(void* id);
 
  private:
   int type_;
   std::vector<std::unique_ptr<char>> all_;
-  std::vector<std::pair<void*, uint64_t>> free_;
+  std::vector<void*> free_;
 };
 
 // A static program loaded once: its segments' pages, which every process running it maps
@@ -77,16 +71,12 @@ class Program {
   const ElfImage& image() const { return image_; }
   uint64_t bias() const { return bias_; }
   const PageTable& pages() const { return pages_; }
-  uint64_t serial() const { return serial_; }    // unique for the life of the process
-  const Ranges& read_only() const { return read_only_; }
 
  private:
   PhysMem& mem_;
   PageTable pages_;
   ElfImage image_;
   uint64_t bias_ = 0;
-  uint64_t serial_ = 0;
-  Ranges read_only_;
 };
 
 class AddressSpace {
@@ -147,8 +137,6 @@ class AddressSpace {
   // Linux's heuristic overcommit, measured against free frames: false if `pages` new pages
   // of private writable memory could not be backed now (mmap and brk then fail with ENOMEM).
   bool CanCommit(uint64_t pages) const;
-  // True if the program's read-only pages are mapped exactly as the program maps them.
-  bool TextIntact() const;
   // Drops the runtime's translations of [start, end).
   void Inval(uint64_t start, uint64_t end);
   // A free range of `len` bytes below kMmapTop (0 if none).
@@ -158,7 +146,7 @@ class AddressSpace {
   VmspacePool& pool_;
   PageTable pt_;
   void* id_ = nullptr;
-  std::shared_ptr<const Program> program_;  // what it runs (kept alive for the pool's sake)
+  std::shared_ptr<const Program> program_;  // what it runs
   std::map<uint64_t, Area> areas_;  // start -> area, disjoint
   uint64_t brk_start_ = 0, brk_ = 0;
   bool out_of_memory_ = false;  // the last Ensure failed for want of a frame
