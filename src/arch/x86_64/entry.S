@@ -166,9 +166,12 @@ vkrt_wait_rseq_cs:
  * vkrt_wait_in_rseq's twin for the seccomp backend: sets the signal mask, then
  * futex(uaddr, FUTEX_WAIT, val, timeout) (shared, not private: the word lives in memory
  * shared with a stub process), both inside one restartable sequence (vkrt_futex_rseq_cs).
- * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above. The
- * sequence also covers the instruction after the futex call, so that a handler that runs as
- * the call returns (a timeout and a signal at once) is seen too.
+ * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above. It returns
+ * with every signal blocked: the sequence goes on after the futex call to block them again,
+ * and the abort handler blocks them before it looks for a handler's frame, so that a handler
+ * that runs after the wait (a timeout and a signal at once, or a signal just after) is seen
+ * too. (Returning with signals open let such a handler run unseen, and RUN then never ended:
+ * 1 in ~140 runs of TimerSignalEndsRunWithSaRestart/seccomp under ASan.)
  */
 	.text
 	.globl vkrt_futex_wait_in_rseq
@@ -203,7 +206,15 @@ vkrt_futex_wait_in_rseq:
 	mov %r15, %r10
 	syscall
 .Lfafter:
-	nop                          /* inside the sequence: a handler run at the futex's return */
+	mov %rax, %r8                /* the futex's result */
+	mov $14, %eax                /* rt_sigprocmask(SIG_BLOCK, all, NULL, 8), still inside */
+	xor %edi, %edi
+	lea .Lfall_signals(%rip), %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+	syscall
+.Lfblocked:
+	mov %r8, %rax
 .Lfcs_end:
 	pop %r15
 	pop %r14
@@ -212,12 +223,25 @@ vkrt_futex_wait_in_rseq:
 	ret
 	.long 0x53053053             /* RSEQ_SIG */
 .Lfcs_abort:
-	mov %rax, %r8                /* the futex's result, if it had returned */
+	/* Block signals first: a handler that runs from here until the block is done leaves its
+	 * frame under rsp too, and the look for one below comes after it. */
+	mov %rcx, %r13               /* how far the sequence got (the last call's return) */
+	mov %rax, %r14               /* the futex's result, if it had just returned */
+	mov $14, %eax
+	xor %edi, %edi
+	lea .Lfall_signals(%rip), %rsi
+	xor %edx, %edx
+	mov $8, %r10d
+	syscall
+	lea .Lfblocked(%rip), %rdx
+	cmp %rdx, %r13
+	je 4f                        /* after the futex and the block: r8 has the result */
+	mov %r14, %r8
 	lea .Lfafter(%rip), %rdx
-	cmp %rdx, %rcx
-	je 4f
+	cmp %rdx, %r13
+	je 4f                        /* at the futex's return: r14 had its result */
 	lea .Lfunblocked(%rip), %rdx
-	cmp %rdx, %rcx
+	cmp %rdx, %r13
 	je 1f
 	mov $-1001, %rax
 	jmp .Lfcs_end
@@ -234,6 +258,11 @@ vkrt_futex_wait_in_rseq:
 3:	mov $-1003, %rax
 	jmp .Lfcs_end
 	.size vkrt_futex_wait_in_rseq, .-vkrt_futex_wait_in_rseq
+
+	.section .rodata
+	.p2align 3
+.Lfall_signals:
+	.quad -1
 
 	.section .data.rel.ro, "aw"
 	.p2align 5
