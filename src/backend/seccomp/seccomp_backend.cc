@@ -1030,8 +1030,9 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
   // any restartable sequence) was never seen, and the guest then ran on to its next exit
   // (EarlySignalsEndRunWithSaRestart/seccomp under TSan). A signal now waits, pending, for
   // the checks and the rseq-guarded wait below. (The spin with signals open saved two
-  // sigprocmask calls per RUN; bringing it back needs the setup inside a sequence too.)
-  (void)rs;
+  // sigprocmask calls per RUN; bringing it back needs the setup inside a sequence too. Until
+  // then the `!blocked` spin branch below, vkrt_seccomp_spin_in_rseq and AltStackHandlerRan
+  // are not reached.)
   Block();
   // Before the interrupt request and the timer: a kick (their signal) from here on shows.
   const uint32_t kicks_at_start = ThreadState::Kicks();
