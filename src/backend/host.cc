@@ -1,6 +1,8 @@
 #include "backend/host.h"
 
 #include <dirent.h>
+#include <stddef.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -123,6 +125,69 @@ struct rseq* ThreadRseq(bool register_own) {
     state = syscall(SYS_rseq, &own.area, 32, 0, RSEQ_SIG) == 0 ? 1 : -1;
   }
   return state == 1 ? &own.area : nullptr;
+}
+
+extern "C" {
+// The layout vkrt_syscall_in_rseq (arch/x86_64/entry.S) reads and writes.
+struct RseqSyscall {
+  const uint64_t* mask;  // in: the signal mask during the call
+  long nr;               // in: the call
+  uint64_t args[4];      // in: rdi rsi rdx r10
+  uint64_t* rseq_cs;     // in: &rseq->rseq_cs, armed and disarmed there
+  long result;           // out: the call's result, or OpenCall::kNotReturned
+  int32_t handler;       // out: 1 = a handler's frame showed on this stack
+  int32_t stage;         // out: 0 = not aborted; 1 = aborted before the unblocking; 2 = after
+  int32_t ambiguous;     // out: 1 = the result may be the kernel's restart marker (rax = nr)
+};
+void vkrt_syscall_in_rseq(RseqSyscall* call);
+}
+static_assert(offsetof(RseqSyscall, rseq_cs) == 48 && offsetof(RseqSyscall, result) == 56 &&
+              offsetof(RseqSyscall, handler) == 64 && offsetof(RseqSyscall, stage) == 68 &&
+              offsetof(RseqSyscall, ambiguous) == 72);
+
+OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, uint64_t a0,
+                                uint64_t a1, uint64_t a2, uint64_t a3, int* written) {
+  if (written != nullptr) *written = ~0;
+  RseqSyscall call = {&open, nr, {a0, a1, a2, a3}, reinterpret_cast<uint64_t*>(&rs->rseq_cs),
+                      0, 0, 0, 0};
+  vkrt_syscall_in_rseq(&call);
+  OpenCall out;
+  out.result = call.result;
+  out.handler_ran = call.handler != 0;
+  if (call.ambiguous != 0 && (written == nullptr || *written == ~0)) {
+    out.result = OpenCall::kNotReturned;  // set up to restart: it did not return
+  }
+  // No frame here after an abort once signals were open: a preemption, or a handler on the
+  // alternate stack.
+  if (call.stage == 2 && !out.handler_ran) out.handler_ran = AltStackHandlerRan();
+  return out;
+}
+
+// Linux puts a frame's FPU area at the top of the alternate stack, so its FP_XSTATE_MAGIC2
+// lands in the top 128 bytes. Without an alternate stack, or while running on it (handlers
+// then use this stack, where the caller looked), no.
+bool AltStackHandlerRan() {
+  stack_t ss;
+  if (syscall(SYS_sigaltstack, nullptr, &ss) != 0) return true;  // cannot tell
+  if ((ss.ss_flags & (SS_DISABLE | SS_ONSTACK)) != 0 || ss.ss_size < 128) return false;
+  const uint64_t top = reinterpret_cast<uint64_t>(ss.ss_sp) + ss.ss_size;
+  uint8_t area[128];
+  // Through the kernel: the stack's memory may have gone meanwhile.
+  auto read = CopyProcessMemory(getpid(), false, top - sizeof(area), area, sizeof(area));
+  if (!read.ok() || *read != sizeof(area)) return true;
+  constexpr uint32_t kMagic2 = 0x46505845;  // FP_XSTATE_MAGIC2
+  bool found = false;
+  for (size_t i = 0; i + 4 <= sizeof(area); ++i) {
+    uint32_t v;
+    memcpy(&v, area + i, 4);
+    if (v == kMagic2) {
+      found = true;
+      const uint32_t zero = 0;
+      (void)CopyProcessMemory(getpid(), true, top - sizeof(area) + i,
+                              const_cast<uint32_t*>(&zero), 4);
+    }
+  }
+  return found;
 }
 
 }  // namespace vkrt

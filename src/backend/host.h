@@ -46,6 +46,39 @@ absl::StatusOr<std::vector<pid_t>> ListTasks(pid_t pid);
 // `register_own` false: never registers, only reports.
 struct rseq* ThreadRseq(bool register_own = true);
 
+// What SyscallWithSignalsOpen's call did.
+struct OpenCall {
+  static constexpr long kNotReturned = -1000;  // never a result of the calls used here
+  long result = kNotReturned;  // the call's result, or kNotReturned: it did not return
+  bool handler_ran = false;    // a signal handler ran in this thread during the call
+};
+
+// Precondition: every signal is blocked in this thread, and `rs` is its rseq area
+// (ThreadRseq()). Sets the signal mask to `open`, makes system call `nr` with arguments
+// `a0`..`a3`, and blocks every signal again, all in one restartable sequence
+// (vkrt_syscall_in_rseq, arch/x86_64/entry.S): so a signal handler that runs anywhere in
+// between is seen, even one installed with SA_RESTART (whose restarted call would otherwise
+// hide it). Returns with every signal blocked. Outcomes:
+//   - result set, handler_ran false: the call returned.
+//   - result set, handler_ran true: the call returned (perhaps -EINTR) and a handler ran.
+//   - kNotReturned, handler_ran true: a handler ran before the call returned.
+//   - kNotReturned, handler_ran false: preempted before the call returned: call again.
+// `written`, for a call whose result can equal its own number (wait4 may return pid 61):
+// a word the call writes only when it succeeds; it is preset to ~0 here, and tells a
+// result from the kernel's restart marker. Other calls pass nullptr. A handler that ran on
+// the alternate signal stack is looked for only after an abort (AltStackHandlerRan).
+// No allocation, no lock: on the RUN path.
+OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, uint64_t a0,
+                                uint64_t a1, uint64_t a2, uint64_t a3, int* written);
+
+// After a restartable sequence that guards a wait was aborted and no signal frame showed
+// under the stack's red zone (a preemption, or a handler on another stack): whether a
+// handler ran on this thread's alternate signal stack since the last look (true also when
+// that cannot be told). Clears what it found, so that a handler shows at most once; one
+// that ran before the wait began may show (the wait then ends as if interrupted). A few
+// system calls: only for the rare aborted case.
+bool AltStackHandlerRan();
+
 }  // namespace vkrt
 
 #endif  // VKRT_SRC_BACKEND_HOST_H_

@@ -8,9 +8,10 @@
  * backend reads it as the guest's initial state and overwrites it with the guest's final
  * state; it is loaded back here after all compiled code has run. PKRU is never loaded.
  *
- * vkrt_wait_in_rseq: unblocks signals and waits for the traced guest thread to stop, inside
- * a restartable-sequence critical section, so that a signal handler that runs during the
- * wait is noticed even when it was installed with SA_RESTART (see ptrace_backend.cc).
+ * vkrt_syscall_in_rseq: a blocking system call with signals unblocked inside a
+ * restartable-sequence critical section, so that a signal handler that runs during the wait
+ * is noticed even when it was installed with SA_RESTART (the ptrace and seccomp backends'
+ * waits).
  */
 #define XSAVE_AREA_MAX 16384  /* AMX makes the standard-format area ~11 KiB */
 
@@ -71,210 +72,157 @@ vkrt_vmspace_run:
 	ret
 
 /*
- * long vkrt_wait_in_rseq(const uint64_t *sigmask, int tid, int *status)
+ * void vkrt_syscall_in_rseq(struct RseqSyscall *call)
  *
- * Precondition: signals are blocked; this thread's rseq_cs points at vkrt_wait_rseq_cs.
- * Sets the signal mask to *sigmask, then wait4(tid, status, __WALL), both inside one
- * restartable sequence, so that a signal handler that runs anywhere from the unblocking to
- * the wait (including a wait4 the kernel would restart for SA_RESTART) sends the thread to
- * the abort handler. Preemption also aborts; rcx (set by each `syscall` to the address after
- * it) says how far the thread got, and when that is between the two calls, a signal frame
- * the kernel wrote below the red zone tells a handler from a preemption: the frame's
- * FP_XSTATE_MAGIC2 lands in the 64 bytes under rsp-128, which are zeroed beforehand.
- * Returns wait4's result (a pid or -errno), or
- *   -1001  preempted before the mask was set (signals still blocked): retry
- *   -1002  preempted after the mask was set, no handler ran: block signals and retry
- *   -1003  a signal handler ran (a handler on an alternate stack is not seen between the
- *          two calls, only in wait4)
+ * A blocking system call with signals open, for a RUN that must notice every signal handler
+ * that runs in its thread meanwhile, even one installed with SA_RESTART (which the kernel
+ * would otherwise restart silently). Precondition: every signal is blocked. Inside one
+ * restartable sequence (vkrt_syscall_rseq_cs, armed and disarmed here): set the signal mask
+ * to *mask, make the call, and block every signal again. So a handler that runs anywhere from
+ * the unblocking to the block aborts the sequence, and none can run after it: the function
+ * always returns with every signal blocked. The abort handler blocks them first, then looks
+ * for a handler's frame: the frame's FP_XSTATE_MAGIC2 lands in the 64 bytes under rsp-128,
+ * which are zeroed beforehand. rcx (set by each `syscall` to the address after it) says how
+ * far the sequence got. Preemption aborts too.
+ *
+ * struct RseqSyscall (backend/host.h) in:  mask, nr, args[4], rseq_cs (&rseq->rseq_cs)
+ *                                     out: result  the call's result, or -1000 if the call
+ *                                                   did not return (see ambiguous)
+ *                                          handler 1: a handler's frame showed on this stack
+ *                                          stage   0: not aborted; 1: aborted before the mask
+ *                                                   was set; 2: aborted after
+ *                                          ambiguous 1: aborted at the call's return with rax
+ *                                                   still equal to nr: either the call
+ *                                                   returned that, or the kernel set it up to
+ *                                                   restart (after a handler, or a stop)
  */
+#define RC_MASK 0
+#define RC_NR 8
+#define RC_ARGS 16
+#define RC_RSEQ_CS 48
+#define RC_RESULT 56
+#define RC_HANDLER 64
+#define RC_STAGE 68
+#define RC_AMBIGUOUS 72
+#define NOT_RETURNED -1000
 #define FP_XSTATE_MAGIC2 0x46505845
 	.text
-	.globl vkrt_wait_in_rseq
-	.hidden vkrt_wait_in_rseq
-	.type vkrt_wait_in_rseq, @function
-vkrt_wait_in_rseq:
-	push %r12
-	push %r13
-	push %r14
-	mov %rdi, %r12
-	mov %esi, %r13d
-	mov %rdx, %r14
-	lea -256(%rsp), %rdi         /* zero [rsp-256, rsp-128): where a frame's magic lands */
-	mov $16, %ecx
-	xor %eax, %eax
-	rep stosq
-	xor %ecx, %ecx
-.Lcs_start:
-	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
-	mov $2, %edi
-	mov %r12, %rsi
-	xor %edx, %edx
-	mov $8, %r10d
-	syscall
-.Lunblocked:
-	mov $61, %eax                /* wait4(tid, status, __WALL, NULL) */
-	mov %r13d, %edi
-	mov %r14, %rsi
-	mov $0x40000000, %edx
-	xor %r10d, %r10d
-	syscall
-.Lcs_end:
-	pop %r14
-	pop %r13
-	pop %r12
-	ret
-	.long 0x53053053             /* RSEQ_SIG */
-.Lcs_abort:
-	lea .Lcs_end(%rip), %rdx
-	cmp %rdx, %rcx
-	je 3f                        /* wait4 had begun: a handler interrupted it */
-	lea .Lunblocked(%rip), %rdx
-	cmp %rdx, %rcx
-	je 1f
-	mov $-1001, %rax
-	jmp .Lcs_end
-1:	lea -256(%rsp), %rdi         /* between the calls: look for a signal frame's magic */
-	mov $32, %ecx
-2:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
-	je 3f
-	add $4, %rdi
-	dec %ecx
-	jnz 2b
-	mov $-1002, %rax
-	jmp .Lcs_end
-3:	mov $-1003, %rax
-	jmp .Lcs_end
-	.size vkrt_wait_in_rseq, .-vkrt_wait_in_rseq
-
-	.section .data.rel.ro, "aw"
-	.p2align 5
-	.globl vkrt_wait_rseq_cs
-	.hidden vkrt_wait_rseq_cs
-	.type vkrt_wait_rseq_cs, @object
-vkrt_wait_rseq_cs:
-	.long 0                      /* version */
-	.long 0                      /* flags */
-	.quad .Lcs_start             /* start_ip */
-	.quad .Lcs_end - .Lcs_start  /* post_commit_offset */
-	.quad .Lcs_abort             /* abort_ip */
-	.size vkrt_wait_rseq_cs, 32
-
-/*
- * long vkrt_futex_wait_in_rseq(const uint64_t *sigmask, const uint32_t *uaddr, uint32_t val,
- *                              const struct timespec *timeout)
- *
- * vkrt_wait_in_rseq's twin for the seccomp backend: sets the signal mask, then
- * futex(uaddr, FUTEX_WAIT, val, timeout) (shared, not private: the word lives in memory
- * shared with a stub process), both inside one restartable sequence (vkrt_futex_rseq_cs).
- * Same results: the futex call's (0 or -errno), or -1001/-1002/-1003 as above. It returns
- * with every signal blocked: the sequence goes on after the futex call to block them again,
- * and the abort handler blocks them before it looks for a handler's frame, so that a handler
- * that runs after the wait (a timeout and a signal at once, or a signal just after) is seen
- * too. (Returning with signals open let such a handler run unseen, and RUN then never ended:
- * 1 in ~140 runs of TimerSignalEndsRunWithSaRestart/seccomp under ASan.)
- */
-	.text
-	.globl vkrt_futex_wait_in_rseq
-	.hidden vkrt_futex_wait_in_rseq
-	.type vkrt_futex_wait_in_rseq, @function
-vkrt_futex_wait_in_rseq:
+	.globl vkrt_syscall_in_rseq
+	.hidden vkrt_syscall_in_rseq
+	.type vkrt_syscall_in_rseq, @function
+vkrt_syscall_in_rseq:
+	push %rbx
 	push %r12
 	push %r13
 	push %r14
 	push %r15
 	mov %rdi, %r12
-	mov %rsi, %r13
-	mov %edx, %r14d
-	mov %rcx, %r15
-	lea -256(%rsp), %rdi
+	lea -256(%rsp), %rdi         /* zero [rsp-256, rsp-128): where a frame's magic lands */
 	mov $16, %ecx
 	xor %eax, %eax
 	rep stosq
+	movq $NOT_RETURNED, RC_RESULT(%r12)
+	movl $0, RC_HANDLER(%r12)
+	movl $0, RC_STAGE(%r12)
+	movl $0, RC_AMBIGUOUS(%r12)
+	mov RC_NR(%r12), %rbx
+	mov $NOT_RETURNED, %r15      /* the result, once copied from rax */
+	mov RC_RSEQ_CS(%r12), %r13
+	lea vkrt_syscall_rseq_cs(%rip), %rax
+	mov %rax, (%r13)
 	xor %ecx, %ecx
-.Lfcs_start:
-	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, sigmask, NULL, 8) */
+.Lrc_start:
+	mov $14, %eax                /* rt_sigprocmask(SIG_SETMASK, mask, NULL, 8) */
 	mov $2, %edi
-	mov %r12, %rsi
+	mov RC_MASK(%r12), %rsi
 	xor %edx, %edx
 	mov $8, %r10d
 	syscall
-.Lfunblocked:
-	mov $202, %eax               /* futex(uaddr, FUTEX_WAIT, val, timeout) */
-	mov %r13, %rdi
-	xor %esi, %esi
-	mov %r14d, %edx
-	mov %r15, %r10
+.Lrc_unblocked:
+	mov %rbx, %rax               /* the call */
+	mov RC_ARGS(%r12), %rdi
+	mov RC_ARGS+8(%r12), %rsi
+	mov RC_ARGS+16(%r12), %rdx
+	mov RC_ARGS+24(%r12), %r10
 	syscall
-.Lfafter:
-	mov %rax, %r8                /* the futex's result */
+.Lrc_after:
+	mov %rax, %r15
 	mov $14, %eax                /* rt_sigprocmask(SIG_BLOCK, all, NULL, 8), still inside */
 	xor %edi, %edi
-	lea .Lfall_signals(%rip), %rsi
+	lea .Lrc_all_signals(%rip), %rsi
 	xor %edx, %edx
 	mov $8, %r10d
 	syscall
-.Lfblocked:
-	mov %r8, %rax
-.Lfcs_end:
+.Lrc_blocked:
+	mov %r15, RC_RESULT(%r12)
+.Lrc_end:
+	mov RC_RSEQ_CS(%r12), %r13
+	movq $0, (%r13)
 	pop %r15
 	pop %r14
 	pop %r13
 	pop %r12
+	pop %rbx
 	ret
 	.long 0x53053053             /* RSEQ_SIG */
-.Lfcs_abort:
+.Lrc_abort:
 	/* Block signals first: a handler that runs from here until the block is done leaves its
 	 * frame under rsp too, and the look for one below comes after it. */
 	mov %rcx, %r13               /* how far the sequence got (the last call's return) */
-	mov %rax, %r14               /* the futex's result, if it had just returned */
+	mov %rax, %r14               /* the call's result, if it had just returned */
 	mov $14, %eax
 	xor %edi, %edi
-	lea .Lfall_signals(%rip), %rsi
+	lea .Lrc_all_signals(%rip), %rsi
 	xor %edx, %edx
 	mov $8, %r10d
 	syscall
-	lea .Lfblocked(%rip), %rdx
+	movl $2, RC_STAGE(%r12)
+	lea .Lrc_blocked(%rip), %rdx
 	cmp %rdx, %r13
-	je 4f                        /* after the futex and the block: r8 has the result */
-	mov %r14, %r8
-	lea .Lfafter(%rip), %rdx
+	je 2f                        /* after the call and the block: r15 has the result */
+	lea .Lrc_after(%rip), %rdx
 	cmp %rdx, %r13
-	je 4f                        /* at the futex's return: r14 had its result */
-	lea .Lfunblocked(%rip), %rdx
+	jne 1f
+	cmp $NOT_RETURNED, %r15
+	jne 2f                       /* at the call's return, r15 has the result ... */
+	mov %r14, %r15               /* ... or rax had it still, unless the call restarts */
+	cmp %rbx, %r14
+	jne 2f
+	movl $1, RC_AMBIGUOUS(%r12)
+	jmp 2f
+1:	lea .Lrc_unblocked(%rip), %rdx
 	cmp %rdx, %r13
-	je 1f
-	mov $-1001, %rax
-	jmp .Lfcs_end
-1:	mov $-1002, %r8              /* between the calls: a preemption, unless a frame shows */
-4:	lea -256(%rsp), %rdi         /* at or after the futex: a handler ran if a frame shows */
+	je 3f                        /* between the two calls */
+	movl $1, RC_STAGE(%r12)      /* before the mask was set: no handler can have run */
+	jmp .Lrc_end
+2:	mov %r15, RC_RESULT(%r12)
+3:	lea -256(%rsp), %rdi         /* a handler ran if its frame's magic shows */
 	mov $32, %ecx
-2:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
-	je 3f
+4:	cmpl $FP_XSTATE_MAGIC2, (%rdi)
+	je 5f
 	add $4, %rdi
 	dec %ecx
-	jnz 2b
-	mov %r8, %rax                /* no handler: preempted (or the futex's own result) */
-	jmp .Lfcs_end
-3:	mov $-1003, %rax
-	jmp .Lfcs_end
-	.size vkrt_futex_wait_in_rseq, .-vkrt_futex_wait_in_rseq
+	jnz 4b
+	jmp .Lrc_end
+5:	movl $1, RC_HANDLER(%r12)
+	jmp .Lrc_end
+	.size vkrt_syscall_in_rseq, .-vkrt_syscall_in_rseq
 
 	.section .rodata
 	.p2align 3
-.Lfall_signals:
+.Lrc_all_signals:
 	.quad -1
-
 	.section .data.rel.ro, "aw"
 	.p2align 5
-	.globl vkrt_futex_rseq_cs
-	.hidden vkrt_futex_rseq_cs
-	.type vkrt_futex_rseq_cs, @object
-vkrt_futex_rseq_cs:
-	.long 0
-	.long 0
-	.quad .Lfcs_start
-	.quad .Lfcs_end - .Lfcs_start
-	.quad .Lfcs_abort
-	.size vkrt_futex_rseq_cs, 32
+	.globl vkrt_syscall_rseq_cs
+	.hidden vkrt_syscall_rseq_cs
+	.type vkrt_syscall_rseq_cs, @object
+vkrt_syscall_rseq_cs:
+	.long 0                      /* version */
+	.long 0                      /* flags */
+	.quad .Lrc_start             /* start_ip */
+	.quad .Lrc_end - .Lrc_start  /* post_commit_offset */
+	.quad .Lrc_abort             /* abort_ip */
+	.size vkrt_syscall_rseq_cs, 32
 
 	.section .note.GNU-stack,"",@progbits

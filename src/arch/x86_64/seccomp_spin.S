@@ -20,8 +20,13 @@
  *   -1  aborted, and a signal frame below the red zone shows a handler ran on this stack
  *   -2  aborted, no frame below the red zone: a preemption, or a handler on an alternate
  *       stack (the caller looks there)
- * After an abort, signals are as they were, and the guest may or may not have been released
- * (the caller reads its own store back).
+ * After an abort, signals are blocked too (*old_mask: the mask before): the abort handler
+ * blocks them before it looks for a frame, so a handler that runs between the abort and the
+ * block leaves its frame where the look finds it, and none can run after it. (Returning with
+ * signals open and spinning again from C let a handler run unseen between two sequences
+ * while the guest ran.) The guest may or may not have been released, and a context that
+ * went to sleep meanwhile may need a wake: the caller reads its own store back and releases
+ * again as needed.
  */
 #include "arch/x86_64/seccomp_layout.h"
 
@@ -110,6 +115,12 @@ vkrt_seccomp_spin_in_rseq:
 	jmp .Lsreturn
 	.long 0x53053053             /* RSEQ_SIG */
 .Lscs_abort:
+	mov $14, %eax                /* rt_sigprocmask(SIG_BLOCK, all, old, 8) first */
+	xor %edi, %edi
+	mov SP_ALL(%r12), %rsi
+	mov SP_OLD(%r12), %rdx
+	mov $8, %r10d
+	syscall
 	lea -256(%rsp), %rdi         /* a handler on this stack left its frame's magic here */
 	mov $32, %ecx
 3:	cmpl $FP_XSTATE_MAGIC2, (%rdi)

@@ -37,20 +37,10 @@
 #include "backend/host.h"
 #include "thread_state.h"
 
-extern "C" {
-long vkrt_wait_in_rseq(const uint64_t* sigmask, int tid, int* status);
-extern const struct rseq_cs vkrt_wait_rseq_cs;
-}
-
 namespace vkrt {
 namespace {
 
 using x86_64::kStubBase;
-
-// vkrt_wait_in_rseq's results besides wait4's own (entry.S).
-constexpr long kPreemptedBlocked = -1001;
-constexpr long kPreemptedUnblocked = -1002;
-constexpr long kSignalled = -1003;
 
 constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 // Signals the kernel ignores unless a handler is installed.
@@ -647,12 +637,14 @@ absl::Status PtraceAddressSpace::Died(Context& c) {
 // a miss the next kSpinBackoff RUNs skip it.
 //
 // Then a signal that arrived since RUN began is pending: unblocking delivers it, and that
-// alone ends the wait. Otherwise vkrt_wait_in_rseq (entry.S) unblocks and waits inside a
-// restartable sequence, which tells a handler that ran from the unblocking to the end of the
-// wait from a preemption. The one case it cannot see is a handler on an alternate signal
-// stack that runs in the few instructions between the two calls; such a signal is noticed
-// at the guest's next stop. Without rseq (kernels before 4.18, valgrind) handlers without
-// SA_RESTART and vkrt's own kicks are still noticed (EINTR).
+// alone ends the wait. Otherwise SyscallWithSignalsOpen (host.h) unblocks, waits and blocks
+// again inside a restartable sequence, which tells a handler that ran anywhere in between
+// from a preemption; a stop and a handler can come together (both are reported). Without
+// rseq (kernels before 4.18, valgrind) handlers without SA_RESTART and vkrt's own kicks are
+// still noticed (EINTR).
+//
+// Returns the stop's wait status, or -1 if none was taken. `signalled`: a handler ran.
+// `unblocked`: signals are left as `wait_mask` says (else all blocked).
 absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wait_mask,
                                                   bool& signalled, bool& unblocked) {
   unblocked = false;
@@ -664,7 +656,6 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
     if (syscall(SYS_wait4, c.tid, &status, __WALL | WNOHANG, nullptr) == c.tid) return status;
     c.spin_backoff = kSpinBackoff;
   }
-  unblocked = true;
   // With signals blocked: if one the wait would let in is pending, let it in (its handler
   // runs on the way out of rt_sigprocmask) and report that.
   auto deliver_pending = [&] {
@@ -672,6 +663,7 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
     syscall(SYS_rt_sigpending, &pending, 8);
     if ((pending & ~wait_mask) == 0) return false;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
+    unblocked = true;
     signalled = true;
     return true;
   };
@@ -681,25 +673,26 @@ absl::StatusOr<int> PtraceAddressSpace::WaitGuest(Context& c, const uint64_t& wa
   for (;;) {
     int status = 0;
     long r;
-    // Preempted between unblocking and wait4 again and again (a debugger or strace stops
-    // the thread at every system call): wait without rseq rather than spin here.
+    // Preempted before wait4 returned again and again (a debugger or strace stops the
+    // thread at every system call): wait without rseq rather than spin here.
     if (rs != nullptr && preemptions < 3) {
-      __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_wait_rseq_cs),
-                       __ATOMIC_RELAXED);
-      r = vkrt_wait_in_rseq(&wait_mask, c.tid, &status);
-      __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
-      if (r == kPreemptedBlocked) continue;
-      if (r == kPreemptedUnblocked) {
-        ++preemptions;
-        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
-        if (deliver_pending()) return -1;
-        continue;
-      }
-      if (r == kSignalled) {
+      const OpenCall call =
+          SyscallWithSignalsOpen(rs, wait_mask, SYS_wait4, static_cast<uint64_t>(c.tid),
+                                 reinterpret_cast<uint64_t>(&status), __WALL, 0, &status);
+      signalled = call.handler_ran;
+      if (call.result == c.tid) return status;  // (a handler may have run too)
+      if (call.handler_ran || call.result == -EINTR) {
         signalled = true;
         return -1;
       }
+      if (call.result == OpenCall::kNotReturned) {
+        ++preemptions;
+        if (deliver_pending()) return -1;
+        continue;
+      }
+      r = call.result;
     } else {
+      unblocked = true;
       syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
       r = syscall(SYS_wait4, c.tid, &status, __WALL, nullptr);
       if (r < 0) r = -errno;
@@ -781,8 +774,9 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   // would swallow a handler), and notice a kick whose handler ran since the RUN began.
   const uint32_t kicks_at_start = ThreadState::Kicks();
   bool open_after_wait = false;
+  bool handler_seen = false;  // a handler ran while the wait took a stop
   auto TakePendingSignal = [&] {
-    if (ThreadState::Kicks() != kicks_at_start) return true;
+    if (handler_seen || ThreadState::Kicks() != kicks_at_start) return true;
     uint64_t pending = 0;
     syscall(SYS_rt_sigpending, &pending, 8);
     if ((pending & ~wait_mask) == 0) return false;
@@ -800,14 +794,20 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   for (;;) {
     int status;
     if (!stopping) {
-      bool signalled = false;
-      bool unblocked = false;
-      auto waited = WaitGuest(c, wait_mask, signalled, unblocked);
-      // Restore old_mask at the end unless the wait already left exactly that in place.
-      blocked = !unblocked || wait_mask != old_mask;
-      open_after_wait = unblocked;
-      if (!waited.ok()) return waited.status();
-      if (signalled) {
+      // A handler that ran as a stop came (below) ends RUN at the next wait.
+      bool signalled = handler_seen;
+      absl::StatusOr<int> waited = -1;
+      if (!signalled) {
+        bool unblocked = false;
+        waited = WaitGuest(c, wait_mask, signalled, unblocked);
+        // Restore old_mask at the end unless the wait already left exactly that in place.
+        blocked = !unblocked || wait_mask != old_mask;
+        open_after_wait = unblocked;
+        if (!waited.ok()) return waited.status();
+      }
+      if (signalled && *waited >= 0) {
+        handler_seen = true;  // the stop first: RUN may return it anyway
+      } else if (signalled) {
         // A handler ran in this thread (a signal, the timeout or vkrt_interrupt): stop the
         // guest and report its state with tf_trapno = 0.
         (void)ts.TakeInterrupt();

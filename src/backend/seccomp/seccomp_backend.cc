@@ -41,10 +41,6 @@
 #include "thread_state.h"
 
 extern "C" {
-long vkrt_futex_wait_in_rseq(const uint64_t* sigmask, const uint32_t* uaddr, uint32_t val,
-                             const struct timespec* timeout);
-extern const struct rseq_cs vkrt_futex_rseq_cs;
-
 // arch/x86_64/seccomp_spin.S: releases the guest and spins for its report in a restartable
 // sequence, signals as they are. The layout is the assembly's.
 struct SeccompSpin {
@@ -67,8 +63,7 @@ namespace {
 
 using x86_64::kStubBase;
 
-constexpr long kPreemptedBlocked = -1001;    // vkrt_futex_wait_in_rseq (entry.S)
-constexpr long kPreemptedUnblocked = -1002;
+constexpr long kPreempted = -1001;  // the blocked wait's own results
 constexpr long kSignalled = -1003;
 
 // vkrt_seccomp_spin_in_rseq's results.
@@ -77,6 +72,20 @@ constexpr int kSpinGotBlocked = 1;      // the report came; signals now blocked
 constexpr int kSpinTimeUp = 2;          // signals now blocked
 constexpr int kSpinWakeContext = 3;     // the context sleeps; signals now blocked
 constexpr int kSpinHandlerRan = -1;     // aborted by a handler on this stack
+
+// TSan calls a signal's handler late, at the thread's next interceptor, not when the kernel
+// delivers the signal.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kHandlersMayRunLate = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kHandlersMayRunLate = true;
+#else
+constexpr bool kHandlersMayRunLate = false;
+#endif
+#else
+constexpr bool kHandlersMayRunLate = false;
+#endif
 
 constexpr uint64_t SigBit(int sig) { return uint64_t{1} << (sig - 1); }
 constexpr uint64_t kIgnoredByDefault =
@@ -327,7 +336,10 @@ class SeccompAddressSpace : public AddressSpace {
                           const void* xstate);
   // What the context reads when it resumes, but the resume sequence number.
   void PrepareResume(Context& c);
-  void Resume(Context& c);
+  // Stores the resume sequence number (releasing the guest; storing it again changes
+  // nothing) and wakes the context if it sleeps.
+  void Release(Context& c);
+  void Resume(Context& c);  // PrepareResume, then Release
   bool ContextAlive(const Context& c) const;
   absl::Status Died(const char* why);
 
@@ -940,6 +952,10 @@ void SeccompAddressSpace::PrepareResume(Context& c) {
 
 void SeccompAddressSpace::Resume(Context& c) {
   PrepareResume(c);
+  Release(c);
+}
+
+void SeccompAddressSpace::Release(Context& c) {
   uint8_t* cmd = Command(SlotOf(c));
   Store(cmd + CMD_RESP_SEQ, c.seq);
   __atomic_thread_fence(__ATOMIC_SEQ_CST);  // against the context's "sleeping" flag (Dekker)
@@ -973,37 +989,6 @@ void StoreXstate(const uint8_t* fp, void* area) {
   }
 }
 
-// After the fast wait was aborted with no signal frame under this stack's red zone: did a
-// handler run on the thread's alternate signal stack? Linux puts the frame's FPU area at the
-// top of that stack, so its FP_XSTATE_MAGIC2 lands in the top 128 bytes. The magic is erased
-// after each look, so one left by a handler that ran before this RUN shows at most once (RUN
-// then ends early, as if interrupted). Without an alternate stack, or while running on it
-// (handlers then use this stack), no. Only after an abort, which is rare: system calls are
-// fine here.
-bool AltStackHandlerRan() {
-  stack_t ss;
-  if (syscall(SYS_sigaltstack, nullptr, &ss) != 0) return true;  // cannot tell
-  if ((ss.ss_flags & (SS_DISABLE | SS_ONSTACK)) != 0 || ss.ss_size < 128) return false;
-  const uint64_t top = reinterpret_cast<uint64_t>(ss.ss_sp) + ss.ss_size;
-  uint8_t area[128];
-  // Through the kernel: the stack's memory may have gone meanwhile.
-  auto read = CopyProcessMemory(getpid(), false, top - sizeof(area), area, sizeof(area));
-  if (!read.ok() || *read != sizeof(area)) return true;
-  constexpr uint32_t kMagic2 = 0x46505845;  // FP_XSTATE_MAGIC2
-  bool found = false;
-  for (size_t i = 0; i + 4 <= sizeof(area); ++i) {
-    uint32_t v;
-    memcpy(&v, area + i, 4);
-    if (v == kMagic2) {
-      found = true;
-      const uint32_t zero = 0;
-      (void)CopyProcessMemory(getpid(), true, top - sizeof(area) + i,
-                              const_cast<uint32_t*>(&zero), 4);
-    }
-  }
-  return found;
-}
-
 absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState& state,
                                                           const RunLimits& limits) {
   ThreadState& ts = ThreadState::Current();
@@ -1026,14 +1011,13 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     if (blocked) syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, 8);
   };
   struct rseq* const rs = ThreadRseq();
-  // Signals blocked from here on: a handler that ran while RUN set up (signals open, outside
-  // any restartable sequence) was never seen, and the guest then ran on to its next exit
-  // (EarlySignalsEndRunWithSaRestart/seccomp under TSan). A signal now waits, pending, for
-  // the checks and the rseq-guarded wait below. (The spin with signals open saved two
-  // sigprocmask calls per RUN; bringing it back needs the setup inside a sequence too. Until
-  // then the `!blocked` spin branch below, vkrt_seccomp_spin_in_rseq and AltStackHandlerRan
-  // are not reached.)
-  Block();
+  // Where the guest last ran on another CPU, RUN sets up with signals open and releases the
+  // guest in the fast wait's restartable sequence: a handler that runs before the release
+  // ran before the guest did (as if it came before RUN), one that runs after it aborts the
+  // sequence. Otherwise, and under TSan, signals are blocked from here on. (TSan runs a
+  // handler late, at its next interceptor: one the kernel delivered during the setup could
+  // then run, unseen, once the guest was released; EarlySignalsEndRunWithSaRestart failed.)
+  if (kHandlersMayRunLate || rs == nullptr || c.last_cpu == CurrentCpu()) Block();
   // Before the interrupt request and the timer: a kick (their signal) from here on shows.
   const uint32_t kicks_at_start = ThreadState::Kicks();
   if (ts.TakeInterrupt()) return GuestExit{};
@@ -1087,32 +1071,29 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       const SeccompSpin spin = {reinterpret_cast<uint32_t*>(cmd + CMD_RESP_SEQ), c.seq, want,
                                 mb, __rdtsc() + SpinTicks(), pass, &kAllSignals, &old_mask,
                                 reinterpret_cast<uint64_t*>(&rs->rseq_cs)};
-      for (;;) {
-        const int r = vkrt_seccomp_spin_in_rseq(&spin);
-        if (r == kSpinGot) {
-          got = true;
-          break;
-        }
-        if (r > 0) {  // signals now blocked
-          wait_mask = old_mask | kIgnoredByDefault;
-          blocked = true;
-          got = r == kSpinGotBlocked;
-          if (r == kSpinWakeContext) Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
-          break;
-        }
-        if (r == kSpinHandlerRan || ThreadState::Kicks() != kicks_at_start ||
-            AltStackHandlerRan()) {
-          Block();
-          if (Load(cmd + CMD_RESP_SEQ) != c.seq) {
-            // Before the release: the guest did not run. Its frame stays as loaded.
-            c.rcx_reported_as_r10 = rcx_reported_as_r10;
-            c.rcx_run = run;
-            return GuestExit{};
+      const int r = vkrt_seccomp_spin_in_rseq(&spin);
+      if (r == kSpinGot) {
+        got = true;
+      } else {  // signals now blocked, whatever the result
+        wait_mask = old_mask | kIgnoredByDefault;
+        blocked = true;
+        got = r == kSpinGotBlocked;
+        if (r == kSpinWakeContext) Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
+        if (r < 0) {  // aborted
+          const bool released = Load(cmd + CMD_RESP_SEQ) == c.seq;
+          if (r == kSpinHandlerRan || ThreadState::Kicks() != kicks_at_start ||
+              AltStackHandlerRan()) {
+            if (!released) {
+              // The guest did not run. Its frame stays as loaded.
+              c.rcx_reported_as_r10 = rcx_reported_as_r10;
+              c.rcx_run = run;
+              return GuestExit{};
+            }
+            Kick();  // RUN ends once the guest has stopped
+          } else {
+            Release(c);  // a preemption: release (again) and wait, blocked
           }
-          Kick();  // RUN ends once the guest has stopped
-          break;
         }
-        // A preemption: spin on (releasing again changes nothing).
       }
     } else {
       Resume(c);
@@ -1143,14 +1124,15 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       long r;
       struct rseq* rs = interrupted ? nullptr : ThreadRseq();
       if (rs != nullptr) {
-        // Unblock and wait in one restartable sequence: a handler that runs in between (even
-        // with SA_RESTART) is noticed.
-        __atomic_store_n(&rs->rseq_cs, reinterpret_cast<uint64_t>(&vkrt_futex_rseq_cs),
-                         __ATOMIC_RELAXED);
-        r = vkrt_futex_wait_in_rseq(&wait_mask, reinterpret_cast<uint32_t*>(mb + MB_REPORT_SEQ),
-                                    now, &slice);
-        __atomic_store_n(&rs->rseq_cs, 0, __ATOMIC_RELAXED);
-        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &kAllSignals, nullptr, 8);
+        // Unblock, wait and block again in one restartable sequence: a handler that runs
+        // in between (even with SA_RESTART) is noticed. (The futex word is shared with the
+        // stub process: not FUTEX_PRIVATE.)
+        const OpenCall call = SyscallWithSignalsOpen(
+            rs, wait_mask, SYS_futex, reinterpret_cast<uint64_t>(mb + MB_REPORT_SEQ), FUTEX_WAIT,
+            now, reinterpret_cast<uint64_t>(&slice), nullptr);
+        r = call.handler_ran                              ? kSignalled
+            : call.result == OpenCall::kNotReturned ? kPreempted
+                                                          : call.result;
       } else if (!interrupted) {
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
         r = Futex(mb + MB_REPORT_SEQ, FUTEX_WAIT, now, &slice);
@@ -1179,7 +1161,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
                       "signal); the stub was killed");
         }
         if (!interrupted && ThreadState::Kicks() != kicks_at_start) Kick();
-      } else if (r == kPreemptedUnblocked || r == kPreemptedBlocked) {
+      } else if (r == kPreempted) {
         continue;
       }
     }
