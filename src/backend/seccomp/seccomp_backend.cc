@@ -1066,6 +1066,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     const uint32_t want = c.seq + 1;
     // Wait for the next report: spin (the guest runs on another CPU), then sleep.
     bool got = false;
+    bool spin_blocked = false;  // spin with signals blocked before the sleep
     if (!blocked) {
       PrepareResume(c);
       const SeccompSpin spin = {reinterpret_cast<uint32_t*>(cmd + CMD_RESP_SEQ), c.seq, want,
@@ -1092,20 +1093,22 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
             Kick();  // RUN ends once the guest has stopped
           } else {
             Release(c);  // a preemption: release (again) and wait, blocked
+            spin_blocked = true;
           }
         }
       }
     } else {
       Resume(c);
-      if (c.last_cpu != CurrentCpu()) {
-        const uint64_t deadline = __rdtsc() + SpinTicks();
-        do {
-          if (Load(mb + MB_REPORT_SEQ) == want) {
-            got = true;
-            break;
-          }
-        } while (__rdtsc() < deadline);
-      }
+      spin_blocked = true;
+    }
+    if (spin_blocked && c.last_cpu != CurrentCpu()) {
+      const uint64_t deadline = __rdtsc() + SpinTicks();
+      do {
+        if (Load(mb + MB_REPORT_SEQ) == want) {
+          got = true;
+          break;
+        }
+      } while (__rdtsc() < deadline);
     }
     while (!got) {
       if (Load(mb + MB_REPORT_SEQ) == want) break;
@@ -1130,9 +1133,9 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         const OpenCall call = SyscallWithSignalsOpen(
             rs, wait_mask, SYS_futex, reinterpret_cast<uint64_t>(mb + MB_REPORT_SEQ), FUTEX_WAIT,
             now, reinterpret_cast<uint64_t>(&slice), nullptr);
-        r = call.handler_ran                              ? kSignalled
+        r = call.handler_ran                        ? kSignalled
             : call.result == OpenCall::kNotReturned ? kPreempted
-                                                          : call.result;
+                                                    : call.result;
       } else if (!interrupted) {
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &wait_mask, nullptr, 8);
         r = Futex(mb + MB_REPORT_SEQ, FUTEX_WAIT, now, &slice);
