@@ -85,7 +85,7 @@ vkrt_vmspace_run:
  * which are zeroed beforehand. rcx (set by each `syscall` to the address after it) says how
  * far the sequence got. Preemption aborts too.
  *
- * struct RseqSyscall (backend/host.h) in:  mask, nr, args[4], rseq_cs (&rseq->rseq_cs)
+ * struct RseqSyscall (backend/host.cc) in: mask, nr, args[4], rseq_cs (&rseq->rseq_cs)
  *                                     out: result  the call's result, or -1000 if the call
  *                                                   did not return (see ambiguous)
  *                                          handler 1: a handler's frame showed on this stack
