@@ -78,6 +78,22 @@ class BusyboxUnderMinivk : public ::testing::TestWithParam<const char*> {
     ASSERT_EQ(0, mkdir((dir_ + "/sub").c_str(), 0755));
     write_file(dir_ + "/sub/one.txt", "1\n");
     write_file(dir_ + "/sub/two.txt", "2\n2\n");
+    {
+      // /bin/true naming an interpreter that does not exist.
+      std::string elf;
+      const int fd = open("/bin/true", O_RDONLY);
+      ASSERT_LE(0, fd);
+      char buf[65536];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) elf.append(buf, static_cast<size_t>(n));
+      close(fd);
+      const std::string interp = "/lib64/ld-linux-x86-64.so.2";
+      const size_t at = elf.find(interp + '\0');
+      ASSERT_NE(std::string::npos, at) << "/bin/true does not name " << interp;
+      elf[at + interp.size() - 1] = 'X';
+      write_file(dir_ + "/badinterp", elf);
+      ASSERT_EQ(0, chmod((dir_ + "/badinterp").c_str(), 0755));
+    }
     write_file(dir_ + "/script.sh", "#!/bin/busybox sh\necho \"script $1\"\nexit 5\n");
     chmod((dir_ + "/script.sh").c_str(), 0755);
   }
@@ -131,6 +147,25 @@ const char* const kCommands[] = {
     "env GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX2 /bin/busybox echo tunables read",
 };
 
+// Dynamically linked programs (Debian's essential packages: coreutils, grep, sed, bash, dash,
+// perl-base), which minivk starts in their ELF interpreter as Linux does; busybox sh finds
+// them in PATH for the commands it has no applet for (nice, comm, split on Debian).
+const char* const kDynamicCommands[] = {
+    "/bin/ls -1 sub | /usr/bin/sort -r",
+    "/bin/cat words.txt | /usr/bin/sort | /usr/bin/uniq -c | /usr/bin/sort -rn | /usr/bin/head -n 2",
+    "/bin/grep -c alpha words.txt; /bin/sed -n 2p words.txt",
+    "/usr/bin/sha256sum data.bin",
+    "echo x | /usr/bin/nice -n 1 /bin/cat; /usr/bin/nice -n 5 /usr/bin/nice",
+    "/usr/bin/comm -12 words.txt words.txt | /usr/bin/wc -l",
+    "/usr/bin/perl -e 'print join(q(,), map { $_ * $_ } 1..5), qq(\n)'",
+    "/bin/bash -c 'a=(x y z); echo ${#a[@]} ${a[1]}; /bin/ls sub | /usr/bin/wc -l; exit 4'; "
+    "echo \"bash $?\"",
+    "/bin/sh -c 'echo dash $((1 + 2))'",
+    "/usr/bin/env -i /bin/echo empty environment",
+    // An interpreter that is not there: execve fails with ENOENT, as on Linux.
+    "./badinterp; echo \"rc $?\"",
+};
+
 std::string Describe(const std::string& command, const Result& r) {
   return "`" + command + "` -> status " + std::to_string(r.status) + ", stdout:\n" + r.out;
 }
@@ -152,6 +187,34 @@ TEST_P(BusyboxUnderMinivk, SameStdoutAndStatusAsNative) {
         << "\nminivk: " << Describe(command, guest);
     EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
   }
+}
+
+TEST_P(BusyboxUnderMinivk, DynamicallyLinkedProgramsRunInTheirInterpreter) {
+  const std::string backend = GetParam();
+  const char* why = nullptr;
+  if (vkrt_backend_available(backend.c_str(), &why) != 0) {
+    GTEST_SKIP() << "backend " << backend << " unavailable here: " << (why ? why : "?");
+  }
+  for (const char* command : kDynamicCommands) {
+    const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, dir_, false);
+    ASSERT_NE(-1, native.status) << command;
+    const Result guest = RunProgram(
+        {MINIVK_BIN, "--backend=" + backend, "/bin/busybox", "sh", "-c", command}, dir_, true);
+    EXPECT_EQ(native.status, guest.status)
+        << backend << "\nnative: " << Describe(command, native)
+        << "\nminivk: " << Describe(command, guest);
+    EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
+  }
+  // A dynamically linked program as minivk's first process, and the error for one whose
+  // interpreter is missing.
+  const Result ls = RunProgram({MINIVK_BIN, "--backend=" + backend, "/bin/ls", "sub"}, dir_, true);
+  EXPECT_EQ(0, ls.status);
+  EXPECT_EQ("one.txt\ntwo.txt\n", ls.out);
+  const Result bad = RunProgram({"/bin/sh", "-c", std::string(MINIVK_BIN) + " --backend=" +
+                                                      backend + " ./badinterp 2>&1"},
+                                dir_, false);
+  EXPECT_NE(0, bad.status);
+  EXPECT_NE(std::string::npos, bad.out.find("interpreter /lib64/ld-linux-x86-64.so.X")) << bad.out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BusyboxUnderMinivk,

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -104,7 +105,8 @@ TEST(MinivkElf, RefusesWhatItCannotRunAndSaysWhy) {
       {"64-bit", [](auto& b) { b[EI_CLASS] = ELFCLASS32; }},
       {"x86-64", [](auto& b) { reinterpret_cast<Elf64_Ehdr*>(b.data())->e_machine = EM_AARCH64; }},
       {"not an executable", [](auto& b) { reinterpret_cast<Elf64_Ehdr*>(b.data())->e_type = ET_REL; }},
-      {"dynamically linked", [](auto& b) { Phdr(b)->p_type = PT_INTERP; }},
+      // The only header made PT_INTERP: its "name" is the ELF header, not a path.
+      {"interpreter's name is not a terminated absolute path", [](auto& b) { Phdr(b)->p_type = PT_INTERP; }},
       {"beyond the end of the file", [](auto& b) { Phdr(b)->p_filesz = 1 << 20; Phdr(b)->p_memsz = 1 << 20; }},
       {"file size exceeds", [](auto& b) { Phdr(b)->p_filesz = 8192 + 4096; }},
       {"disagree modulo the page size", [](auto& b) { Phdr(b)->p_vaddr = 0x400010; }},
@@ -119,6 +121,56 @@ TEST(MinivkElf, RefusesWhatItCannotRunAndSaysWhy) {
     EXPECT_NE(std::string::npos, error.find(c.expect)) << "got: " << error;
   }
   EXPECT_FALSE(minivk::ParseElf(good.data(), 10, image, error));
+}
+
+// TinyElf with a second header, PT_INTERP, naming `name` (`len` bytes at file offset 0x800).
+std::vector<unsigned char> ElfWithInterpreter(const char* name, size_t len) {
+  std::vector<unsigned char> bytes = TinyElf();
+  auto* eh = reinterpret_cast<Elf64_Ehdr*>(bytes.data());
+  eh->e_phnum = 2;
+  Elf64_Phdr interp = {};
+  interp.p_type = PT_INTERP;
+  interp.p_offset = 0x800;
+  interp.p_filesz = len;
+  memcpy(bytes.data() + sizeof(Elf64_Ehdr), &interp, sizeof(interp));
+  Elf64_Phdr load = {};
+  load.p_type = PT_LOAD;
+  load.p_flags = PF_R | PF_X;
+  load.p_vaddr = 0x400000;
+  load.p_filesz = 4096;
+  load.p_memsz = 8192;
+  memcpy(bytes.data() + sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr), &load, sizeof(load));
+  memcpy(bytes.data() + 0x800, name, std::min<size_t>(len, 0x800));
+  return bytes;
+}
+
+TEST(MinivkElf, ReadsTheInterpreterOfADynamicallyLinkedProgram) {
+  minivk::ElfImage image;
+  std::string error;
+  std::vector<unsigned char> bytes = ElfWithInterpreter("/lib/ld.so\0", 11);
+  ASSERT_TRUE(minivk::ParseElf(bytes.data(), bytes.size(), image, error)) << error;
+  EXPECT_EQ("/lib/ld.so", image.interpreter);
+  EXPECT_EQ(1u, image.segments.size());
+  ASSERT_TRUE(minivk::ParseElf(TinyElf().data(), 4096, image, error)) << error;
+  EXPECT_EQ("", image.interpreter);
+
+  struct Case {
+    const char* name;
+    size_t len;
+    const char* expect;
+  } bad[] = {
+      {"/lib/ld.so", 10, "not a terminated"},       // no NUL inside p_filesz
+      {"lib/ld.so\0", 10, "not a terminated"},      // relative
+      {"\0", 1, "not a terminated"},                // empty
+      {"/lib/ld.so\0", 0x900, "beyond the end of the file"},
+  };
+  for (const Case& c : bad) {
+    bytes = ElfWithInterpreter(c.name, c.len);
+    if (c.len > 0x800) bytes.resize(0x800 + 16);
+    error.clear();
+    EXPECT_FALSE(minivk::ParseElf(bytes.data(), bytes.size(), image, error)) << c.expect;
+    EXPECT_NE(std::string::npos, error.find(c.expect)) << "got: " << error;
+  }
 }
 
 TEST(MinivkPmap, FramesAndTables) {
@@ -240,6 +292,44 @@ TEST(MinivkLoader, BusyboxRunsToItsFirstSystemCall) {
       << "first system call " << tf.tf_rax;
   printf("busybox's first system call: %ld\n", static_cast<long>(tf.tf_rax));
   EXPECT_EQ(0, vmspace_destroy(&id));
+}
+
+// With an interpreter, the program starts at the interpreter's entry; AT_BASE says where the
+// interpreter is; AT_ENTRY and AT_PHDR still describe the program (Linux's execve).
+TEST(MinivkLoader, ADynamicallyLinkedProgramStartsInItsInterpreter) {
+  minivk::ElfImage program, interp;
+  std::string error;
+  std::vector<unsigned char> bytes = TinyElf();
+  ASSERT_TRUE(minivk::ParseElf(bytes.data(), bytes.size(), program, error)) << error;
+  interp = program;
+  interp.pie = true;
+  interp.entry = 0x1230;
+  minivk::PhysMem mem;
+  ASSERT_TRUE(mem.Init(4 << 20, error)) << error;
+  minivk::PageTable pt(mem);
+  ASSERT_TRUE(pt.Init());
+  const uint64_t interp_bias = 0x7FFFF7000000;
+  minivk::LoadedProgram loaded;
+  ASSERT_TRUE(minivk::BuildStack(mem, pt, program, 0, minivk::Interpreter{&interp, interp_bias},
+                                 {"prog"}, {"A=1"}, 0x7FFFFF000000, 4, loaded, error))
+      << error;
+  EXPECT_EQ(interp_bias + 0x1230, loaded.entry);
+  // rsp: argc, argv[0], NULL, envp[0], NULL, then the auxiliary vector.
+  std::map<uint64_t, uint64_t> aux;
+  for (uint64_t at = loaded.rsp + 5 * 8;; at += 16) {
+    uint64_t pair[2];
+    ASSERT_TRUE(minivk::ReadGuest(mem, pt, at, pair, sizeof(pair)));
+    if (pair[0] == AT_NULL) break;
+    aux[pair[0]] = pair[1];
+  }
+  EXPECT_EQ(interp_bias, aux[AT_BASE]);
+  EXPECT_EQ(program.entry, aux[AT_ENTRY]);
+  EXPECT_EQ(program.phdr_vaddr, aux[AT_PHDR]);
+  // Without one: AT_BASE 0 and the program's own entry.
+  ASSERT_TRUE(minivk::BuildStack(mem, pt, program, 0, minivk::Interpreter{}, {"prog"}, {},
+                                 0x7FFFFF000000, 4, loaded, error))
+      << error;
+  EXPECT_EQ(program.entry, loaded.entry);
 }
 
 // `busybox echo` as a minivk guest process: its output and exit status are the program's.

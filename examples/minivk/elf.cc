@@ -45,7 +45,15 @@ bool ParseElf(const unsigned char* bytes, size_t size, ElfImage& image, std::str
     Elf64_Phdr ph;
     memcpy(&ph, bytes + eh.e_phoff + uint64_t{i} * sizeof(ph), sizeof(ph));
     if (ph.p_type == PT_INTERP) {
-      return Fail(error, "dynamically linked (it names an interpreter): only static programs run");
+      if (ph.p_offset > size || size - ph.p_offset < ph.p_filesz) {
+        return Fail(error, "its interpreter's name lies beyond the end of the file");
+      }
+      const auto* name = reinterpret_cast<const char*>(bytes + ph.p_offset);
+      const size_t len = strnlen(name, ph.p_filesz);
+      if (len == 0 || len == ph.p_filesz || len >= 4096 || name[0] != '/') {
+        return Fail(error, "its interpreter's name is not a terminated absolute path");
+      }
+      image.interpreter.assign(name, len);
     }
     if (ph.p_type == PT_GNU_STACK) image.exec_stack = (ph.p_flags & PF_X) != 0;
     if (ph.p_type == PT_PHDR) image.phdr_vaddr = ph.p_vaddr;

@@ -1,4 +1,5 @@
-// minivk: reading a static x86-64 Linux executable (the guest programs, busybox-static first).
+// minivk: reading an x86-64 Linux executable (the guest programs, busybox-static first; a
+// dynamically linked one names its interpreter, the dynamic linker, which minivk loads beside it).
 // Pure: parses bytes, so it is tested without running anything.
 #ifndef VKRT_EXAMPLES_MINIVK_ELF_H_
 #define VKRT_EXAMPLES_MINIVK_ELF_H_
@@ -28,13 +29,15 @@ struct ElfImage {
   uint16_t phentsize = 0;
   uint64_t brk_start = 0;   // the page after the highest segment end (the heap starts here)
   bool exec_stack = false;  // PT_GNU_STACK asks for an executable stack
+  std::string interpreter;  // PT_INTERP's path (the dynamic linker); empty for a static program
   std::vector<LoadSegment> segments;
 };
 
-// Parses `bytes` as a static x86-64 ELF executable (ET_EXEC, or ET_DYN without an
-// interpreter). Returns false with `error` naming what is wrong: not ELF, not 64-bit
-// little-endian x86-64, not an executable, dynamically linked (PT_INTERP), a segment outside
-// the file, filesz > memsz, misaligned or overlapping segments, addresses beyond the user range.
+// Parses `bytes` as an x86-64 ELF executable (ET_EXEC, or ET_DYN: static-pie, a PIE, or a
+// dynamic linker run as a program). Returns false with `error` naming what is wrong: not ELF,
+// not 64-bit little-endian x86-64, not an executable, an interpreter name outside the file or
+// not a terminated path, a segment outside the file, filesz > memsz, misaligned or
+// overlapping segments, addresses beyond the user range.
 bool ParseElf(const unsigned char* bytes, size_t size, ElfImage& image, std::string& error);
 
 }  // namespace minivk

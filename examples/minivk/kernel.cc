@@ -474,6 +474,7 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
   c->fds = p.fds;
   c->cwd = fcntl(p.cwd, F_DUPFD_CLOEXEC, 3);
   c->umask = p.umask;
+  c->nice = p.nice;
   c->tf = p.tf;
   c->tf.tf_rax = 0;
   c->vf = p.vf;

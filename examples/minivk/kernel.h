@@ -111,6 +111,7 @@ struct Process {
   std::vector<FdEntry> fds;
   int cwd = -1;           // host O_PATH descriptor of the working directory
   mode_t umask = 022;
+  int nice = 0;  // getpriority/setpriority (-20..19); minivk's scheduler does not use it
   struct trapframe tf = {};
   struct vextframe vf = {};
   std::unique_ptr<unsigned char, void (*)(void*)> fpu{nullptr, free};  // xsave area
@@ -236,9 +237,12 @@ class Kernel {
 
   // The program at guest path `path` (relative to host directory `cwd`), from the cache or
   // loaded; nullptr with the errno execve reports in `err` and a sentence in `error`. For a
-  // "#!" script, `interpreter` (if given) gets the rest of its first line.
+  // "#!" script, `interpreter` (if given) gets the rest of its first line. A dynamically
+  // linked program comes with its ELF interpreter (the dynamic linker, under the guest's
+  // root), loaded with `as_interpreter` set: at kInterpBias, and itself static.
   std::shared_ptr<Program> GetProgram(int cwd, const std::string& path, int& err,
-                                      std::string& error, std::string* interpreter);
+                                      std::string& error, std::string* interpreter,
+                                      bool as_interpreter = false);
 
   void Trace(const Process& p, const char* format, ...) __attribute__((format(printf, 3, 4)));
 
@@ -252,8 +256,10 @@ class Kernel {
     ino_t ino;
     int64_t mtime_ns;
     off_t size;
+    bool as_interpreter;  // loaded at another place
     bool operator<(const ProgramKey& o) const {
-      return std::tie(dev, ino, mtime_ns, size) < std::tie(o.dev, o.ino, o.mtime_ns, o.size);
+      return std::tie(dev, ino, mtime_ns, size, as_interpreter) <
+             std::tie(o.dev, o.ino, o.mtime_ns, o.size, o.as_interpreter);
     }
   };
   std::map<ProgramKey, std::shared_ptr<Program>> programs_;  // loaded programs, by file

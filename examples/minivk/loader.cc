@@ -95,8 +95,9 @@ bool LoadSegments(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t
 }
 
 bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bias,
-                const std::vector<std::string>& argv, const std::vector<std::string>& envp,
-                uint64_t stack_top, size_t stack_pages, LoadedProgram& out, std::string& error) {
+                Interpreter interp, const std::vector<std::string>& argv,
+                const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
+                LoadedProgram& out, std::string& error) {
   if (stack_top > 0x7FFFFFE00000 || stack_top % kPage != 0 || stack_pages == 0) {
     error = "the stack must be whole pages ending at or below 0x7FFFFFE00000";
     return false;
@@ -148,6 +149,7 @@ bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bia
   const uint64_t auxv[][2] = {
       {AT_PHDR, image.phdr_vaddr + bias}, {AT_PHENT, image.phentsize},
       {AT_PHNUM, image.phnum},            {AT_PAGESZ, kPage},
+      {AT_BASE, interp.image != nullptr ? interp.bias : 0},
       {AT_ENTRY, image.entry + bias},     {AT_RANDOM, random_at},
       {AT_UID, getuid()},                 {AT_EUID, geteuid()},
       {AT_GID, getgid()},                 {AT_EGID, getegid()},
@@ -165,7 +167,7 @@ bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bia
     error = "the arguments do not fit the stack";
     return false;
   }
-  out.entry = image.entry + bias;
+  out.entry = interp.image != nullptr ? interp.image->entry + interp.bias : image.entry + bias;
   out.rsp = sp;
   out.brk = image.brk_start + bias;
   return true;
@@ -177,7 +179,8 @@ bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t 
                  const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
                  LoadedProgram& out, std::string& error) {
   return LoadSegments(mem, pt, file, size, image, bias, error) &&
-         BuildStack(mem, pt, image, bias, argv, envp, stack_top, stack_pages, out, error);
+         BuildStack(mem, pt, image, bias, Interpreter{}, argv, envp, stack_top, stack_pages, out,
+                    error);
 }
 
 }  // namespace minivk

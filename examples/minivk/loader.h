@@ -1,4 +1,4 @@
-// minivk: putting a static program into a guest address space (the page tables of pmap.h):
+// minivk: putting a program (and a dynamically linked one's interpreter) into a guest address space (the page tables of pmap.h):
 // its segments, a stack with argv, envp and the auxiliary vector, as Linux's execve leaves
 // them for the program's entry point (SysV x86-64 ABI).
 #ifndef VKRT_EXAMPLES_MINIVK_LOADER_H_
@@ -25,18 +25,27 @@ struct LoadedProgram {
 bool WriteGuest(PhysMem& mem, const PageTable& pt, uint64_t va, const void* src, size_t len);
 bool ReadGuest(const PhysMem& mem, const PageTable& pt, uint64_t va, void* dst, size_t len);
 
+// The dynamic linker a dynamically linked program starts in: its image and where it is.
+struct Interpreter {
+  const ElfImage* image = nullptr;
+  uint64_t bias = 0;
+};
+
 // The two halves of LoadProgram: the segments (fresh frames with the file's bytes, zeros
-// beyond), then the stack with its vectors (`out` gets entry, rsp and brk).
+// beyond), then the stack with its vectors (`out` gets entry, rsp and brk). With an
+// interpreter, the program starts at the interpreter's entry, AT_BASE says where the
+// interpreter is, and AT_ENTRY/AT_PHDR still describe the program (as Linux's execve does).
 bool LoadSegments(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
                   const ElfImage& image, uint64_t bias, std::string& error);
 bool BuildStack(PhysMem& mem, PageTable& pt, const ElfImage& image, uint64_t bias,
-                const std::vector<std::string>& argv, const std::vector<std::string>& envp,
-                uint64_t stack_top, size_t stack_pages, LoadedProgram& out, std::string& error);
+                Interpreter interp, const std::vector<std::string>& argv,
+                const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,
+                LoadedProgram& out, std::string& error);
 
 // Maps `image`'s segments (read from `file`, `bias` added for static-pie) with fresh frames
 // and a `stack_pages`-page stack ending at `stack_top`, then writes argv, envp and the
-// auxiliary vector (AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY, AT_RANDOM, AT_UID/GID,
-// AT_SECURE 0, AT_EXECFN). False with `error` when memory runs out.
+// auxiliary vector (AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE 0, AT_ENTRY, AT_RANDOM,
+// AT_UID/GID, AT_SECURE 0, AT_EXECFN). False with `error` when memory runs out.
 bool LoadProgram(PhysMem& mem, PageTable& pt, const unsigned char* file, size_t size,
                  const ElfImage& image, uint64_t bias, const std::vector<std::string>& argv,
                  const std::vector<std::string>& envp, uint64_t stack_top, size_t stack_pages,

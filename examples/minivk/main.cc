@@ -1,5 +1,6 @@
-// minivk: an example virtual kernel on the public vkrt API. It runs static x86-64 Linux
-// programs (busybox-static is the reference) as guest processes: each has its own vmspace
+// minivk: an example virtual kernel on the public vkrt API. It runs x86-64 Linux programs
+// (busybox-static is the reference; dynamically linked ones start in their ELF interpreter)
+// as guest processes: each has its own vmspace
 // governed by minivk's page tables (vm.h), and minivk's kernel (kernel.h) implements the
 // system calls, processes, pipes and signals they use.
 #include <getopt.h>
@@ -23,10 +24,11 @@ namespace {
 void Usage(FILE* out) {
   fprintf(out,
           "usage: minivk [options] PROGRAM [ARGUMENT...]\n"
-          "Runs a static x86-64 Linux program (e.g. /bin/busybox sh -c 'echo hi | wc -c') as\n"
-          "the first process of a small virtual kernel built on vkrt. Guest processes fork,\n"
-          "exec, pipe and signal inside minivk; files are the host's. minivk's exit status is\n"
-          "the first process's (128 + N if signal N ended it).\n"
+          "Runs an x86-64 Linux program, static or dynamically linked (e.g. /bin/busybox sh\n"
+          "-c 'echo hi | wc -c', or /bin/ls), as the first process of a small virtual kernel\n"
+          "built on vkrt. Guest processes fork, exec, pipe and signal inside minivk; files\n"
+          "are the host's. minivk's exit status is the first process's (128 + N if signal N\n"
+          "ended it).\n"
           "\n"
           "  --backend=NAME  ptrace, seccomp or kvm (default: vkrt's default)\n"
           "  --cpus=N        N vkernel threads run guest processes at once (default 1)\n"

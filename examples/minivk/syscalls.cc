@@ -46,7 +46,8 @@ std::string BaseName(const std::string& path) {
 }
 
 std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, int& err,
-                                            std::string& error, std::string* interpreter) {
+                                            std::string& error, std::string* interpreter,
+                                            bool as_interpreter) {
   int dir = cwd;
   std::string rel = path;
   if (IsAbsolute(path)) {
@@ -67,7 +68,7 @@ std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, in
     return fail(EACCES, "not an executable file");
   }
   const ProgramKey key{st.st_dev, st.st_ino, st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec,
-                       st.st_size};
+                       st.st_size, as_interpreter};
   if (auto it = programs_.find(key); it != programs_.end()) {
     close(fd);
     return it->second;
@@ -89,8 +90,22 @@ std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, in
     }
     return fail(ENOEXEC, error);
   }
+  std::shared_ptr<Program> interp;
+  if (!image.interpreter.empty()) {
+    // As Linux: the interpreter must itself be a static program; a missing one is ENOENT.
+    if (as_interpreter) return fail(ELIBBAD, "an interpreter that needs an interpreter");
+    std::string why;
+    interp = GetProgram(cwd, image.interpreter, err, why, nullptr, true);
+    if (!interp) {
+      error = path + ": its interpreter " + why;
+      return nullptr;
+    }
+  }
   auto program = std::make_shared<Program>(mem_);
-  if (!program->Build(file, image, error)) return fail(ENOMEM, error);
+  if (!program->Build(file, image, as_interpreter ? kInterpBias : kPieBias, std::move(interp),
+                      error)) {
+    return fail(ENOMEM, error);
+  }
   if (programs_.size() >= 16) programs_.clear();  // a small cache: start over when full
   programs_[key] = program;
   return program;
@@ -913,6 +928,37 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_set_tid_address:
       p.clear_child_tid = a[0];
       return p.pid;
+    case SYS_getpriority:
+    case SYS_setpriority: {
+      // Recorded per process, inherited by fork; raising priority (lowering nice) needs
+      // what Linux needs, CAP_SYS_NICE, which root has. Who: 0 is the caller (its group,
+      // its user), as Linux.
+      const int which = static_cast<int>(a[0]);
+      const int32_t who = static_cast<int32_t>(a[1]);
+      if (which != PRIO_PROCESS && which != PRIO_PGRP && which != PRIO_USER) return -EINVAL;
+      const bool set = nr == SYS_setpriority;
+      const int want = std::clamp(static_cast<int>(static_cast<int32_t>(a[2])), -20, 19);
+      int best = 100;  // getpriority: the highest priority (lowest nice) of those matched
+      bool found = false, refused = false;
+      for (auto& [pid, q] : procs_) {
+        if (q->state == Process::State::kZombie) continue;
+        const bool match = which == PRIO_PROCESS ? q->pid == (who == 0 ? p.pid : who)
+                           : which == PRIO_PGRP  ? q->pgid == (who == 0 ? p.pgid : who)
+                                                 : who == 0 || static_cast<uid_t>(who) == getuid();
+        if (!match) continue;
+        found = true;
+        if (!set) {
+          best = std::min(best, q->nice);
+        } else if (want < q->nice && geteuid() != 0) {
+          refused = true;
+        } else {
+          q->nice = want;
+        }
+      }
+      if (!found) return -ESRCH;
+      if (refused) return -EACCES;
+      return set ? 0 : 20 - best;  // the system call's form: 40..1 for nice -20..19
+    }
     case SYS_getpgrp:
       return p.pgid;
     case SYS_getpgid:

@@ -76,9 +76,22 @@ Program::~Program() {
 }
 
 bool Program::Build(const std::vector<unsigned char>& file, const ElfImage& image,
+                    uint64_t bias, std::shared_ptr<const Program> interpreter,
                     std::string& error) {
   image_ = image;
-  bias_ = image.pie ? 0x555555554000 : 0;
+  bias_ = image.pie ? bias : 0;
+  interpreter_ = std::move(interpreter);
+  if (interpreter_ != nullptr) {
+    // The two must not share a page: each is mapped from its own frames.
+    const uint64_t lo = PageDown(interpreter_->bias() + interpreter_->image().segments.front().vaddr);
+    const uint64_t hi = PageUp(interpreter_->bias() + interpreter_->image().brk_start);
+    for (const LoadSegment& seg : image.segments) {
+      if (PageDown(bias_ + seg.vaddr) < hi && PageUp(bias_ + seg.vaddr + seg.memsz) > lo) {
+        error = "the program overlaps the place of its interpreter";
+        return false;
+      }
+    }
+  }
   if (!pages_.Init()) {
     error = "out of guest memory";
     return false;
@@ -96,42 +109,51 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
   }
   program_ = std::move(shared);
   const Program& program = *program_;
+  const Program* const interp = program.interpreter();
   bool ok = true;
-  program.pages().ForEach([&](uint64_t va, vpte_t e) {
-    // Shared with the program (and every process running it): writes copy.
-    if (!ok || !pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
-      ok = false;
-      return;
-    }
-    pt_.Set(va, e & ~(VPTE_RW | VPTE_A | VPTE_M));
-    mem_.Ref(e & VPTE_FRAME);
-  });
+  for (const Program* p : {&program, interp}) {
+    if (p == nullptr) continue;
+    p->pages().ForEach([&](uint64_t va, vpte_t e) {
+      // Shared with the program (and every process running it): writes copy.
+      if (!ok || !pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
+        ok = false;
+        return;
+      }
+      pt_.Set(va, e & ~(VPTE_RW | VPTE_A | VPTE_M));
+      mem_.Ref(e & VPTE_FRAME);
+    });
+  }
   const ElfImage& image = program.image();
   const uint64_t bias = program.bias();
-  if (!ok || !BuildStack(mem_, pt_, image, bias, argv, envp, kStackTop, 64, out, error)) {
+  const Interpreter with = interp != nullptr ? Interpreter{&interp->image(), interp->bias()}
+                                             : Interpreter{};
+  if (!ok || !BuildStack(mem_, pt_, image, bias, with, argv, envp, kStackTop, 64, out, error)) {
     if (ok) return false;
     error = "out of guest memory";
     return false;
   }
   // Areas: each segment; a page two segments share gets both their rights (as its entry).
-  for (const LoadSegment& seg : image.segments) {
-    uint64_t start = PageDown(bias + seg.vaddr);
-    const uint64_t end = PageUp(bias + seg.vaddr + seg.memsz);
-    if (!areas_.empty()) {
-      auto last = std::prev(areas_.end());
-      if (start < last->second.end) {
-        const uint64_t shared = last->second.end - kPage;
-        const int prot = last->second.prot | seg.prot;
-        if (last->first == shared) {
-          last->second.prot = prot;
-        } else {
-          last->second.end = shared;
-          AddArea(shared, shared + kPage, prot);
+  for (const Program* p : {&program, interp}) {
+    if (p == nullptr) continue;
+    for (const LoadSegment& seg : p->image().segments) {
+      uint64_t start = PageDown(p->bias() + seg.vaddr);
+      const uint64_t end = PageUp(p->bias() + seg.vaddr + seg.memsz);
+      if (!areas_.empty()) {
+        auto last = std::prev(areas_.end());
+        if (start < last->second.end) {
+          const uint64_t shared = last->second.end - kPage;
+          const int prot = last->second.prot | seg.prot;
+          if (last->first == shared) {
+            last->second.prot = prot;
+          } else {
+            last->second.end = shared;
+            AddArea(shared, shared + kPage, prot);
+          }
+          start = shared + kPage;
         }
-        start = shared + kPage;
       }
+      AddArea(start, end, seg.prot);
     }
-    AddArea(start, end, seg.prot);
   }
   AddArea(kStackTop - kStackSize, kStackTop, PROT_READ | PROT_WRITE);
   brk_start_ = brk_ = PageUp(out.brk);

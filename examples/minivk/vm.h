@@ -58,25 +58,37 @@ class VmspacePool {
   std::vector<void*> free_;
 };
 
-// A static program loaded once: its segments' pages, which every process running it maps
+// Where a position-independent program (static-pie, PIE) is put, and where a dynamically
+// linked program's interpreter (the dynamic linker) goes: above the mmap area and below the
+// stack, as Linux puts it near the top of the mmap area.
+constexpr uint64_t kPieBias = 0x555555554000;
+constexpr uint64_t kInterpBias = 0x7FFFF7000000;
+
+// A program loaded once: its segments' pages, which every process running it maps
 // copy-on-write (exec costs no copy and no file read; the program's text is shared), as a
-// kernel's page cache would have it. Immutable once built; the frames are freed with it.
+// kernel's page cache would have it. A dynamically linked program holds its interpreter, a
+// Program of its own, mapped beside it. Immutable once built; the frames are freed with it.
 class Program {
  public:
   explicit Program(PhysMem& mem) : mem_(mem), pages_(mem) {}
   Program(const Program&) = delete;
   Program& operator=(const Program&) = delete;
   ~Program();
-  bool Build(const std::vector<unsigned char>& file, const ElfImage& image, std::string& error);
+  // `bias` is added to every address of an ET_DYN image (0 for ET_EXEC). `interpreter`:
+  // PT_INTERP's program (built with kInterpBias), or nullptr for a static program.
+  bool Build(const std::vector<unsigned char>& file, const ElfImage& image, uint64_t bias,
+             std::shared_ptr<const Program> interpreter, std::string& error);
   const ElfImage& image() const { return image_; }
   uint64_t bias() const { return bias_; }
   const PageTable& pages() const { return pages_; }
+  const Program* interpreter() const { return interpreter_.get(); }
 
  private:
   PhysMem& mem_;
   PageTable pages_;
   ElfImage image_;
   uint64_t bias_ = 0;
+  std::shared_ptr<const Program> interpreter_;
 };
 
 class AddressSpace {
