@@ -140,7 +140,7 @@ std::vector<unsigned char> ElfWithInterpreter(const char* name, size_t len) {
   load.p_filesz = 4096;
   load.p_memsz = 8192;
   memcpy(bytes.data() + sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr), &load, sizeof(load));
-  memcpy(bytes.data() + 0x800, name, std::min<size_t>(len, 0x800));
+  memcpy(bytes.data() + 0x800, name, strlen(name) + 1);  // p_filesz decides what counts
   return bytes;
 }
 

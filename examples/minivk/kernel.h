@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <vkrt/vmspace.h>
 
 #include <boost/context/fiber.hpp>
@@ -111,6 +112,7 @@ struct Process {
   std::vector<FdEntry> fds;
   int cwd = -1;           // host O_PATH descriptor of the working directory
   mode_t umask = 022;
+  std::vector<struct iovec> iov;  // ReadFd/WriteFd's scratch (keeps its capacity)
   int nice = 0;  // getpriority/setpriority (-20..19); minivk's scheduler does not use it
   struct trapframe tf = {};
   struct vextframe vf = {};

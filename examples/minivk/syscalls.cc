@@ -170,7 +170,7 @@ int64_t Kernel::ReadFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int64
   if (!f) return -EBADF;
   len = std::min<uint64_t>(len, kMaxIo);
   if (len == 0) return 0;
-  std::vector<struct iovec> iov;
+  std::vector<struct iovec>& iov = p.iov;  // reused: no allocation per call
   for (;;) {
     if (f->may_block && !f->host_nonblock) {
       struct pollfd pf = {f->host, POLLIN, 0};
@@ -196,7 +196,7 @@ int64_t Kernel::WriteFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int6
   if (!f) return -EBADF;
   len = std::min<uint64_t>(len, kMaxIo);
   if (len == 0) return 0;
-  std::vector<struct iovec> iov;
+  std::vector<struct iovec>& iov = p.iov;  // reused: no allocation per call
   uint64_t done = 0;
   while (done < len) {
     if (f->may_block && !f->host_nonblock) {
