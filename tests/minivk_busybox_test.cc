@@ -135,6 +135,7 @@ const char* const kCommands[] = {
     "dd if=data.bin bs=4096 count=3 2>/dev/null | wc -c",
     "od -An -tx1 -N8 data.bin",
     "exec busybox echo replaced by exec",
+    "readlink /proc/self/exe; cd /bin && ./busybox readlink /proc/self/exe",  // links resolved
     "./script.sh arg; echo \"script exit $?\"",
     "for f in sub/*.txt; do (read v < $f; echo \"$f $v\" > $f.out) & done; wait; "
     "cat sub/*.out; rm sub/*.out; echo all done",
@@ -152,6 +153,9 @@ const char* const kCommands[] = {
 // them in PATH for the commands it has no applet for (nice, comm, split on Debian).
 const char* const kDynamicCommands[] = {
     "/bin/ls -1 sub | /usr/bin/sort -r",
+    // statx, and the extended attributes ls -l reads (ACLs, security labels).
+    "/bin/ls -l words.txt | /usr/bin/cut -d' ' -f1,5; /bin/ls -l sub > /dev/null; echo \"ls $?\"",
+    "/usr/bin/stat -c '%s %F %a' words.txt sub",
     "/bin/cat words.txt | /usr/bin/sort | /usr/bin/uniq -c | /usr/bin/sort -rn | /usr/bin/head -n 2",
     "/bin/grep -c alpha words.txt; /bin/sed -n 2p words.txt",
     "/usr/bin/sha256sum data.bin",
@@ -162,6 +166,10 @@ const char* const kDynamicCommands[] = {
     "echo \"bash $?\"",
     "/bin/sh -c 'echo dash $((1 + 2))'",
     "/usr/bin/env -i /bin/echo empty environment",
+    // Timers: coreutils' timeout arms a timer_create timer; perl's alarm is alarm(2).
+    "/usr/bin/timeout 0.2 /bin/sleep 5; echo \"timeout $?\"",
+    "/usr/bin/perl -e '$SIG{ALRM} = sub { print qq(alarm\\n); exit 3 }; alarm 1; sleep 5'; "
+    "echo \"perl $?\"",
     // An interpreter that is not there: execve fails with ENOENT, as on Linux.
     "./badinterp; echo \"rc $?\"",
 };
@@ -285,6 +293,20 @@ TEST(MinivkOptions, ReadOnlyAndRoot) {
 // SIGSEGV (minivk exits 128 + 11); with one, the handler gets the faulting address. FPU
 // state is the process's own across system calls, fork and a signal handler. On every
 // backend.
+// alarm, setitimer/getitimer and timer_create timers: the guest prints what it saw, which
+// must be what it prints natively.
+TEST(MinivkGuest, TimersDeliverTheirSignals) {
+  const Result native = RunProgram({MINIVK_GUEST, "timers"}, "/", true);
+  ASSERT_EQ(0, native.status) << native.out;
+  for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
+    if (vkrt_backend_available(backend, nullptr) != 0) continue;
+    const Result r = RunProgram(
+        {MINIVK_BIN, std::string("--backend=") + backend, MINIVK_GUEST, "timers"}, "/", true);
+    EXPECT_EQ(0, r.status) << backend << "\n" << r.out;
+    EXPECT_EQ(native.out, r.out) << backend;
+  }
+}
+
 TEST(MinivkGuest, FaultsSignalsAndFpuState) {
   for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
     if (vkrt_backend_available(backend, nullptr) != 0) continue;

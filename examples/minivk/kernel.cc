@@ -242,6 +242,7 @@ void Kernel::SchedulerLoop(std::unique_lock<std::mutex>& lock) {
     timer_settime(timer, 0, &its, nullptr);
   }
   while (live_ > 0 && fatal_.empty()) {
+    if (next_timer_ >= 0) FireTimers(MonotonicNs());
     if (!runq_.empty()) {
       Process* p = runq_.front();
       runq_.pop_front();
@@ -286,6 +287,7 @@ void Kernel::PollIdle(std::unique_lock<std::mutex>& lock) {
       deadline = p->wait_deadline;
     }
   }
+  if (next_timer_ >= 0 && (deadline < 0 || next_timer_ < deadline)) deadline = next_timer_;
   struct timespec timeout, *timeout_ptr = nullptr;
   if (deadline >= 0) {
     const int64_t left = std::max<int64_t>(0, deadline - MonotonicNs());
@@ -314,6 +316,7 @@ void Kernel::PollIdle(std::unique_lock<std::mutex>& lock) {
     }
   }
   const int64_t now = MonotonicNs();
+  FireTimers(now);
   for (auto& [pid, p] : procs_) {
     if (p->state == Process::State::kBlocked && p->wait_deadline >= 0 &&
         p->wait_deadline <= now) {
@@ -623,6 +626,41 @@ void Kernel::SendSignal(Process& p, int sig) {
     Wake(p);
   } else if (p.state == Process::State::kRunning && p.in_run) {
     vkrt_interrupt(p.vcpu_tid);  // running on another vkernel thread: end its RUN
+  }
+}
+
+void Kernel::ArmTimer(GuestTimer& t, int64_t when, int64_t interval) {
+  t.deadline = when;
+  t.interval = when >= 0 ? interval : 0;
+  if (when >= 0 && (next_timer_ < 0 || when < next_timer_)) {
+    next_timer_ = when;
+    if (polling_) {  // a thread sleeps in ppoll with a later timeout
+      const uint64_t one = 1;
+      (void)!write(wake_fd_, &one, sizeof(one));
+    }
+  }
+}
+
+void Kernel::FireTimers(int64_t now) {
+  if (next_timer_ < 0 || now < next_timer_) return;
+  next_timer_ = -1;
+  auto visit = [&](Process& p, GuestTimer& t) {
+    if (t.deadline < 0) return;
+    if (t.deadline <= now) {
+      if (t.signo != 0) SendSignal(p, t.signo);
+      if (t.interval > 0) {
+        t.deadline += ((now - t.deadline) / t.interval + 1) * t.interval;  // overruns skipped
+      } else {
+        t.deadline = -1;
+        return;
+      }
+    }
+    if (next_timer_ < 0 || t.deadline < next_timer_) next_timer_ = t.deadline;
+  };
+  for (auto& [pid, p] : procs_) {
+    if (p->state == Process::State::kZombie) continue;
+    visit(*p, p->itimer_real);
+    for (GuestTimer& t : p->timers) visit(*p, t);
   }
 }
 

@@ -103,6 +103,16 @@ struct TsanFiber {
 #endif
 };
 
+// A guest interval timer: setitimer(ITIMER_REAL)/alarm, or one of timer_create's. Deadlines
+// are CLOCK_MONOTONIC nanoseconds (a CLOCK_REALTIME absolute time is converted when set).
+struct GuestTimer {
+  bool used = false;      // (timer_create's) the id is allocated
+  int signo = SIGALRM;    // 0: SIGEV_NONE
+  int clock = CLOCK_MONOTONIC;  // what an absolute time (TIMER_ABSTIME) is measured on
+  int64_t deadline = -1;  // armed while >= 0
+  int64_t interval = 0;   // re-armed by this much at expiry (0: once)
+};
+
 struct Process {
   enum class State { kRunnable, kRunning, kBlocked, kZombie };
 
@@ -113,6 +123,8 @@ struct Process {
   int cwd = -1;           // host O_PATH descriptor of the working directory
   mode_t umask = 022;
   std::vector<struct iovec> iov;  // ReadFd/WriteFd's scratch (keeps its capacity)
+  GuestTimer itimer_real;          // setitimer(ITIMER_REAL) and alarm: kept across execve
+  std::vector<GuestTimer> timers;  // timer_create's, by id: deleted by execve, not inherited
   int nice = 0;  // getpriority/setpriority (-20..19); minivk's scheduler does not use it
   struct trapframe tf = {};
   struct vextframe vf = {};
@@ -205,6 +217,11 @@ class Kernel {
 
   // Signals.
   void SendSignal(Process& p, int sig);
+  // Timers: arming one (`when` >= 0) makes the scheduler look at it; FireTimers sends the
+  // signals of those due at `now` and re-arms the periodic ones.
+  void ArmTimer(GuestTimer& t, int64_t when, int64_t interval);
+  void FireTimers(int64_t now);
+  int64_t TimerCall(Process& p, uint64_t nr, const uint64_t* a);
   int64_t Kill(Process& p, int64_t pid, int sig);
   // Delivers what is pending and unblocked before the guest resumes, after storing `result`
   // (a system call's result; kRestart: restart or EINTR depending on the handler; kKeepRax:
@@ -276,6 +293,7 @@ class Kernel {
   int next_pid_ = 1;
   int live_ = 0;             // processes not yet zombies
   bool polling_ = false;     // a thread sits in ppoll (wake it with wake_fd_)
+  int64_t next_timer_ = -1;  // no guest timer is due before this (-1: none armed)
   int wake_fd_ = -1;         // eventfd
   int init_status_ = 0;
   std::string fatal_;        // a host failure that ends Run()

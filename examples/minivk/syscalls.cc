@@ -21,6 +21,7 @@
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -298,9 +299,27 @@ std::string Kernel::GuestCwd(const Process& p) const {
 }
 
 std::string Kernel::AbsolutePath(const Process& p, const std::string& path) const {
+  // As Linux's /proc/self/exe: the file's own path, symbolic links resolved (the host's
+  // name for it, seen from the guests' root); failing that, the path made absolute.
+  const int dir = IsAbsolute(path) ? root_fd_ : p.cwd;
+  const size_t first = IsAbsolute(path) ? path.find_first_not_of('/') : 0;
+  const std::string rel = first == std::string::npos ? "." : path.substr(first);
+  const int fd = openat(dir, rel.c_str(), O_PATH | O_CLOEXEC);
+  if (fd >= 0) {
+    char link[64], host[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    const ssize_t n = readlink(link, host, sizeof(host) - 1);
+    close(fd);
+    std::string real(host, n > 0 ? static_cast<size_t>(n) : 0);
+    if (n > 0 && root_path_ == "/") return real;
+    if (n > 0 && real.compare(0, root_path_.size(), root_path_) == 0 &&
+        real.size() > root_path_.size() && real[root_path_.size()] == '/') {
+      return real.substr(root_path_.size());
+    }
+  }
   if (IsAbsolute(path)) return path;
-  const std::string dir = GuestCwd(p);
-  return (dir == "/" ? "" : dir) + "/" + path;
+  const std::string cwd = GuestCwd(p);
+  return (cwd == "/" ? "" : cwd) + "/" + path;
 }
 
 int64_t Kernel::Getcwd(Process& p, uint64_t buf, uint64_t size) {
@@ -429,6 +448,116 @@ int64_t Kernel::Poll(Process& p, uint64_t fds, uint64_t nfds, int64_t timeout_ms
   }
 }
 
+int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
+  const int64_t now = MonotonicNs();
+  auto left = [&](const GuestTimer& t) { return t.deadline < 0 ? 0 : std::max<int64_t>(1, t.deadline - now); };
+  struct Tv { int64_t sec, usec; };
+  struct Ts { int64_t sec, nsec; };
+  switch (nr) {
+    case SYS_alarm: {
+      // The seconds left of the old alarm, rounded as Linux rounds them (to nearest, at least 1).
+      const int64_t old = left(p.itimer_real);
+      const int64_t old_sec = old == 0 ? 0 : std::max<int64_t>(1, (old + 500000000) / 1000000000);
+      const uint32_t secs = static_cast<uint32_t>(a[0]);
+      ArmTimer(p.itimer_real, secs == 0 ? -1 : now + int64_t{secs} * 1000000000, 0);
+      return old_sec;
+    }
+    case SYS_setitimer:
+    case SYS_getitimer: {
+      const int which = static_cast<int>(a[0]);
+      if (which == ITIMER_VIRTUAL || which == ITIMER_PROF) return -ENOSYS;  // CPU-time timers
+      if (which != ITIMER_REAL) return -EINVAL;
+      const uint64_t new_at = nr == SYS_setitimer ? a[1] : 0;
+      const uint64_t old_at = nr == SYS_setitimer ? a[2] : a[1];
+      Tv set[2] = {};  // it_interval, it_value
+      if (new_at != 0) {
+        if (!p.as->CopyIn(new_at, set, sizeof(set))) return -EFAULT;
+        for (const Tv& tv : set) {
+          if (tv.sec < 0 || tv.usec < 0 || tv.usec >= 1000000) return -EINVAL;
+        }
+      }
+      if (old_at != 0) {
+        const int64_t l = left(p.itimer_real), i = p.itimer_real.interval;
+        // Rounded up to microseconds, as Linux does (a running timer never reads 0).
+        const Tv old[2] = {{i / 1000000000, (i % 1000000000 + 999) / 1000},
+                           {l / 1000000000, (l % 1000000000 + 999) / 1000}};
+        if (!p.as->CopyOut(old_at, old, sizeof(old))) return -EFAULT;
+      }
+      if (nr == SYS_setitimer) {
+        const int64_t value = set[1].sec * 1000000000 + set[1].usec * 1000;
+        ArmTimer(p.itimer_real, value == 0 ? -1 : now + value,
+                 set[0].sec * 1000000000 + set[0].usec * 1000);
+      }
+      return 0;
+    }
+    case SYS_timer_create: {
+      const int clock = static_cast<int>(a[0]);
+      if (clock != CLOCK_REALTIME && clock != CLOCK_MONOTONIC && clock != CLOCK_BOOTTIME) {
+        return -EINVAL;  // CPU-time and alarm clocks: not in minivk
+      }
+      int signo = SIGALRM;
+      if (a[1] != 0) {
+        struct { uint64_t value; int32_t signo, notify, tid; } ev;  // struct sigevent's head
+        if (!p.as->CopyIn(a[1], &ev, sizeof(ev))) return -EFAULT;
+        if (ev.notify == SIGEV_NONE) {
+          signo = 0;
+        } else if (ev.notify == SIGEV_SIGNAL || ev.notify == SIGEV_THREAD_ID) {
+          if (ev.signo < 1 || ev.signo > 64) return -EINVAL;
+          signo = ev.signo;
+        } else {
+          return -EINVAL;
+        }
+      }
+      size_t id = 0;
+      while (id < p.timers.size() && p.timers[id].used) ++id;
+      if (id >= 1024) return -EAGAIN;
+      const int32_t out = static_cast<int32_t>(id);
+      if (!p.as->CopyOut(a[2], &out, sizeof(out))) return -EFAULT;
+      if (id == p.timers.size()) p.timers.emplace_back();
+      p.timers[id] = GuestTimer{true, signo, clock, -1, 0};
+      return 0;
+    }
+    default: {  // timer_settime, timer_gettime, timer_getoverrun, timer_delete
+      const int64_t id = static_cast<int32_t>(a[0]);
+      if (id < 0 || static_cast<size_t>(id) >= p.timers.size() || !p.timers[id].used) {
+        return -EINVAL;
+      }
+      GuestTimer& t = p.timers[static_cast<size_t>(id)];
+      if (nr == SYS_timer_delete) {
+        t = GuestTimer{};
+        return 0;
+      }
+      if (nr == SYS_timer_getoverrun) return 0;  // overruns are not counted
+      const uint64_t old_at = nr == SYS_timer_settime ? a[3] : a[1];
+      Ts set[2] = {};
+      if (nr == SYS_timer_settime) {
+        if (!p.as->CopyIn(a[2], set, sizeof(set))) return -EFAULT;
+        for (const Ts& ts : set) {
+          if (ts.sec < 0 || ts.nsec < 0 || ts.nsec >= 1000000000) return -EINVAL;
+        }
+      }
+      if (old_at != 0) {
+        const int64_t l = left(t);
+        const Ts old[2] = {{t.interval / 1000000000, t.interval % 1000000000},
+                           {l / 1000000000, l % 1000000000}};
+        if (!p.as->CopyOut(old_at, old, sizeof(old))) return -EFAULT;
+      }
+      if (nr == SYS_timer_settime) {
+        int64_t value = set[1].sec * 1000000000 + set[1].nsec;
+        if (value != 0 && (a[1] & TIMER_ABSTIME)) {
+          // An absolute time on the timer's clock, as a monotonic deadline (a later change
+          // of the realtime clock does not move it).
+          struct timespec c;
+          clock_gettime(t.clock, &c);
+          value = std::max<int64_t>(1, value - (c.tv_sec * 1000000000 + c.tv_nsec));
+        }
+        ArmTimer(t, value == 0 ? -1 : now + value, set[0].sec * 1000000000 + set[0].nsec);
+      }
+      return 0;
+    }
+  }
+}
+
 int64_t Kernel::Sleep(Process& p, int64_t deadline_ns) {
   for (;;) {
     if (MonotonicNs() >= deadline_ns) return 0;
@@ -503,6 +632,7 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
     if (a.handler > 1) a = SigAction{};
   }
   p.fpu_saved.clear();
+  p.timers.clear();  // timer_create's timers end with the program; alarm's stays
   memcpy(p.fpu.get(), fpu_initial_.data(), fpu_size_);
   p.tf = {};
   p.tf.tf_rip = static_cast<int64_t>(loaded.entry);
@@ -705,6 +835,84 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       if (!FileOf(p, fd_of(a[0]))) return -EBADF;
       p.fds[a[0]] = FdEntry{};
       return 0;
+    }
+    case SYS_close_range: {
+      // Every guest descriptor in [first, last] closed, or (CLOSE_RANGE_CLOEXEC) marked
+      // close-on-exec. (minivk's descriptor table is never shared: UNSHARE has nothing to do.)
+      constexpr uint64_t kCloexec = 1u << 2, kUnshare = 1u << 1;  // linux/close_range.h
+      const uint32_t first = static_cast<uint32_t>(a[0]), last = static_cast<uint32_t>(a[1]);
+      if ((a[2] & ~(kCloexec | kUnshare)) != 0 || first > last) return -EINVAL;
+      for (uint64_t fd = first; fd <= last && fd < p.fds.size(); ++fd) {
+        if (!p.fds[fd].file) continue;
+        if (a[2] & kCloexec) {
+          p.fds[fd].cloexec = true;
+        } else {
+          p.fds[fd] = FdEntry{};
+        }
+      }
+      return 0;
+    }
+    case SYS_fadvise64: {
+      auto f = FileOf(p, fd_of(a[0]));
+      if (!f) return -EBADF;
+      return -posix_fadvise(f->host, static_cast<off_t>(a[1]), static_cast<off_t>(a[2]),
+                            static_cast<int>(a[3]));
+    }
+    case SYS_getpeername:
+    case SYS_getsockname:
+      return FileOf(p, fd_of(a[0])) ? -ENOTSOCK : -EBADF;  // minivk has no sockets
+    case SYS_statx: {
+      const int flags = static_cast<int>(a[2]);
+      int dir;
+      std::string rel;
+      int64_t err;
+      if (!Resolve(p, fd_of(a[0]), a[1], dir, rel, &err, flags & AT_EMPTY_PATH)) return err;
+      struct statx stx;
+      if (statx(dir, rel.c_str(), flags, static_cast<unsigned>(a[3]), &stx) != 0) return -errno;
+      return p.as->CopyOut(a[4], &stx, sizeof(stx)) ? 0 : -EFAULT;
+    }
+    case SYS_getxattr:
+    case SYS_lgetxattr:
+    case SYS_listxattr:
+    case SYS_llistxattr: {
+      // Read-only, through the directory the guest path resolves under (/proc/self/fd/N/rel:
+      // only the directory goes through the magic link, so lgetxattr still sees a final link).
+      int dir;
+      std::string rel;
+      int64_t err;
+      if (!Resolve(p, AT_FDCWD, a[0], dir, rel, &err)) return err;
+      const std::string host = "/proc/self/fd/" + std::to_string(dir) + "/" + rel;
+      const bool list = nr == SYS_listxattr || nr == SYS_llistxattr;
+      const bool nofollow = nr == SYS_lgetxattr || nr == SYS_llistxattr;
+      std::string name;
+      if (!list && !p.as->CopyInString(a[1], name, 256)) return -EFAULT;
+      const uint64_t len = std::min<uint64_t>(list ? a[2] : a[3], 65536);
+      std::vector<char> buf(len);
+      const ssize_t n =
+          list ? (nofollow ? llistxattr : listxattr)(host.c_str(), buf.data(), len)
+               : (nofollow ? lgetxattr : getxattr)(host.c_str(), name.c_str(), buf.data(), len);
+      if (n < 0) return -errno;
+      if (len > 0 && !p.as->CopyOut(list ? a[1] : a[2], buf.data(), static_cast<size_t>(n))) {
+        return -EFAULT;
+      }
+      return n;
+    }
+    case SYS_fgetxattr:
+    case SYS_flistxattr: {
+      auto f = FileOf(p, fd_of(a[0]));
+      if (!f) return -EBADF;
+      const bool list = nr == SYS_flistxattr;
+      std::string name;
+      if (!list && !p.as->CopyInString(a[1], name, 256)) return -EFAULT;
+      const uint64_t len = std::min<uint64_t>(list ? a[2] : a[3], 65536);
+      std::vector<char> buf(len);
+      const ssize_t n = list ? flistxattr(f->host, buf.data(), len)
+                             : fgetxattr(f->host, name.c_str(), buf.data(), len);
+      if (n < 0) return -errno;
+      if (len > 0 && !p.as->CopyOut(list ? a[1] : a[2], buf.data(), static_cast<size_t>(n))) {
+        return -EFAULT;
+      }
+      return n;
     }
     case SYS_fstat: {
       auto f = FileOf(p, fd_of(a[0]));
@@ -928,6 +1136,15 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_set_tid_address:
       p.clear_child_tid = a[0];
       return p.pid;
+    case SYS_alarm:
+    case SYS_setitimer:
+    case SYS_getitimer:
+    case SYS_timer_create:
+    case SYS_timer_settime:
+    case SYS_timer_gettime:
+    case SYS_timer_getoverrun:
+    case SYS_timer_delete:
+      return TimerCall(p, nr, a);
     case SYS_getpriority:
     case SYS_setpriority: {
       // Recorded per process, inherited by fork; raising priority (lowering nice) needs
