@@ -178,23 +178,30 @@ std::string Describe(const std::string& command, const Result& r) {
   return "`" + command + "` -> status " + std::to_string(r.status) + ", stdout:\n" + r.out;
 }
 
+// Each command under `busybox sh -c`, natively and under minivk on `backend`, in `dir`:
+// the same stdout and exit status.
+template <size_t N>
+void ExpectSameAsNative(const std::string& backend, const char* const (&commands)[N],
+                        const std::string& dir) {
+  for (const char* command : commands) {
+    const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, dir, false);
+    ASSERT_NE(-1, native.status) << command;
+    const Result guest = RunProgram(
+        {MINIVK_BIN, "--backend=" + backend, "/bin/busybox", "sh", "-c", command}, dir, true);
+    EXPECT_EQ(native.status, guest.status)
+        << backend << "\nnative: " << Describe(command, native)
+        << "\nminivk: " << Describe(command, guest);
+    EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
+  }
+}
+
 TEST_P(BusyboxUnderMinivk, SameStdoutAndStatusAsNative) {
   const std::string backend = GetParam();
   const char* why = nullptr;
   if (vkrt_backend_available(backend.c_str(), &why) != 0) {
     GTEST_SKIP() << "backend " << backend << " unavailable here: " << (why ? why : "?");
   }
-  for (const char* command : kCommands) {
-    const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, dir_, false);
-    ASSERT_NE(-1, native.status) << command;
-    const Result guest = RunProgram({MINIVK_BIN, "--backend=" + backend, "/bin/busybox", "sh", "-c",
-                              command},
-                             dir_, true);
-    EXPECT_EQ(native.status, guest.status)
-        << backend << "\nnative: " << Describe(command, native)
-        << "\nminivk: " << Describe(command, guest);
-    EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
-  }
+  ExpectSameAsNative(backend, kCommands, dir_);
 }
 
 TEST_P(BusyboxUnderMinivk, DynamicallyLinkedProgramsRunInTheirInterpreter) {
@@ -203,16 +210,7 @@ TEST_P(BusyboxUnderMinivk, DynamicallyLinkedProgramsRunInTheirInterpreter) {
   if (vkrt_backend_available(backend.c_str(), &why) != 0) {
     GTEST_SKIP() << "backend " << backend << " unavailable here: " << (why ? why : "?");
   }
-  for (const char* command : kDynamicCommands) {
-    const Result native = RunProgram({"/bin/busybox", "sh", "-c", command}, dir_, false);
-    ASSERT_NE(-1, native.status) << command;
-    const Result guest = RunProgram(
-        {MINIVK_BIN, "--backend=" + backend, "/bin/busybox", "sh", "-c", command}, dir_, true);
-    EXPECT_EQ(native.status, guest.status)
-        << backend << "\nnative: " << Describe(command, native)
-        << "\nminivk: " << Describe(command, guest);
-    EXPECT_EQ(native.out, guest.out) << backend << ": `" << command << "`";
-  }
+  ExpectSameAsNative(backend, kDynamicCommands, dir_);
   // A dynamically linked program as minivk's first process, and the error for one whose
   // interpreter is missing.
   const Result ls = RunProgram({MINIVK_BIN, "--backend=" + backend, "/bin/ls", "sub"}, dir_, true);

@@ -126,20 +126,12 @@ TEST(MinivkElf, RefusesWhatItCannotRunAndSaysWhy) {
 // TinyElf with a second header, PT_INTERP, naming `name` (`len` bytes at file offset 0x800).
 std::vector<unsigned char> ElfWithInterpreter(const char* name, size_t len) {
   std::vector<unsigned char> bytes = TinyElf();
-  auto* eh = reinterpret_cast<Elf64_Ehdr*>(bytes.data());
-  eh->e_phnum = 2;
-  Elf64_Phdr interp = {};
-  interp.p_type = PT_INTERP;
-  interp.p_offset = 0x800;
-  interp.p_filesz = len;
-  memcpy(bytes.data() + sizeof(Elf64_Ehdr), &interp, sizeof(interp));
-  Elf64_Phdr load = {};
-  load.p_type = PT_LOAD;
-  load.p_flags = PF_R | PF_X;
-  load.p_vaddr = 0x400000;
-  load.p_filesz = 4096;
-  load.p_memsz = 8192;
-  memcpy(bytes.data() + sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr), &load, sizeof(load));
+  reinterpret_cast<Elf64_Ehdr*>(bytes.data())->e_phnum = 2;
+  memcpy(Phdr(bytes) + 1, Phdr(bytes), sizeof(Elf64_Phdr));  // TinyElf's PT_LOAD goes second
+  *Phdr(bytes) = Elf64_Phdr{};
+  Phdr(bytes)->p_type = PT_INTERP;
+  Phdr(bytes)->p_offset = 0x800;
+  Phdr(bytes)->p_filesz = len;
   memcpy(bytes.data() + 0x800, name, strlen(name) + 1);  // p_filesz decides what counts
   return bytes;
 }
