@@ -419,15 +419,20 @@ TEST_F(KvmHostile, SignalStormsDuringExitsNeverHangOrMisreport) {
   vextframe vf = {};
   int syscalls = 0, interrupts = 0;
   std::string failure;
+  // Exactly one `inc` runs between two system calls, however many RUNs the signals end in
+  // between (one may end between the `inc` and the `syscall`: not RUN by RUN).
+  int64_t rbx_at_last_syscall = tf.tf_rbx;
   for (int i = 0; i < 3000 && failure.empty(); ++i) {
-    const int64_t rbx_before = tf.tf_rbx;
     if (vmspace_ctl(&id_, VMSPACE_CTL_RUN, &tf, &vf) != 0) {
       failure = std::string("RUN: ") + strerror(errno);
     } else if (tf.tf_trapno == T_FAST_SYSCALL) {
       ++syscalls;
-      if (tf.tf_rip != static_cast<int64_t>(kCodeAddr + 5) || tf.tf_rbx <= rbx_before) {
-        failure = "system call reported at " + Describe(tf);
+      if (tf.tf_rip != static_cast<int64_t>(kCodeAddr + 5) ||
+          tf.tf_rbx != rbx_at_last_syscall + 1) {
+        failure = "system call reported at " + Describe(tf) + " with rbx " +
+                  std::to_string(tf.tf_rbx) + " after " + std::to_string(rbx_at_last_syscall);
       }
+      rbx_at_last_syscall = tf.tf_rbx;
       tf.tf_rax = tf.tf_rbx;
     } else if (tf.tf_trapno == 0) {
       ++interrupts;
