@@ -248,6 +248,11 @@ class Kernel {
   int64_t Getcwd(Process& p, uint64_t buf, uint64_t size);
   // The working directory as the guest names it (under the root), and `path` made absolute.
   std::string GuestCwd(const Process& p) const;
+  // The host directory a guest path starts from (the root's for an absolute path, else
+  // `cwd`) and the rest of the path relative to it ("." for "/").
+  int HostDir(int cwd, const std::string& path, std::string& rel) const;
+  // A host path as the guests see it (under --root); false if it lies outside the root.
+  bool GuestPathOf(std::string& host_path) const;
   std::string AbsolutePath(const Process& p, const std::string& path) const;
   int64_t Ioctl(Process& p, int64_t fd, uint64_t request, uint64_t arg);
   int64_t Fcntl(Process& p, int64_t fd, int cmd, uint64_t arg);
@@ -258,7 +263,7 @@ class Kernel {
   // loaded; nullptr with the errno execve reports in `err` and a sentence in `error`. For a
   // "#!" script, `interpreter` (if given) gets the rest of its first line. A dynamically
   // linked program comes with its ELF interpreter (the dynamic linker, under the guest's
-  // root), loaded with `as_interpreter` set: at kInterpBias, and itself static.
+  // root), loaded with `as_interpreter` set: at kInterpBias, its own PT_INTERP ignored.
   std::shared_ptr<Program> GetProgram(int cwd, const std::string& path, int& err,
                                       std::string& error, std::string* interpreter,
                                       bool as_interpreter = false);

@@ -49,13 +49,8 @@ std::string BaseName(const std::string& path) {
 std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, int& err,
                                             std::string& error, std::string* interpreter,
                                             bool as_interpreter) {
-  int dir = cwd;
-  std::string rel = path;
-  if (IsAbsolute(path)) {
-    dir = root_fd_;
-    const size_t first = path.find_first_not_of('/');
-    rel = first == std::string::npos ? "." : path.substr(first);
-  }
+  std::string rel;
+  const int dir = HostDir(cwd, path, rel);
   auto fail = [&](int e, const std::string& why) -> std::shared_ptr<Program> {
     error = path + ": " + why;
     err = e;
@@ -92,9 +87,9 @@ std::shared_ptr<Program> Kernel::GetProgram(int cwd, const std::string& path, in
     return fail(ENOEXEC, error);
   }
   std::shared_ptr<Program> interp;
+  if (as_interpreter) image.interpreter.clear();  // as Linux: an interpreter's own is ignored
   if (!image.interpreter.empty()) {
-    // As Linux: the interpreter must itself be a static program; a missing one is ENOENT.
-    if (as_interpreter) return fail(ELIBBAD, "an interpreter that needs an interpreter");
+    // A missing interpreter is ENOENT, as on Linux.
     std::string why;
     interp = GetProgram(cwd, image.interpreter, err, why, nullptr, true);
     if (!interp) {
@@ -147,9 +142,7 @@ bool Kernel::Resolve(Process& p, int64_t dirfd, uint64_t path, int& host_dir, st
   }
   if (s == "/proc/self/exe") s = p.exe;
   if (IsAbsolute(s)) {
-    host_dir = root_fd_;
-    const size_t first = s.find_first_not_of('/');
-    rel = first == std::string::npos ? "." : s.substr(first);
+    host_dir = HostDir(p.cwd, s, rel);
     return true;
   }
   rel = s;
@@ -286,36 +279,42 @@ std::string Kernel::GuestCwd(const Process& p) const {
   const ssize_t n = readlink(link, host, sizeof(host) - 1);
   if (n <= 0) return "/";
   std::string path(host, static_cast<size_t>(n));
-  if (root_path_ != "/") {
-    if (path.compare(0, root_path_.size(), root_path_) == 0 &&
-        (path.size() == root_path_.size() || path[root_path_.size()] == '/')) {
-      path = path.substr(root_path_.size());
-      if (path.empty()) path = "/";
-    } else {
-      path = "/";  // outside the root: the guest sees its root
-    }
+  return GuestPathOf(path) ? path : "/";  // outside the root: the guest sees its root
+}
+
+int Kernel::HostDir(int cwd, const std::string& path, std::string& rel) const {
+  if (!IsAbsolute(path)) {
+    rel = path;
+    return cwd;
   }
-  return path;
+  const size_t first = path.find_first_not_of('/');
+  rel = first == std::string::npos ? "." : path.substr(first);
+  return root_fd_;
+}
+
+bool Kernel::GuestPathOf(std::string& host_path) const {
+  if (root_path_ == "/") return true;
+  if (host_path.compare(0, root_path_.size(), root_path_) != 0 ||
+      (host_path.size() != root_path_.size() && host_path[root_path_.size()] != '/')) {
+    return false;
+  }
+  host_path = host_path.substr(root_path_.size());
+  if (host_path.empty()) host_path = "/";
+  return true;
 }
 
 std::string Kernel::AbsolutePath(const Process& p, const std::string& path) const {
   // As Linux's /proc/self/exe: the file's own path, symbolic links resolved (the host's
   // name for it, seen from the guests' root); failing that, the path made absolute.
-  const int dir = IsAbsolute(path) ? root_fd_ : p.cwd;
-  const size_t first = IsAbsolute(path) ? path.find_first_not_of('/') : 0;
-  const std::string rel = first == std::string::npos ? "." : path.substr(first);
-  const int fd = openat(dir, rel.c_str(), O_PATH | O_CLOEXEC);
+  std::string rel;
+  const int fd = openat(HostDir(p.cwd, path, rel), rel.c_str(), O_PATH | O_CLOEXEC);
   if (fd >= 0) {
     char link[64], host[4096];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
     const ssize_t n = readlink(link, host, sizeof(host) - 1);
     close(fd);
     std::string real(host, n > 0 ? static_cast<size_t>(n) : 0);
-    if (n > 0 && root_path_ == "/") return real;
-    if (n > 0 && real.compare(0, root_path_.size(), root_path_) == 0 &&
-        real.size() > root_path_.size() && real[root_path_.size()] == '/') {
-      return real.substr(root_path_.size());
-    }
+    if (n > 0 && GuestPathOf(real)) return real;
   }
   if (IsAbsolute(path)) return path;
   const std::string cwd = GuestCwd(p);
@@ -874,44 +873,44 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_getxattr:
     case SYS_lgetxattr:
     case SYS_listxattr:
-    case SYS_llistxattr: {
-      // Read-only, through the directory the guest path resolves under (/proc/self/fd/N/rel:
-      // only the directory goes through the magic link, so lgetxattr still sees a final link).
-      int dir;
-      std::string rel;
-      int64_t err;
-      if (!Resolve(p, AT_FDCWD, a[0], dir, rel, &err)) return err;
-      const std::string host = "/proc/self/fd/" + std::to_string(dir) + "/" + rel;
-      const bool list = nr == SYS_listxattr || nr == SYS_llistxattr;
-      const bool nofollow = nr == SYS_lgetxattr || nr == SYS_llistxattr;
-      std::string name;
-      if (!list && !p.as->CopyInString(a[1], name, 256)) return -EFAULT;
-      const uint64_t len = std::min<uint64_t>(list ? a[2] : a[3], 65536);
-      std::vector<char> buf(len);
-      const ssize_t n =
-          list ? (nofollow ? llistxattr : listxattr)(host.c_str(), buf.data(), len)
-               : (nofollow ? lgetxattr : getxattr)(host.c_str(), name.c_str(), buf.data(), len);
-      if (n < 0) return -errno;
-      if (len > 0 && !p.as->CopyOut(list ? a[1] : a[2], buf.data(), static_cast<size_t>(n))) {
-        return -EFAULT;
-      }
-      return n;
-    }
+    case SYS_llistxattr:
     case SYS_fgetxattr:
     case SYS_flistxattr: {
-      auto f = FileOf(p, fd_of(a[0]));
-      if (!f) return -EBADF;
-      const bool list = nr == SYS_flistxattr;
+      // Read only. A path goes through the directory it resolves under
+      // (/proc/self/fd/N/rel: only the directory passes the magic link, so lgetxattr still
+      // sees a final symbolic link); a descriptor is the guest's host descriptor.
+      const bool by_fd = nr == SYS_fgetxattr || nr == SYS_flistxattr;
+      const bool list = nr == SYS_listxattr || nr == SYS_llistxattr || nr == SYS_flistxattr;
+      const bool nofollow = nr == SYS_lgetxattr || nr == SYS_llistxattr;
+      std::string host;
+      std::shared_ptr<File> f;
+      if (by_fd) {
+        f = FileOf(p, fd_of(a[0]));
+        if (!f) return -EBADF;
+      } else {
+        int dir;
+        std::string rel;
+        int64_t err;
+        if (!Resolve(p, AT_FDCWD, a[0], dir, rel, &err)) return err;
+        host = "/proc/self/fd/" + std::to_string(dir) + "/" + rel;
+      }
       std::string name;
       if (!list && !p.as->CopyInString(a[1], name, 256)) return -EFAULT;
+      const uint64_t out = list ? a[1] : a[2];
       const uint64_t len = std::min<uint64_t>(list ? a[2] : a[3], 65536);
       std::vector<char> buf(len);
-      const ssize_t n = list ? flistxattr(f->host, buf.data(), len)
-                             : fgetxattr(f->host, name.c_str(), buf.data(), len);
-      if (n < 0) return -errno;
-      if (len > 0 && !p.as->CopyOut(list ? a[1] : a[2], buf.data(), static_cast<size_t>(n))) {
-        return -EFAULT;
+      ssize_t n;
+      if (list) {
+        n = by_fd      ? flistxattr(f->host, buf.data(), len)
+            : nofollow ? llistxattr(host.c_str(), buf.data(), len)
+                       : listxattr(host.c_str(), buf.data(), len);
+      } else {
+        n = by_fd      ? fgetxattr(f->host, name.c_str(), buf.data(), len)
+            : nofollow ? lgetxattr(host.c_str(), name.c_str(), buf.data(), len)
+                       : getxattr(host.c_str(), name.c_str(), buf.data(), len);
       }
+      if (n < 0) return -errno;
+      if (len > 0 && !p.as->CopyOut(out, buf.data(), static_cast<size_t>(n))) return -EFAULT;
       return n;
     }
     case SYS_fstat: {
