@@ -2618,6 +2618,46 @@ TEST_P(Vpagetable, InvalMakesEntryChangesVisible) {
   ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), 0x100000, 0x20000000));
 }
 
+// Many invalidations between two RUNs (a vkernel's fork write-protects range after range):
+// each one counts, adjacent or scattered, however many there are (more than a backend's
+// batch of host calls holds). Every page read once, its entry then moved to another frame
+// and invalidated page by page: the guest reads the new frames, never the old.
+TEST_P(Vpagetable, EveryInvalBetweenTwoRunsCounts) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  constexpr int kPages = 200;
+  std::vector<uint64_t> old_frames, new_frames;
+  for (int i = 0; i < kPages; ++i) {
+    old_frames.push_back(pm.NewFrame());
+    new_frames.push_back(pm.NewFrame());
+    pm.Store(old_frames[i], 1000 + i);
+    pm.Store(new_frames[i], 2000 + i);
+    pm.Map(i, old_frames[i]);
+  }
+  for (int i = 0; i < kPages; ++i) ASSERT_EQ(1000u + i, GuestLoad(vm.id(), VptPage(i)));
+  // Every page, in an order that is neither ascending nor contiguous: odd pages, then even.
+  for (int pass = 1; pass >= 0; --pass) {
+    for (int i = pass; i < kPages; i += 2) {
+      pm.Map(i, new_frames[i]);
+      ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), VptPage(i), kPage));
+    }
+  }
+  for (int i = 0; i < kPages; ++i) {
+    EXPECT_EQ(2000u + i, GuestLoad(vm.id(), VptPage(i))) << "page " << i;
+  }
+  // Cleared one by one: every page faults to the vkernel.
+  for (int i = 0; i < kPages; ++i) {
+    pm.Map(i, 0, 0);
+    ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), VptPage(i), kPage));
+  }
+  for (int i : {0, 1, kPages / 2, kPages - 1}) {
+    ExpectFault(vm.id(), kGuestLoad, VptPage(i), VptPage(i), PGEX_U, kCodeAddr);
+  }
+}
+
 TEST_P(Vpagetable, SetMapSwitchesTablesAndDropsTranslations) {
   ScopedVmspace vm(GetParam());
   ASSERT_TRUE(vm.Live());

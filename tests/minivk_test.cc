@@ -180,8 +180,17 @@ TEST(MinivkPmap, FramesAndTables) {
   EXPECT_TRUE(e & VPTE_V);
   EXPECT_FALSE(e & VPTE_RW);
   EXPECT_FALSE(e & VPTE_NX);
+  // minivk keeps no accessed/dirty information: entries start accessed, writable ones dirty
+  // too (so the runtime installs neighbours and writable translations without walks of its
+  // own); a read-only copy-on-write entry keeps A only.
+  EXPECT_TRUE(e & VPTE_A);
+  EXPECT_FALSE(e & VPTE_M);
   EXPECT_EQ(0u, pt.Lookup(0x401000));
   ASSERT_TRUE(pt.Map(0x7FFFFFFFD000 & ~0xFFFULL, mem.Alloc(), PROT_READ | PROT_WRITE));
+  const vpte_t rw = pt.Lookup(0x7FFFFFFFD000);
+  EXPECT_EQ(VPTE_V | VPTE_RW | VPTE_A | VPTE_M, rw & (VPTE_V | VPTE_RW | VPTE_A | VPTE_M));
+  EXPECT_EQ(VPTE_V | VPTE_A, minivk::PageTable::ReadOnly(rw) & (VPTE_V | VPTE_RW | VPTE_A | VPTE_M));
+  EXPECT_EQ(rw & VPTE_FRAME, minivk::PageTable::ReadOnly(rw) & VPTE_FRAME);
   int leaves = 0;
   pt.ForEach([&](uint64_t, vpte_t) { ++leaves; });
   EXPECT_EQ(2, leaves);
@@ -213,6 +222,7 @@ TEST(MinivkPmap, TheRuntimeWalksTheTablesItBuilds) {
   const unsigned char insns[] = {0x48, 0xff, 0xc0, 0x0f, 0x05, 0x0f, 0x0b};  // inc rax; syscall
   memcpy(mem.At(code), insns, sizeof(insns));
   ASSERT_TRUE(pt.Map(0x400000, code, PROT_READ | PROT_EXEC));
+  pt.Set(0x400000, pt.Lookup(0x400000) & ~VPTE_A);  // (minivk's start with A: see the walk set it)
   static char id;
   ASSERT_EQ(0, vmspace_create(&id, VKRT_TYPE_DEFAULT, nullptr)) << strerror(errno);
   ASSERT_TRUE(minivk::GovernWithTables(&id, mem, pt, error)) << error;

@@ -84,8 +84,8 @@ bool PageTable::Init() {
 }
 
 vpte_t PageTable::Leaf(uint64_t pa, int prot) {
-  vpte_t e = (pa & VPTE_FRAME) | VPTE_V | VPTE_U;
-  if (prot & PROT_WRITE) e |= VPTE_RW;
+  vpte_t e = (pa & VPTE_FRAME) | VPTE_V | VPTE_U | VPTE_A;
+  if (prot & PROT_WRITE) e |= VPTE_RW | VPTE_M;
   if (!(prot & PROT_EXEC)) e |= VPTE_NX;
   return e;
 }

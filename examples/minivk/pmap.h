@@ -75,8 +75,14 @@ class PageTable {
     Visit(root_, 3, 0, fn);
   }
 
-  // A leaf entry for frame `pa` with PROT_* `prot`.
+  // A leaf entry for frame `pa` with PROT_* `prot`. minivk keeps no accessed or dirty
+  // information (it never ages or writes back pages), so every entry starts with A set, and
+  // a writable one with M too: the runtime's walk then has nothing to record, so it may
+  // install a read fault's translation writable and install valid neighbours with it
+  // (fault-around) instead of taking one fault per page.
   static vpte_t Leaf(uint64_t pa, int prot);
+  // `e` made read-only (shared copy-on-write): RW and M cleared, A kept (see Leaf).
+  static vpte_t ReadOnly(vpte_t e) { return (e & ~(VPTE_RW | VPTE_M)) | VPTE_A; }
 
  private:
   vpte_t* Slot(uint64_t va, bool create);

@@ -8,6 +8,14 @@
 #include <algorithm>
 
 namespace minivk {
+namespace {
+
+// Whether an area with PROT_* `prot` allows the access.
+bool Allows(int prot, bool write, bool exec) {
+  return prot != PROT_NONE && (!write || (prot & PROT_WRITE)) && (!exec || (prot & PROT_EXEC));
+}
+
+}  // namespace
 
 bool GovernWithTables(void* id, const PhysMem& mem, const PageTable& pt, std::string& error) {
   const uint64_t len = kUserTop - kRegionStart;
@@ -119,7 +127,7 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
         ok = false;
         return;
       }
-      pt_.Set(va, e & ~(VPTE_RW | VPTE_A | VPTE_M));
+      pt_.Set(va, PageTable::ReadOnly(e));
       mem_.Ref(e & VPTE_FRAME);
     });
   }
@@ -173,7 +181,7 @@ bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {
   uint64_t lost_from = 0, lost_to = 0;  // the parent's pages that just lost RW, as ranges
   parent.pt_.ForEach([&](uint64_t va, vpte_t e) {
     if (!ok) return;
-    const vpte_t shared = e & ~(VPTE_RW | VPTE_A | VPTE_M);
+    const vpte_t shared = PageTable::ReadOnly(e);
     if (e & VPTE_RW) {
       parent.pt_.Set(va, shared);
       if (va != lost_to) {
@@ -211,9 +219,7 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
   auto area = AreaOf(va);
   if (area == areas_.end()) return false;
   const int prot = area->second.prot;
-  if (prot == PROT_NONE || (write && !(prot & PROT_WRITE)) || (exec && !(prot & PROT_EXEC))) {
-    return false;
-  }
+  if (!Allows(prot, write, exec)) return false;
   va = PageDown(va);
   const vpte_t e = pt_.Lookup(va);
   if (!(e & VPTE_V)) {
@@ -226,7 +232,7 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
   if (write && !(e & VPTE_RW)) {
     const uint64_t pa = e & VPTE_FRAME;
     if (mem_.refs(pa) == 1) {
-      pt_.Set(va, e | VPTE_RW);  // the last sharer keeps the frame
+      pt_.Set(va, e | VPTE_RW | VPTE_M);  // the last sharer keeps the frame
     } else {
       const uint64_t copy = mem_.Alloc();
       if (copy == 0) {
@@ -245,23 +251,9 @@ bool AddressSpace::Ensure(uint64_t va, bool write, bool exec) {
 AddressSpace::FaultResult AddressSpace::Fault(uint64_t va, uint64_t err) {
   const bool write = err & PGEX_W, exec = err & PGEX_I;
   const vpte_t before = pt_.Lookup(PageDown(va));
+  if (!(before & VPTE_V)) FillBlock(va, write, exec);
   if (!Ensure(va, write, exec)) {
     return out_of_memory_ ? FaultResult::kOutOfMemory : FaultResult::kNotAllowed;
-  }
-  if (!(before & VPTE_V)) {
-    // Demand paging: fill the rest of this 64 KiB block of the area too, so a program
-    // walking through new memory exits to the vkernel once per block, not once per page.
-    auto area = AreaOf(va);
-    const uint64_t from = std::max(area->first, va & ~uint64_t{0xFFFF});
-    const uint64_t to = std::min(area->second.end, (va | 0xFFFF) + 1);
-    for (uint64_t page = from; page < to; page += kPage) {
-      if (pt_.Lookup(page) & VPTE_V) continue;
-      const uint64_t frame = mem_.Alloc();
-      if (frame == 0 || !pt_.Map(page, frame, area->second.prot)) {
-        if (frame != 0) mem_.Unref(frame);
-        break;
-      }
-    }
   }
   if (before == pt_.Lookup(PageDown(va))) {
     // The tables already allowed this access: a translation the runtime holds is older
@@ -269,6 +261,37 @@ AddressSpace::FaultResult AddressSpace::Fault(uint64_t va, uint64_t err) {
     Inval(PageDown(va), PageDown(va) + kPage);
   }
   return FaultResult::kResolved;
+}
+
+void AddressSpace::FillBlock(uint64_t va, bool write, bool exec) {
+  // Demand paging fills the whole 64 KiB block of the area around a missing page, so a
+  // program walking through new memory exits to the vkernel once per block, not once per
+  // page. The frames go in ascending order with the addresses: where they are contiguous
+  // (fresh memory, or a block another process just freed), the runtime installs the block
+  // as one host mapping. Nothing is filled where the access is not allowed, nor when
+  // memory is short (Ensure then maps the faulting page alone, or reports it).
+  auto area = AreaOf(va);
+  if (area == areas_.end() || !Allows(area->second.prot, write, exec)) return;
+  const uint64_t from = std::max(area->first, va & ~uint64_t{0xFFFF});
+  const uint64_t to = std::min(area->second.end, (va | 0xFFFF) + 1);
+  uint64_t pages[16], frames[16];
+  int n = 0;
+  for (uint64_t page = from; page < to; page += kPage) {
+    if (!(pt_.Lookup(page) & VPTE_V)) pages[n++] = page;
+  }
+  int got = 0;
+  while (got < n && (frames[got] = mem_.Alloc()) != 0) ++got;
+  if (got < n) {
+    for (int k = 0; k < got; ++k) mem_.Unref(frames[k]);
+    return;
+  }
+  std::sort(frames, frames + n);
+  for (int i = 0; i < n; ++i) {
+    if (!pt_.Map(pages[i], frames[i], area->second.prot)) {  // no frame for a table
+      for (int k = i; k < n; ++k) mem_.Unref(frames[k]);
+      return;
+    }
+  }
 }
 
 bool AddressSpace::CanCommit(uint64_t pages) const {

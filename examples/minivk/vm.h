@@ -146,6 +146,9 @@ class AddressSpace {
   // Page `va` present with at least the rights of `write`; false if not allowed/no memory
   // (out_of_memory_ tells which).
   bool Ensure(uint64_t va, bool write, bool exec);
+  // Demand paging: fresh zeroed frames for the missing pages of `va`'s 64 KiB block (if the
+  // access is allowed and memory suffices; otherwise nothing).
+  void FillBlock(uint64_t va, bool write, bool exec);
   // Linux's heuristic overcommit, measured against free frames: false if `pages` new pages
   // of private writable memory could not be backed now (mmap and brk then fail with ENOMEM).
   bool CanCommit(uint64_t pages) const;

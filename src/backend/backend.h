@@ -128,6 +128,13 @@ class AddressSpace {
                                uint64_t offset) = 0;
   // Carries out queued Installs (a backend may batch them). Outcome: OK or the first failure.
   virtual absl::Status FlushInstalls() { return absl::OkStatus(); }
+  // Removes the translations in [addr, addr+len) (page aligned, inside a VPAGETABLE region):
+  // from its return on, no guest access there succeeds through one of them. The default
+  // re-reserves the range (an inaccessible anonymous mapping, so nothing else is placed
+  // there). A backend may queue the host work and carry it out before any guest code of
+  // this space runs again, if none runs now. Called with the vpt::Space lock held, from
+  // mcontrol (SETMAP, INVAL) or Run's fault path. Outcome: OK or a host error.
+  virtual absl::Status DropTranslations(uint64_t addr, uint64_t len);
   // The VPAGETABLE state Run consults; set once, before the first VPAGETABLE mapping exists,
   // by the owner, which keeps it alive longer than this space.
   void set_vpt(vpt::Space* space) { vpt_.store(space, std::memory_order_release); }
@@ -144,9 +151,8 @@ class AddressSpace {
   std::atomic<vpt::Space*> vpt_{nullptr};
 };
 
-// The vpt::Installer of an AddressSpace: installs with Install(); drops by re-reserving the
-// range (an inaccessible anonymous mapping, so that nothing else is placed there and every
-// access faults).
+// The vpt::Installer of an AddressSpace: installs with Install(), drops with
+// DropTranslations().
 class SpaceInstaller : public vpt::Installer {
  public:
   explicit SpaceInstaller(AddressSpace& space) : space_(space) {}
@@ -154,7 +160,9 @@ class SpaceInstaller : public vpt::Installer {
                        uint64_t offset) override {
     return space_.Install(addr, len, prot, handle, offset);
   }
-  absl::Status Drop(uint64_t addr, uint64_t len) override;
+  absl::Status Drop(uint64_t addr, uint64_t len) override {
+    return space_.DropTranslations(addr, len);
+  }
   absl::Status Flush() override { return space_.FlushInstalls(); }
 
  private:

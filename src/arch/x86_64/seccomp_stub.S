@@ -272,8 +272,8 @@ vkrt_seccomp_stub_boot:
 	jae .Lserver_ack
 	/* Everything the new thread of a clone needs is in registers: the vkernel may write
 	 * the next batch over this page before the new thread first runs. */
-	mov 0(%r15), %rbx            /* the call's number */
-	mov %rbx, %rax
+	mov 0(%r15), %rbx            /* the call's number; bit 63: it must succeed */
+	mov %ebx, %eax
 	mov 8(%r15), %rdi
 	mov 16(%r15), %rsi
 	mov 24(%r15), %rdx
@@ -286,7 +286,11 @@ vkrt_seccomp_stub_boot:
 	jnz 4f
 	cmp $SYS_clone, %rbx
 	je .Lcontext_start           /* the new context thread */
-4:	mov $(VKRT_SC_RO + VKRT_SC_SERVER_SLOT * 0x1000), %rbx
+4:	bt $63, %rbx                 /* a call that must succeed failed (a translation that */
+	jnc 5f                       /* could not be removed): no guest may run on; the */
+	cmp $-4095, %rax             /* vkernel sees the stub gone */
+	jae .Lserver_exit
+5:	mov $(VKRT_SC_RO + VKRT_SC_SERVER_SLOT * 0x1000), %rbx
 	mov $(VKRT_SC_RW + VKRT_SC_SERVER_SLOT * VKRT_SC_SLOT_SIZE + MB_RESULTS), %rdi
 	mov %rax, (%rdi,%r14,8)
 	inc %r14d

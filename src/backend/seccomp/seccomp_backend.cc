@@ -220,6 +220,10 @@ struct Op {
   uint64_t a[6];
 };
 static_assert(sizeof(Op) == SRV_OP_SIZE);
+// Or'ed into Op::nr: if the call fails, the server exits the stub (seccomp_stub.S). For the
+// removal of a translation, which may have been queued while nothing ran and is carried out
+// just before a guest resumes: if it cannot be done, no guest of the space may run again.
+constexpr uint64_t kMustSucceed = uint64_t{1} << 63;
 
 // One guest context: a context thread of the stub and its slot.
 struct Context {
@@ -271,6 +275,7 @@ class SeccompAddressSpace : public AddressSpace {
   absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                        uint64_t offset) override;
   absl::Status FlushInstalls() override;
+  absl::Status DropTranslations(uint64_t addr, uint64_t len) override;
 
   absl::StatusOr<Context*> CallerContext();
   // Boot check: the server answers an empty batch.
@@ -290,6 +295,9 @@ class SeccompAddressSpace : public AddressSpace {
   // op i's raw result. ops_mu_ held.
   absl::Status ServerRunLocked(const Op* ops, int n, int64_t* results);
   absl::Status FlushLocked();
+  // Run's entry, when queued_ says so: the queued work goes to the server with the resume of
+  // `c` (as a fault's installs do), so the guest resumes only after it is done.
+  absl::Status PostQueued(Context& c);
   // Posts the queued installs as a batch nobody waits for here: the context resolving a
   // fault wakes the server and waits for it itself. ops_mu_ held.
   absl::Status PostAsyncLocked(Context& c);
@@ -358,6 +366,15 @@ class SeccompAddressSpace : public AddressSpace {
   int async_count_ = 0;
   int async_errno_ = 0;             // the first failure of an earlier posted batch
   int server_cpu_ = -1;             // the CPU the server is pinned to, if any
+  // Removals of translations wait in pending_ while no context runs guest code (running_
+  // is 0): the next Run posts them before it resumes its guest. queued_ (set under ops_mu_
+  // before running_ is read; running_ raised before queued_ is read: one of the two sides
+  // always sees the other) says pending_ may hold some.
+  std::atomic<bool> queued_{false};
+  std::atomic<int> running_{0};     // Runs in progress, in any context
+  // The posted batch that carries such removals, until its acknowledgement is read (0:
+  // none): a context that resumes meanwhile waits for it too.
+  std::atomic<uint32_t> drop_batch_{0};
   std::array<bool, 1024> used_fds_ = {};  // the stub's descriptor table as we made it
 
   std::mutex contexts_mu_;  // context creation and release
@@ -430,6 +447,7 @@ absl::Status SeccompAddressSpace::DrainLocked() {
     Futex(Command(VKRT_SC_SERVER_SLOT) + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
     if (auto s = ReadAck(); !s.ok()) return s;
   }
+  drop_batch_.store(0, std::memory_order_release);
   const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
   for (int i = 0; i < async_count_ && async_errno_ == 0; ++i) {
     int64_t r;
@@ -446,6 +464,10 @@ absl::Status SeccompAddressSpace::PostAsyncLocked(Context& c) {
     // retries (vpt::Space::Resolve).
     const int err = async_errno_;
     async_errno_ = 0;
+    if (queued_.load(std::memory_order_relaxed)) {
+      // Removals wait in pending_: they must not be lost with the failed installs.
+      if (auto f = FlushLocked(); !f.ok()) return f;
+    }
     npending_ = 0;
     return ErrnoError(err, absl::StrFormat("mmap of a VPAGETABLE translation in stub %d", pid_));
   }
@@ -462,6 +484,10 @@ absl::Status SeccompAddressSpace::PostAsyncLocked(Context& c) {
 
   npending_ = 0;
   c.server_wait = server_seq_ == 0 ? 1 : server_seq_;
+  if (queued_.load(std::memory_order_relaxed)) {
+    drop_batch_.store(c.server_wait, std::memory_order_seq_cst);
+    queued_.store(false, std::memory_order_seq_cst);
+  }
   return absl::OkStatus();
 }
 
@@ -493,6 +519,7 @@ absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t*
     }
   }
   npending_ = 0;
+  queued_.store(false, std::memory_order_relaxed);
   if (first_error != 0) {
     return ErrnoError(static_cast<int>(-first_error),
                       absl::StrFormat("mmap of a VPAGETABLE translation in stub %d", pid_));
@@ -630,6 +657,40 @@ absl::Status SeccompAddressSpace::FlushInstalls() {
     return PostAsyncLocked(*c);
   }
   return FlushLocked();
+}
+
+absl::Status SeccompAddressSpace::DropTranslations(uint64_t addr, uint64_t len) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  if (dead_.load()) return Died("earlier");
+  // An inaccessible reservation over the range. Contiguous removals (a fork's
+  // copy-on-write ranges, a SETMAP of several regions) merge into one call.
+  constexpr uint64_t kReserve = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED;
+  Op* last = npending_ > 0 ? &pending_[npending_ - 1] : nullptr;
+  if (last != nullptr && last->nr == (SYS_mmap | kMustSucceed) && last->a[3] == kReserve &&
+      last->a[0] + last->a[1] == addr) {
+    last->a[1] += len;
+  } else {
+    if (npending_ == SRV_MAX_OPS) {
+      if (auto s = FlushLocked(); !s.ok()) return s;
+    }
+    pending_[npending_++] = {SYS_mmap | kMustSucceed,
+                             {addr, len, PROT_NONE, kReserve, static_cast<uint64_t>(-1), 0}};
+  }
+  queued_.store(true, std::memory_order_seq_cst);
+  if (running_.load(std::memory_order_seq_cst) == 0) return absl::OkStatus();
+  // A guest runs (in another thread's RUN, or this is the fault path): now.
+  return FlushLocked();
+}
+
+absl::Status SeccompAddressSpace::PostQueued(Context& c) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  if (npending_ == 0) return absl::OkStatus();
+  if (dead_.load()) return Died("earlier");
+  if (auto s = DrainLocked(); !s.ok()) return s;
+  // An earlier batch's failure is the next fault resolution's to report (it flushes and
+  // retries); here the queue goes now, and waits for nothing.
+  if (async_errno_ != 0) return FlushLocked();
+  return PostAsyncLocked(c);
 }
 
 absl::Status SeccompAddressSpace::Unmap(uint64_t addr, uint64_t len) {
@@ -1024,6 +1085,14 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
   if (limits.timeout_ns != 0) {
     if (auto s = ts.ArmTimer(limits.timeout_ns); !s.ok()) return s;
     timer_armed = true;
+  }
+  // From here on a removal of translations is carried out at once, or (queued before) here.
+  running_.fetch_add(1, std::memory_order_seq_cst);
+  absl::Cleanup not_running = [this] { running_.fetch_sub(1, std::memory_order_release); };
+  if (queued_.load(std::memory_order_seq_cst)) {
+    if (auto s = PostQueued(c); !s.ok()) return s;
+  } else if (const uint32_t batch = drop_batch_.load(std::memory_order_seq_cst); batch != 0) {
+    c.server_wait = batch;  // posted by another context's RUN, perhaps not carried out yet
   }
   const uint64_t run = runs_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (c.rcx_reported_as_r10 && c.rcx_run + 1 != run) c.rcx_reported_as_r10 = false;
