@@ -235,60 +235,79 @@ absl::StatusOr<Resolution> Space::Resolve(uint64_t addr, Access access, Installe
   if (tlb_.Find(page) < 0 && tlb_.full()) {
     if (auto s = FlushAll(installer); !s.ok()) return s;
   }
-  if (auto s = installer.Install(page, kPage, prot, r.handle, walk.page_offset); !s.ok()) {
-    // Out of host mappings anyway (other mappings used up vm.max_map_count): flush, retry.
-    if (ErrnoOf(s) != ENOMEM || tlb_.size() == 0) return s;
+  // The page and its neighbours, as runs of contiguous frames with one protection: the
+  // run holding the page must go in; the others may fail (they fault later).
+  Candidate candidates[kFaultAround];
+  const int n = FaultAround(it, page, index, walk, prot, candidates);
+  auto install_page_alone = [&]() -> absl::Status {
+    // Out of host mappings (other mappings used up vm.max_map_count): flush, retry alone.
     if (auto f = FlushAll(installer); !f.ok()) return f;
     if (auto again = installer.Install(page, kPage, prot, r.handle, walk.page_offset);
         !again.ok()) {
       return again;
     }
+    tlb_.Put(page, prot);
+    return absl::OkStatus();
+  };
+  bool page_failed = false;
+  for (int i = 0; i < n;) {
+    int k = i + 1;
+    while (k < n && candidates[k].va == candidates[k - 1].va + kPage &&
+           candidates[k].offset == candidates[k - 1].offset + kPage &&
+           candidates[k].prot == candidates[i].prot) {
+      ++k;
+    }
+    const bool has_page = candidates[i].va <= page && page < candidates[i].va + (k - i) * kPage;
+    auto s = installer.Install(candidates[i].va, (k - i) * kPage, candidates[i].prot, r.handle,
+                               candidates[i].offset);
+    if (s.ok()) {
+      for (int m = i; m < k; ++m) tlb_.Put(candidates[m].va, candidates[m].prot);
+      if (k - i > 1 || !has_page) ++fault_around_;  // a run with neighbours in it
+    } else if (has_page) {
+      if (ErrnoOf(s) != ENOMEM || tlb_.size() == 0) return s;
+      page_failed = true;
+    }
+    i = k;
   }
-  tlb_.Put(page, prot);
-  FaultAround(it, page, index, walk, prot, installer);
+  if (page_failed) {
+    if (auto s = install_page_alone(); !s.ok()) return s;
+  }
   if (auto s = installer.Flush(); !s.ok()) {
     // A batching installer reports failures here. Neighbours that failed fault again later
     // (their records are replaced then); the page itself must be in place.
     if (ErrnoOf(s) != ENOMEM) return s;
-    if (auto f = FlushAll(installer); !f.ok()) return f;
-    if (auto again = installer.Install(page, kPage, prot, r.handle, walk.page_offset);
-        !again.ok()) {
-      return again;
-    }
+    if (auto a = install_page_alone(); !a.ok()) return a;
     if (auto again = installer.Flush(); !again.ok()) return again;
-    tlb_.Put(page, prot);
   }
   result.outcome = Resolution::Outcome::kInstalled;
   return result;
 }
 
-// Installs the neighbours of a just-resolved page in its aligned group of kFaultAround pages
-// when that cannot change what the vkernel observes: within a large page, every neighbour
-// shares the entry the walk just marked; in a table of 4 KiB entries, only neighbours whose
-// entry is valid with A already set, writable only when RW and M are set too (a walk would
-// set nothing new). Contiguous frames go in as one run. Failures are ignored (the page will
-// simply fault later).
-void Space::FaultAround(Regions::iterator it, uint64_t page, uint64_t index,
-                        const WalkResult& walk, int prot, Installer& installer) {
+// The neighbours of a just-resolved page in its aligned group of kFaultAround pages that
+// may go in with it because that cannot change what the vkernel observes: within a large
+// page, every neighbour shares the entry the walk just marked; in a table of 4 KiB entries,
+// only neighbours whose entry is valid with A already set, writable only when RW and M are
+// set too (a walk would set nothing new). The page itself is among them, in address order.
+int Space::FaultAround(Regions::iterator it, uint64_t page, uint64_t index,
+                       const WalkResult& walk, int prot, Candidate* out) {
   const Region& r = it->second;
-  struct Candidate {
-    uint64_t va;
-    uint64_t offset;
-    int prot;
-  } candidates[kFaultAround];
   int n = 0;
+  int room = static_cast<int>(tlb_.capacity() - std::min(tlb_.capacity(), tlb_.size())) - 1;
   const uint64_t first = index & ~(kFaultAround - 1);
   for (uint64_t j = first; j < first + kFaultAround; ++j) {
-    if (j == index) continue;
     const int64_t delta = static_cast<int64_t>(j - index) * static_cast<int64_t>(kPage);
     const uint64_t va = page + static_cast<uint64_t>(delta);
+    if (j == index) {
+      out[n++] = {page, walk.page_offset, prot};
+      continue;
+    }
     if (va < it->first || va >= r.end || tlb_.Find(va) >= 0) continue;
-    if (tlb_.size() + n >= tlb_.capacity()) break;
+    if (room <= 0) continue;
     Candidate c{va, 0, prot};
     if (walk.page_shift > 0) {
       c.offset = walk.page_offset + static_cast<uint64_t>(delta);  // the same large page
     } else {
-      if (walk.leaf_table == 0) return;
+      if (walk.leaf_table == 0) continue;
       uint64_t e;
       if (!r.backing->Load(walk.leaf_table + (j & 511) * sizeof(uint64_t), e)) continue;
       if ((e & (VPTE_V | VPTE_A)) != (VPTE_V | VPTE_A)) continue;
@@ -300,24 +319,10 @@ void Space::FaultAround(Regions::iterator it, uint64_t page, uint64_t index,
       c.offset = e & VPTE_FRAME;
     }
     if (!r.backing->Contains(c.offset, kPage)) continue;
-    candidates[n++] = c;
+    out[n++] = c;
+    --room;
   }
-  for (int i = 0; i < n;) {
-    int k = i + 1;
-    while (k < n && candidates[k].va == candidates[k - 1].va + kPage &&
-           candidates[k].offset == candidates[k - 1].offset + kPage &&
-           candidates[k].prot == candidates[i].prot) {
-      ++k;
-    }
-    if (installer
-            .Install(candidates[i].va, (k - i) * kPage, candidates[i].prot, r.handle,
-                     candidates[i].offset)
-            .ok()) {
-      for (int m = i; m < k; ++m) tlb_.Put(candidates[m].va, candidates[m].prot);
-    }
-    ++fault_around_;
-    i = k;
-  }
+  return n;
 }
 
 size_t Space::Copy(uint64_t addr, void* buf, size_t len, bool write) {

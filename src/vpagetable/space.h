@@ -144,12 +144,20 @@ class Space {
   absl::Status FlushAll(Installer& installer);
   // Drops every translation in [start, end) (mu_ held).
   absl::Status DropRange(uint64_t start, uint64_t end, Installer& installer);
-  // Installs neighbours of `page` (walk index `index`, installed with `prot` from `walk`)
-  // where that is invisible to the vkernel (mu_ held); see space.cc.
-  void FaultAround(Regions::iterator it, uint64_t page, uint64_t index, const WalkResult& walk,
-                   int prot, Installer& installer);
+  // One translation to install: guest page, object offset, protection.
+  struct Candidate {
+    uint64_t va;
+    uint64_t offset;
+    int prot;
+  };
+  // Fills `out` (room for kFaultAround) with `page` (walk index `index`, to be installed
+  // with `prot` from `walk`) and those neighbours in its aligned group that may be installed
+  // with it invisibly to the vkernel, in address order; returns how many (mu_ held). See
+  // space.cc.
+  int FaultAround(Regions::iterator it, uint64_t page, uint64_t index, const WalkResult& walk,
+                  int prot, Candidate* out);
 
-  static constexpr uint64_t kFaultAround = 8;  // pages, aligned group
+  static constexpr uint64_t kFaultAround = 16;  // pages, aligned group (64 KiB, as Linux's)
 
   mutable std::mutex mu_;
   Regions regions_;

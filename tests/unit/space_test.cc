@@ -567,34 +567,40 @@ TEST_F(SpaceTest, FullBudgetEvictsEveryRegionBeforeInstalling) {
   EXPECT_EQ(0u, space.evictions());
   for (const Call& c : installer_.calls) EXPECT_TRUE(c.install);
 
-  // The ninth distinct page: everything is flushed first, then it is installed.
+  // The ninth distinct page: everything is flushed first, then it is installed, and with it
+  // the evicted pages of its group (A set by their walks; page 0 also M: writable), in
+  // runs of contiguous frames with one protection.
   installer_.calls.clear();
   ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(10), Access::kRead).outcome);
   EXPECT_EQ(std::vector<Call>({DropCall(kStart, kPages * kPage), DropCall(At(64), 8 * kPage),
+                               InstallCall(At(0), kRW, kHandle, Frame(kTreeA, 0)),
+                               RunCall(At(1), 4, kR, kHandle, Frame(kTreeA, 1)),
                                InstallCall(At(10), kR, kHandle, Frame(kTreeA, 10))}),
             installer_.calls);
   EXPECT_EQ(1u, space.evictions());
-  EXPECT_EQ(1u, space.installed());
-  EXPECT_EQ(-1, Installed(space, At(0)));
+  EXPECT_EQ(6u, space.installed());
+  EXPECT_EQ(kRW, Installed(space, At(0)));
   EXPECT_EQ(-1, Installed(space, At(65)));
   EXPECT_EQ(kR, Installed(space, At(10)));
-  // The second region still resolves through its own offset; its evicted pages 64..66
-  // (indices 16..18, A set) come back by fault-around, as one run of contiguous frames.
+  // The second region still resolves through its own offset. Its evicted pages 64..66
+  // (indices 16..18, A set) may come back by fault-around, but the budget has room for one
+  // neighbour only: the first of the group, 64.
   installer_.calls.clear();
   ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(67), Access::kRead).outcome);
-  EXPECT_EQ(std::vector<Call>({InstallCall(At(67), kR, kHandle + 1, Frame(kTreeA, 19)),
-                               RunCall(At(64), 3, kR, kHandle + 1, Frame(kTreeA, 16))}),
+  EXPECT_EQ(std::vector<Call>({InstallCall(At(64), kR, kHandle + 1, Frame(kTreeA, 16)),
+                               InstallCall(At(67), kR, kHandle + 1, Frame(kTreeA, 19))}),
             installer_.calls);
-  EXPECT_EQ(5u, space.installed());
+  EXPECT_EQ(8u, space.installed());
   EXPECT_EQ(1u, space.evictions());
 }
 
 TEST_F(SpaceTest, FaultAroundInstallsOnlyNeighboursAWalkWouldNotChange) {
   AddMappedMainRegion(space_);
-  // Group of page 3: indices 0..7. Entries: 0, 1 accessed (contiguous frames: one run);
+  // Group of page 3: indices 0..15. Entries: 0, 1 accessed (contiguous frames: one run);
   // 2 not accessed (skipped); 4 accessed and modified (writable); 5 accessed; 6 accessed
-  // with a frame elsewhere; 7 accessed but beyond the object (skipped). Page 8, accessed,
-  // lies in the next group.
+  // with a frame elsewhere; 7 accessed but beyond the object (skipped); 8 accessed; 9..15
+  // not accessed. Page 3 itself goes in alone: its neighbours' frames follow its own, but
+  // with other rights (4) or after a gap (2).
   Leaf(kTreeA, 0) |= VPTE_A;
   Leaf(kTreeA, 1) |= VPTE_A;
   Leaf(kTreeA, 4) |= VPTE_A | VPTE_M;
@@ -605,20 +611,22 @@ TEST_F(SpaceTest, FaultAroundInstallsOnlyNeighboursAWalkWouldNotChange) {
   const uint64_t leaf0 = Leaf(kTreeA, 0), leaf2 = Leaf(kTreeA, 2), leaf4 = Leaf(kTreeA, 4);
 
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(3), Access::kRead).outcome);
-  EXPECT_EQ(std::vector<Call>({InstallCall(At(3), kR, kHandle, Frame(kTreeA, 3)),
-                               RunCall(At(0), 2, kR, kHandle, Frame(kTreeA, 0)),
+  EXPECT_EQ(std::vector<Call>({RunCall(At(0), 2, kR, kHandle, Frame(kTreeA, 0)),
+                               InstallCall(At(3), kR, kHandle, Frame(kTreeA, 3)),
                                RunCall(At(4), 1, kRW, kHandle, Frame(kTreeA, 4)),
                                RunCall(At(5), 1, kR, kHandle, Frame(kTreeA, 5)),
-                               RunCall(At(6), 1, kR, kHandle, Frame(kTreeA, 31))}),
+                               RunCall(At(6), 1, kR, kHandle, Frame(kTreeA, 31)),
+                               RunCall(At(8), 1, kR, kHandle, Frame(kTreeA, 8))}),
             installer_.calls);
-  EXPECT_EQ(4u, space_.fault_around_runs());
-  EXPECT_EQ(6u, space_.installed());
+  EXPECT_EQ(5u, space_.fault_around_runs());
+  EXPECT_EQ(7u, space_.installed());
   EXPECT_EQ(kR, Installed(space_, At(0)));
   EXPECT_EQ(kR, Installed(space_, At(1)));
   EXPECT_EQ(-1, Installed(space_, At(2)));
   EXPECT_EQ(kRW, Installed(space_, At(4)));
   EXPECT_EQ(-1, Installed(space_, At(7)));
-  EXPECT_EQ(-1, Installed(space_, At(8)));
+  EXPECT_EQ(kR, Installed(space_, At(8)));
+  EXPECT_EQ(-1, Installed(space_, At(9)));
   // The neighbours' entries are left as they were.
   EXPECT_EQ(leaf0, Leaf(kTreeA, 0));
   EXPECT_EQ(leaf2, Leaf(kTreeA, 2));
@@ -629,20 +637,18 @@ TEST_F(SpaceTest, FaultAroundInstallsOnlyNeighboursAWalkWouldNotChange) {
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(2), Access::kRead).outcome);
   EXPECT_EQ(std::vector<Call>({InstallCall(At(2), kR, kHandle, Frame(kTreeA, 2))}),
             installer_.calls);
-  EXPECT_EQ(4u, space_.fault_around_runs());
+  EXPECT_EQ(5u, space_.fault_around_runs());
 }
 
 TEST_F(SpaceTest, FaultAroundStaysInsideTheRegionAndTheBudget) {
-  // A 3-page region over indices 4..6: its group (0..7) reaches past both of its ends.
-  for (uint64_t index = 0; index < 8; ++index) Leaf(kTreeA, index) |= VPTE_A;
+  // A 3-page region over indices 4..6: its group (0..15) reaches past both of its ends.
+  for (uint64_t index = 0; index < 16; ++index) Leaf(kTreeA, index) |= VPTE_A;
   Space space(4);
   space.AddRegion(kStart, 3 * kPage, kRW, 4 * kPage, backing_, kHandle);
   ASSERT_TRUE(space.SetMap(kStart, 3 * kPage, kTreeA.root(), installer_).ok());
   ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(1), Access::kRead).outcome);
-  EXPECT_EQ(std::vector<Call>({InstallCall(At(1), kR, kHandle, Frame(kTreeA, 5)),
-                               RunCall(At(0), 1, kR, kHandle, Frame(kTreeA, 4)),
-                               RunCall(At(2), 1, kR, kHandle, Frame(kTreeA, 6))}),
-            installer_.calls);
+  EXPECT_EQ(std::vector<Call>({RunCall(At(0), 3, kR, kHandle, Frame(kTreeA, 4))}),
+            installer_.calls);  // the page and both neighbours: one run
   EXPECT_EQ(3u, space.installed());
 
   // A budget of 4 with 3 used: one more page and no room for neighbours, no eviction.
@@ -660,9 +666,9 @@ TEST_F(SpaceTest, FaultAroundStaysInsideTheRegionAndTheBudget) {
   ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(20), Access::kRead).outcome);
   EXPECT_EQ(1u, space.evictions());
   EXPECT_EQ(4u, space.installed());
-  ASSERT_EQ(4u, installer_.calls.size());  // two drops, the page, one run
-  EXPECT_EQ(InstallCall(At(20), kR, kHandle, Frame(kTreeA, 4)), installer_.calls[2]);
-  EXPECT_EQ(RunCall(At(16), 3, kR, kHandle, Frame(kTreeA, 0)), installer_.calls[3]);
+  ASSERT_EQ(4u, installer_.calls.size());  // two drops, a run of 3 neighbours, the page
+  EXPECT_EQ(RunCall(At(16), 3, kR, kHandle, Frame(kTreeA, 0)), installer_.calls[2]);
+  EXPECT_EQ(InstallCall(At(20), kR, kHandle, Frame(kTreeA, 4)), installer_.calls[3]);
 }
 
 TEST_F(SpaceTest, FaultAroundWithinALargePage) {
@@ -671,11 +677,8 @@ TEST_F(SpaceTest, FaultAroundWithinALargePage) {
   AddMappedMainRegion(space_);
   Entry(kTreeA.pd) = 0 | kTableBits | VPTE_PS;
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(10), Access::kRead).outcome);
-  EXPECT_EQ(std::vector<Call>({InstallCall(At(10), kR, kHandle, 10 * kPage),
-                               RunCall(At(8), 2, kR, kHandle, 8 * kPage),
-                               RunCall(At(11), 5, kR, kHandle, 11 * kPage)}),
-            installer_.calls);
-  EXPECT_EQ(8u, space_.installed());
+  EXPECT_EQ(std::vector<Call>({RunCall(At(0), 16, kR, kHandle, 0)}), installer_.calls);
+  EXPECT_EQ(16u, space_.installed());
   EXPECT_EQ(VPTE_A, Entry(kTreeA.pd) & (VPTE_A | VPTE_M));
 }
 
@@ -697,6 +700,26 @@ TEST_F(SpaceTest, InstallOutOfHostMappingsFlushesAndRetries) {
   EXPECT_EQ(kR, Installed(space_, At(12)));
 }
 
+// The page's run (the page with neighbours) is refused for want of host mappings: every
+// translation is flushed and the page goes in alone; neighbours fault later.
+TEST_F(SpaceTest, RunHoldingThePageOutOfHostMappingsFlushesAndInstallsThePageAlone) {
+  AddMappedMainRegion(space_);
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(1), Access::kRead).outcome);
+  installer_.calls.clear();
+  for (uint64_t index = 8; index < 12; ++index) Leaf(kTreeA, index) |= VPTE_A;
+  installer_.install_failures = {ErrnoError(ENOMEM, "mmap")};
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(10), Access::kRead).outcome);
+  EXPECT_EQ(std::vector<Call>({RunCall(At(8), 4, kR, kHandle, Frame(kTreeA, 8)),
+                               DropCall(kStart, kPages * kPage),
+                               InstallCall(At(10), kR, kHandle, Frame(kTreeA, 10))}),
+            installer_.calls);
+  EXPECT_EQ(1u, space_.evictions());
+  EXPECT_EQ(1u, space_.installed());
+  EXPECT_EQ(-1, Installed(space_, At(1)));
+  EXPECT_EQ(-1, Installed(space_, At(9)));
+  EXPECT_EQ(kR, Installed(space_, At(10)));
+}
+
 TEST_F(SpaceTest, InstallErrorsAreReturned) {
   AddMappedMainRegion(space_);
   // ENOMEM with nothing installed to flush: returned as it is.
@@ -705,8 +728,9 @@ TEST_F(SpaceTest, InstallErrorsAreReturned) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(ENOMEM, ErrnoOf(r.status()));
   EXPECT_EQ(0u, space_.installed());
-  // Another error with translations installed: returned, no flush. (Page 10 is in another
-  // fault-around group than page 2, whose entry the failed attempt marked accessed.)
+  // Another error with translations installed: returned, no flush. (Page 2's entry, which
+  // the failed attempt marked accessed, is cleared: page 10's fault-around leaves it out.)
+  ClearAccessed(kTreeA, 32);
   ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(10), Access::kRead).outcome);
   installer_.calls.clear();
   installer_.install_failures = {ErrnoError(EBADF, "mmap")};
