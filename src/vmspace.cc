@@ -218,6 +218,13 @@ absl::Status Vmspace::Control(uint64_t addr, uint64_t len, int behav, off_t valu
     return absl::OkStatus();
   }
   for (const auto& piece : pieces) {
+    if (behav == MADV_WILLNEED && vpt_ != nullptr && (piece.flags & MAP_VPAGETABLE)) {
+      // Through the vkernel's tables: what they already allow goes in now (vpt::Space::
+      // Prefault), not the object's pages at the same offsets.
+      SpaceInstaller installer(*space_);
+      (void)vpt_->Prefault(piece.start, piece.end - piece.start, installer);
+      continue;
+    }
     if (auto s = space_->Advise(piece.start, piece.end - piece.start, behav); !s.ok()) return s;
   }
   return absl::OkStatus();

@@ -2658,6 +2658,45 @@ TEST_P(Vpagetable, EveryInvalBetweenTwoRunsCounts) {
   }
 }
 
+// MADV_WILLNEED over a VPAGETABLE range installs what the tables allow without a walk
+// changing anything (A set at every level; writable only with RW and M): such a page is then
+// cached as a TLB entry is (an entry changed without MADV_INVAL is not seen). A page whose
+// entry lacks A is left alone: its first access walks, sets A and sees the entry as it is
+// then. No entry changes.
+TEST_P(Vpagetable, WillneedInstallsWhatTheTablesAlreadyAllow) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  uint64_t frames[4];
+  for (uint64_t i = 0; i < 4; ++i) {
+    frames[i] = pm.NewFrame();
+    pm.Store(frames[i], 10 + i);
+  }
+  // A walk of page 0 marks the upper levels accessed; then its translation goes.
+  pm.Map(0, frames[0]);
+  ASSERT_EQ(10u, GuestLoad(vm.id(), VptPage(0)));
+  ASSERT_NO_FATAL_FAILURE(Inval(vm.id(), kVptAddr, kVptLen));
+  pm.Map(1, frames[1], kVpteUser | VPTE_A);  // accessed: installed by WILLNEED
+  pm.Map(2, frames[2]);                      // not accessed: left alone
+  const uint64_t entry1 = pm.Entry(1), entry2 = pm.Entry(2), upper = pm.Entry(1, 1);
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(VptPage(0)), 4 * kPage, MADV_WILLNEED, 0))
+      << strerror(errno);
+  EXPECT_EQ(entry1, pm.Entry(1));
+  EXPECT_EQ(entry2, pm.Entry(2));
+  EXPECT_EQ(upper, pm.Entry(1, 1));
+  // Both entries now point elsewhere, without MADV_INVAL.
+  pm.Map(1, frames[3], kVpteUser | VPTE_A);
+  pm.Map(2, frames[3]);
+  EXPECT_EQ(11u, GuestLoad(vm.id(), VptPage(1))) << "page 1 was installed ahead of access";
+  EXPECT_EQ(13u, GuestLoad(vm.id(), VptPage(2))) << "page 2 was walked at its access";
+  EXPECT_TRUE(pm.Entry(2) & VPTE_A);
+  // WILLNEED over holes, plain mappings and unwalkable pages is fine.
+  ASSERT_EQ(0, vmspace_mcontrol(vm.id(), AsPtr(kVptAddr), kVptLen, MADV_WILLNEED, 0));
+  ExpectFault(vm.id(), kGuestLoad, VptPage(5), VptPage(5), PGEX_U, kCodeAddr);
+}
+
 TEST_P(Vpagetable, SetMapSwitchesTablesAndDropsTranslations) {
   ScopedVmspace vm(GetParam());
   ASSERT_TRUE(vm.Live());

@@ -10,8 +10,10 @@ namespace minivk {
 namespace {
 
 constexpr uint64_t kPage = 4096;
-// Intermediate entries allow everything; the leaf decides.
-constexpr vpte_t kTableBits = VPTE_V | VPTE_RW | VPTE_U;
+// Intermediate entries allow everything; the leaf decides. Accessed from the start, as
+// leaves are (PageTable::Leaf): a walk then changes nothing, which lets the runtime install
+// translations ahead of access (MADV_WILLNEED) and around faults.
+constexpr vpte_t kTableBits = VPTE_V | VPTE_RW | VPTE_U | VPTE_A;
 
 int Index(uint64_t va, int level) { return static_cast<int>((va >> (12 + 9 * level)) & 511); }
 

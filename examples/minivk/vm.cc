@@ -122,8 +122,22 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
   for (const Program* p : {&program, interp}) {
     if (p == nullptr) continue;
     p->pages().ForEach([&](uint64_t va, vpte_t e) {
-      // Shared with the program (and every process running it): writes copy.
-      if (!ok || !pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
+      if (!ok) return;
+      if (e & VPTE_RW) {
+        // Writable (data, bss): a program almost always writes these pages soon, so each
+        // process gets its copy now rather than through a copy-on-write fault per page.
+        const uint64_t copy = mem_.Alloc();
+        const int prot = PROT_READ | PROT_WRITE | ((e & VPTE_NX) ? 0 : PROT_EXEC);
+        if (copy == 0 || !pt_.Map(va, copy, prot)) {
+          if (copy != 0) mem_.Unref(copy);
+          ok = false;
+          return;
+        }
+        memcpy(mem_.At(copy), mem_.At(e & VPTE_FRAME), kPage);
+        return;
+      }
+      // Read-only: shared with the program (and every process running it).
+      if (!pt_.Map(va, e & VPTE_FRAME, PROT_READ)) {
         ok = false;
         return;
       }
@@ -166,7 +180,22 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
   AddArea(kStackTop - kStackSize, kStackTop, PROT_READ | PROT_WRITE);
   brk_start_ = brk_ = PageUp(out.brk);
   id_ = pool_.Get(mem_, pt_, error);
-  return id_ != nullptr;
+  if (id_ == nullptr) return false;
+  // The program's pages (shared with every process running it) and the stack just built
+  // are present: have the runtime install their translations before the first RUN, in a
+  // few long runs of contiguous frames, rather than one fault per 64 KiB as they are
+  // touched. A hint: whatever it leaves out faults as usual.
+  for (const Program* p : {&program, interp}) {
+    if (p == nullptr) continue;
+    for (const LoadSegment& seg : p->image().segments) {
+      const uint64_t start = PageDown(p->bias() + seg.vaddr);
+      const uint64_t end = PageUp(p->bias() + seg.vaddr + seg.memsz);
+      vmspace_mcontrol(id_, reinterpret_cast<void*>(start), end - start, MADV_WILLNEED, 0);
+    }
+  }
+  const uint64_t stack = PageDown(out.rsp);
+  vmspace_mcontrol(id_, reinterpret_cast<void*>(stack), kStackTop - stack, MADV_WILLNEED, 0);
+  return true;
 }
 
 bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {

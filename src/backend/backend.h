@@ -126,7 +126,14 @@ class AddressSpace {
   // Run's fault path or from mcontrol. Outcome: OK or a host error.
   virtual absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                                uint64_t offset) = 0;
-  // Carries out queued Installs (a backend may batch them). Outcome: OK or the first failure.
+  // Install for a translation ahead of any access (MADV_WILLNEED): a backend may queue it
+  // until the next Run, and a failure is never reported (the page faults later instead).
+  virtual absl::Status InstallHint(uint64_t addr, uint64_t len, int prot, int handle,
+                                   uint64_t offset) {
+    return Install(addr, len, prot, handle, offset);
+  }
+  // Carries out queued Installs (a backend may batch them, and queue them until the next
+  // Run while none is in progress). Outcome: OK or the first failure.
   virtual absl::Status FlushInstalls() { return absl::OkStatus(); }
   // Removes the translations in [addr, addr+len) (page aligned, inside a VPAGETABLE region):
   // from its return on, no guest access there succeeds through one of them. The default
@@ -159,6 +166,10 @@ class SpaceInstaller : public vpt::Installer {
   absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                        uint64_t offset) override {
     return space_.Install(addr, len, prot, handle, offset);
+  }
+  absl::Status InstallHint(uint64_t addr, uint64_t len, int prot, int handle,
+                           uint64_t offset) override {
+    return space_.InstallHint(addr, len, prot, handle, offset);
   }
   absl::Status Drop(uint64_t addr, uint64_t len) override {
     return space_.DropTranslations(addr, len);

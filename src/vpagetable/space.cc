@@ -325,6 +325,70 @@ int Space::FaultAround(Regions::iterator it, uint64_t page, uint64_t index,
   return n;
 }
 
+namespace {
+
+// The entries as a walk would see them, with every update refused: a walk through it
+// succeeds only where it would set nothing (refused updates read as "outside the object").
+class ReadOnlyEntries : public EntryAccess {
+ public:
+  explicit ReadOnlyEntries(EntryAccess& entries) : entries_(entries) {}
+  bool Load(uint64_t offset, uint64_t& value) override { return entries_.Load(offset, value); }
+  bool CompareExchange(uint64_t, uint64_t&, uint64_t) override { return false; }
+
+ private:
+  EntryAccess& entries_;
+};
+
+}  // namespace
+
+size_t Space::Prefault(uint64_t start, uint64_t len, Installer& installer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t end = start + len;
+  size_t queued = 0;
+  auto it = regions_.upper_bound(start);
+  if (it != regions_.begin()) --it;
+  for (; it != regions_.end() && it->first < end; ++it) {
+    const Region& r = it->second;
+    if (r.root == 0) continue;
+    ReadOnlyEntries entries(*r.backing);
+    Candidate run{0, 0, 0};
+    uint64_t run_pages = 0;
+    auto flush_run = [&] {
+      if (run_pages == 0) return;
+      if (installer.InstallHint(run.va, run_pages * kPage, run.prot, r.handle, run.offset).ok()) {
+        for (uint64_t i = 0; i < run_pages; ++i) tlb_.Put(run.va + i * kPage, run.prot);
+        queued += run_pages;
+      }
+      run_pages = 0;
+    };
+    for (uint64_t page = std::max(start, it->first) & ~(kPage - 1);
+         page < std::min(end, r.end); page += kPage) {
+      if (tlb_.Find(page) >= 0) {
+        flush_run();
+        continue;
+      }
+      if (tlb_.size() + run_pages >= tlb_.capacity()) break;
+      const uint64_t index = ((page - it->first) + r.offset) >> 12;
+      const WalkResult walk = Walk(entries, r.root, index, Access::kRead, r.prot);
+      if (!walk.ok || !r.backing->Contains(walk.page_offset, kPage)) {
+        flush_run();
+        continue;
+      }
+      if (run_pages > 0 && run.va + run_pages * kPage == page &&
+          run.offset + run_pages * kPage == walk.page_offset && run.prot == walk.prot) {
+        ++run_pages;
+        continue;
+      }
+      flush_run();
+      run = {page, walk.page_offset, walk.prot};
+      run_pages = 1;
+    }
+    flush_run();
+  }
+  if (queued > 0) (void)installer.Flush();  // a hint: failures fault (and install) later
+  return queued;
+}
+
 size_t Space::Copy(uint64_t addr, void* buf, size_t len, bool write) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = Find(addr);

@@ -36,6 +36,12 @@ class Installer {
   // `addr` with PROT_* `prot`, shared, replacing what is there.
   virtual absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                                uint64_t offset) = 0;
+  // The same, for a translation nobody asked for yet (MADV_WILLNEED): if the host refuses
+  // it later, nothing is reported (the page simply faults).
+  virtual absl::Status InstallHint(uint64_t addr, uint64_t len, int prot, int handle,
+                                   uint64_t offset) {
+    return Install(addr, len, prot, handle, offset);
+  }
   // Removes whatever translations lie in [addr, addr+len): afterwards every access there
   // faults again.
   virtual absl::Status Drop(uint64_t addr, uint64_t len) = 0;
@@ -110,6 +116,14 @@ class Space {
   // is returned as a Status.
   absl::StatusOr<Resolution> Resolve(uint64_t addr, Access access, Installer& installer,
                                      bool speculative = false);
+  // MADV_WILLNEED: installs, ahead of any access, the translations in [start, start+len)
+  // that a walk would install without changing an entry (every level valid with A set; the
+  // page writable only where its entry has RW and M and every level above allows writes),
+  // as runs of contiguous frames; pages already installed are left alone. A hint: stops
+  // quietly where the budget is used up (never evicts) and ignores install failures.
+  // Returns the pages queued for installation.
+  size_t Prefault(uint64_t start, uint64_t len, Installer& installer);
+
   // The Tlb record of the page holding `addr` (-1 if none) and whether `addr` lies in a
   // region; cheap (takes mu_, no walk).
   bool Lookup(uint64_t addr, int& installed_prot);

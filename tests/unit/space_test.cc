@@ -720,6 +720,58 @@ TEST_F(SpaceTest, RunHoldingThePageOutOfHostMappingsFlushesAndInstallsThePageAlo
   EXPECT_EQ(kR, Installed(space_, At(10)));
 }
 
+// MADV_WILLNEED: only what a walk would install without changing an entry goes in, as runs
+// of contiguous frames; entries are left as they are.
+TEST_F(SpaceTest, PrefaultInstallsOnlyWhatAWalkWouldNotChange) {
+  AddMappedMainRegion(space_);
+  // Nothing accessed yet, not even the upper levels: nothing to install.
+  EXPECT_EQ(0u, space_.Prefault(kStart, kPages * kPage, installer_));
+  EXPECT_TRUE(installer_.calls.empty());
+  // Upper levels accessed (a walk of page 0 did that); leaves: 1..3 accessed (one run), 4
+  // accessed and modified (writable: a run of its own), 5 not accessed, 6 accessed with a
+  // frame elsewhere, 7 accessed beyond the object, 8 accessed but installed already.
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(0), Access::kRead).outcome);
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space_, At(8), Access::kRead).outcome);
+  for (uint64_t index : {1, 2, 3}) Leaf(kTreeA, index) |= VPTE_A;
+  Leaf(kTreeA, 4) |= VPTE_A | VPTE_M;
+  Leaf(kTreeA, 6) = Frame(kTreeA, 31) | kTableBits | VPTE_A;
+  Leaf(kTreeA, 7) = (kObjectSize + 8 * kPage) | kTableBits | VPTE_A;
+  const uint64_t leaf1 = Leaf(kTreeA, 1), leaf5 = Leaf(kTreeA, 5);
+  const uint64_t pd = Entry(kTreeA.pd);
+  installer_.calls.clear();
+  EXPECT_EQ(5u, space_.Prefault(At(1), 8 * kPage, installer_));  // pages 1..8
+  EXPECT_EQ(std::vector<Call>({RunCall(At(1), 3, kR, kHandle, Frame(kTreeA, 1)),
+                               InstallCall(At(4), kRW, kHandle, Frame(kTreeA, 4)),
+                               InstallCall(At(6), kR, kHandle, Frame(kTreeA, 31))}),
+            installer_.calls);
+  EXPECT_EQ(kR, Installed(space_, At(2)));
+  EXPECT_EQ(kRW, Installed(space_, At(4)));
+  EXPECT_EQ(-1, Installed(space_, At(5)));
+  EXPECT_EQ(-1, Installed(space_, At(7)));
+  EXPECT_EQ(leaf1, Leaf(kTreeA, 1));
+  EXPECT_EQ(leaf5, Leaf(kTreeA, 5));
+  EXPECT_EQ(pd, Entry(kTreeA.pd));
+  // Installed pages are not installed again; outside every region nothing happens.
+  installer_.calls.clear();
+  EXPECT_EQ(0u, space_.Prefault(At(1), 4 * kPage, installer_));
+  EXPECT_EQ(0u, space_.Prefault(At(100), 4 * kPage, installer_));
+  EXPECT_TRUE(installer_.calls.empty());
+}
+
+TEST_F(SpaceTest, PrefaultStopsAtTheBudgetAndNeverEvicts) {
+  Space space(4);
+  AddMappedMainRegion(space);
+  ASSERT_EQ(Outcome::kInstalled, Resolve(space, At(0), Access::kRead).outcome);
+  for (uint64_t index = 1; index < kPages; ++index) Leaf(kTreeA, index) |= VPTE_A;
+  installer_.calls.clear();
+  EXPECT_EQ(3u, space.Prefault(kStart, kPages * kPage, installer_));
+  EXPECT_EQ(std::vector<Call>({RunCall(At(1), 3, kR, kHandle, Frame(kTreeA, 1))}),
+            installer_.calls);
+  EXPECT_EQ(4u, space.installed());
+  EXPECT_EQ(0u, space.evictions());
+  EXPECT_EQ(kR, Installed(space, At(0)));
+}
+
 TEST_F(SpaceTest, InstallErrorsAreReturned) {
   AddMappedMainRegion(space_);
   // ENOMEM with nothing installed to flush: returned as it is.

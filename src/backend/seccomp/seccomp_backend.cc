@@ -224,6 +224,11 @@ static_assert(sizeof(Op) == SRV_OP_SIZE);
 // removal of a translation, which may have been queued while nothing ran and is carried out
 // just before a guest resumes: if it cannot be done, no guest of the space may run again.
 constexpr uint64_t kMustSucceed = uint64_t{1} << 63;
+// Or'ed into Op::nr (the server ignores it): a translation installed ahead of any access
+// (MADV_WILLNEED), whose failure is nobody's error (the page faults later).
+constexpr uint64_t kMayFail = uint64_t{1} << 62;
+// Whether a failed `op` is an error to report.
+bool FailureCounts(const Op& op) { return (op.nr & kMayFail) == 0; }
 
 // One guest context: a context thread of the stub and its slot.
 struct Context {
@@ -274,6 +279,8 @@ class SeccompAddressSpace : public AddressSpace {
   absl::Status DetachObject(int handle) override;
   absl::Status Install(uint64_t addr, uint64_t len, int prot, int handle,
                        uint64_t offset) override;
+  absl::Status InstallHint(uint64_t addr, uint64_t len, int prot, int handle,
+                           uint64_t offset) override;
   absl::Status FlushInstalls() override;
   absl::Status DropTranslations(uint64_t addr, uint64_t len) override;
 
@@ -449,10 +456,13 @@ absl::Status SeccompAddressSpace::DrainLocked() {
   }
   drop_batch_.store(0, std::memory_order_release);
   const uint8_t* res = Mailbox(VKRT_SC_SERVER_SLOT) + MB_RESULTS;
+  const uint8_t* ops = Command(VKRT_SC_SERVER_SLOT) + SRV_OPS;  // ours: the stub reads only
   for (int i = 0; i < async_count_ && async_errno_ == 0; ++i) {
     int64_t r;
     memcpy(&r, res + 8 * i, sizeof(r));
-    if (r < 0 && r > -4096) async_errno_ = static_cast<int>(-r);
+    Op op;
+    memcpy(&op, ops + i * sizeof(Op), sizeof(op));
+    if (r < 0 && r > -4096 && FailureCounts(op)) async_errno_ = static_cast<int>(-r);
   }
   return absl::OkStatus();
 }
@@ -513,7 +523,7 @@ absl::Status SeccompAddressSpace::ServerRunLocked(const Op* ops, int n, int64_t*
     int64_t r;
     memcpy(&r, res + 8 * i, sizeof(r));
     if (i < npending_) {
-      if (r < 0 && r > -4096 && first_error == 0) first_error = r;
+      if (r < 0 && r > -4096 && first_error == 0 && FailureCounts(pending_[i])) first_error = r;
     } else {
       results[i - npending_] = r;
     }
@@ -649,6 +659,19 @@ absl::Status SeccompAddressSpace::Install(uint64_t addr, uint64_t len, int prot,
   return absl::OkStatus();
 }
 
+absl::Status SeccompAddressSpace::InstallHint(uint64_t addr, uint64_t len, int prot,
+                                              int handle, uint64_t offset) {
+  std::lock_guard<std::mutex> lock(ops_mu_);
+  if (npending_ == SRV_MAX_OPS) {
+    if (auto s = FlushLocked(); !s.ok()) return s;
+  }
+  pending_[npending_++] = {SYS_mmap | kMayFail,
+                           {addr, len, static_cast<uint64_t>(prot),
+                            MAP_SHARED | MAP_FIXED | MAP_POPULATE,
+                            static_cast<uint64_t>(handle), offset}};
+  return absl::OkStatus();
+}
+
 absl::Status SeccompAddressSpace::FlushInstalls() {
   std::lock_guard<std::mutex> lock(ops_mu_);
   if (npending_ == 0) return absl::OkStatus();
@@ -656,6 +679,10 @@ absl::Status SeccompAddressSpace::FlushInstalls() {
       c != nullptr && c >= contexts_.data() && c < contexts_.data() + contexts_.size()) {
     return PostAsyncLocked(*c);
   }
+  // Not a fault's (MADV_WILLNEED): with no RUN in progress, the next one posts them with
+  // its resume (as removals go: see DropTranslations).
+  queued_.store(true, std::memory_order_seq_cst);
+  if (running_.load(std::memory_order_seq_cst) == 0) return absl::OkStatus();
   return FlushLocked();
 }
 
