@@ -15,6 +15,8 @@
  *                absolute) deliver their signals; prints what it saw (the same natively)
  *   oom          touches every page of a 16 GiB MAP_NORESERVE mapping (a vkernel with less
  *                memory must kill it; exit 1 if it survives)
+ *   cow N        writes N pages, forks a child that writes one and exits, then checks and
+ *                writes them all again; prints what each side saw
  * (The timed modes measure inside the guest world, so a vkernel's or a UML boot's start-up
  * is not counted.) */
 #define _GNU_SOURCE
@@ -163,7 +165,8 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
-            "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers\n",
+            "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
+            "       cow N\n",
             argv[0]);
     return 2;
   }
@@ -257,6 +260,28 @@ int main(int argc, char** argv) {
     return mmap_err == ENOMEM && brk_err == ENOMEM ? 0 : 1;
   }
   if (strcmp(argv[1], "timers") == 0) return timers();
+  if (strcmp(argv[1], "cow") == 0 && argc == 3) {
+    /* N pages written, a child that writes one of them and exits, then the parent writes
+     * them all again: each process sees its own values. */
+    const long n = atol(argv[2]);
+    char* p = mmap(NULL, (size_t)n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED || n < 1) return 1;
+    for (long i = 0; i < n; ++i) p[i * 4096] = 1;
+    const pid_t child = fork();
+    if (child < 0) return 1;
+    if (child == 0) {
+      p[0] = 2;
+      _exit(p[0] == 2 && p[4096 * (n - 1)] == 1 ? 0 : 1);
+    }
+    int status = 0;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return 1;
+    long same = 0;
+    for (long i = 0; i < n; ++i) same += p[i * 4096] == 1;
+    for (long i = 0; i < n; ++i) p[i * 4096] = 3;
+    printf("child %d, parent kept %ld of %ld pages\n", WEXITSTATUS(status), same, n);
+    return 0;
+  }
   if (strcmp(argv[1], "oom") == 0) {
     const size_t len = (size_t)16 << 30;
     char* p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
