@@ -339,10 +339,13 @@ void Kernel::Wake(Process& p) {
 }
 
 void Kernel::SwitchOut(Process& p) {
+  // --stats counts kernel time while the process's kernel work runs, not while it waits.
+  if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - p.kernel_since) / 1e9;
   TsanFiber::HandOver(&mu_);
   p.tsan.Leave();
   p.caller = std::move(p.caller).resume();
   TsanFiber::TakeOver(&mu_);  // not reached when resumed only to unwind (~Process)
+  if (options_.stats) p.kernel_since = MonotonicNs();
 }
 
 void Kernel::Block(Process& p) {
@@ -381,9 +384,9 @@ void Kernel::ProcessMain(Process& p) {
       Exit(p, SIGKILL);
       break;
     }
-    const int64_t t0 = options_.stats ? MonotonicNs() : 0;
+    if (options_.stats) p.kernel_since = MonotonicNs();
     HandleExit(p);
-    if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - t0) / 1e9;
+    if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - p.kernel_since) / 1e9;
   }
 }
 

@@ -141,6 +141,7 @@ struct Process {
   // What a blocked process waits for (any wakeup makes it retry its call).
   std::vector<struct pollfd> waits;  // host descriptors and events
   int64_t wait_deadline = -1;  // CLOCK_MONOTONIC ns, -1 none
+  int64_t kernel_since = 0;    // --stats: when its kernel work last started or resumed
   pid_t vcpu_tid = 0;          // the vkernel thread running it (for vkrt_interrupt)
   bool in_run = false;         // inside VMSPACE_CTL_RUN (without the kernel lock)
   int64_t orig_rax = 0;        // the system call number, for restarts
