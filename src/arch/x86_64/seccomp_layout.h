@@ -61,6 +61,8 @@
                                    batch of this number is done (translations for this fault) */
 #define CMD_XREF_ON 56          /* u32: CMD_XREF holds the guest's FPU state as the vkernel
                                    last loaded or read it: the handler compares the frame's */
+#define CMD_NAP 60              /* u32: the vkernel thread went on to another context: stop
+                                   spinning for the answer and sleep */
 #define CMD_XCMP_COUNT 64       /* u32: entries in CMD_XCMP */
 #define CMD_XCMP_SIZE 68        /* u32: bytes of the XSAVE area the comparison may read */
 #define CMD_XCMP 72             /* { u32 bv_bit, u32 offset, u32 len } x CMD_XCMP_MAX: the

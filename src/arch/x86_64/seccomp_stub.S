@@ -462,6 +462,8 @@ vkrt_seccomp_stub_boot:
 	add %rax, %r15               /* r15 = the deadline */
 5:	cmp CMD_RESP_SEQ(%r13), %r14d
 	je .Lhandler_resume
+	cmpl $0, CMD_NAP(%r13)       /* the vkernel went on to another context: sleep now, */
+	jne 6f                       /* leaving the CPU to whatever it woke */
 	rdtsc
 	shl $32, %rdx
 	or %rdx, %rax

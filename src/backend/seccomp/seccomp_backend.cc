@@ -260,11 +260,28 @@ struct Context {
 // server without waiting, and the context waits for them (see FlushInstalls).
 thread_local Context* t_resolving = nullptr;
 
+// The command pages of an address space, for vkernel threads that ran one of its contexts
+// last: shm is cleared (under mu) before the pages go away.
+struct NapCell {
+  std::mutex mu;
+  uint8_t* shm = nullptr;
+};
+// The context the calling vkernel thread ran last. When it runs another one, the last one
+// need not spin for an answer any more (CMD_NAP): it would keep the CPU from the context
+// just woken there. Touched only when the thread changes contexts.
+struct LastContext {
+  std::weak_ptr<NapCell> cell;
+  const NapCell* id = nullptr;
+  int slot = -1;
+};
+thread_local LastContext t_last_context;
+
 class SeccompAddressSpace : public AddressSpace {
  public:
   SeccompAddressSpace(pid_t pid, int sock, int ack, uint8_t* shm)
       : pid_(pid), sock_(sock), ack_(ack), shm_(shm) {
     used_fds_[SC_FD_SOCKET] = used_fds_[SC_FD_PIDFD] = used_fds_[SC_FD_ACK] = true;
+    nap_cell_->shm = shm;
   }
   ~SeccompAddressSpace() override;
 
@@ -355,6 +372,10 @@ class SeccompAddressSpace : public AddressSpace {
   // nothing) and wakes the context if it sleeps.
   void Release(Context& c);
   void Resume(Context& c);  // PrepareResume, then Release
+  // If the calling thread ran another context last, tells it to stop spinning (CMD_NAP);
+  // `next` becomes the last. Called once `next` was released (and woken if it slept), so
+  // that the CPU the napping context leaves goes to it rather than idle.
+  void NapLastContext(const Context& next);
   bool ContextAlive(const Context& c) const;
   absl::Status Died(const char* why);
 
@@ -387,9 +408,14 @@ class SeccompAddressSpace : public AddressSpace {
   std::mutex contexts_mu_;  // context creation and release
   std::array<Context, VKRT_SC_SLOTS> contexts_;
   std::atomic<uint64_t> runs_{0};  // RUNs of this address space so far, in any context
+  const std::shared_ptr<NapCell> nap_cell_ = std::make_shared<NapCell>();
 };
 
 SeccompAddressSpace::~SeccompAddressSpace() {
+  {
+    std::lock_guard<std::mutex> lock(nap_cell_->mu);
+    nap_cell_->shm = nullptr;
+  }
   kill(pid_, SIGKILL);
   int status;
   while (syscall(SYS_wait4, pid_, &status, __WALL, nullptr) < 0 && errno == EINTR) {
@@ -1031,6 +1057,7 @@ void SeccompAddressSpace::SetXref(Context& c, const void* xstate) {
 
 void SeccompAddressSpace::PrepareResume(Context& c) {
   uint8_t* cmd = Command(SlotOf(c));
+  if (Load(cmd + CMD_NAP) != 0) Store(cmd + CMD_NAP, 0);
   // Spinning only helps when the guest runs on another CPU than ours.
   const int cpu = CurrentCpu();
   Store(cmd + CMD_SPIN, c.last_cpu == cpu ? 0 : SpinTicks());
@@ -1050,6 +1077,21 @@ void SeccompAddressSpace::Release(Context& c) {
   if (Load(Mailbox(SlotOf(c)) + MB_STUB_SLEEPING) != 0) {
     Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
   }
+}
+
+void SeccompAddressSpace::NapLastContext(const Context& next) {
+  LastContext& last = t_last_context;
+  const int slot = SlotOf(next);
+  if (last.id == nap_cell_.get() && last.slot == slot) return;
+  if (auto cell = last.cell.lock()) {
+    std::lock_guard<std::mutex> lock(cell->mu);
+    if (cell->shm != nullptr && last.slot >= 0) {
+      Store(cell->shm + VKRT_SC_RW_SIZE + static_cast<size_t>(last.slot) * kPage + CMD_NAP, 1);
+    }
+  }
+  last.cell = nap_cell_;
+  last.id = nap_cell_.get();
+  last.slot = slot;
 }
 
 absl::StatusOr<GuestExit> SeccompAddressSpace::Run(GuestState& state, const RunLimits& limits) {
@@ -1165,6 +1207,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     bool spin_blocked = false;  // spin with signals blocked before the sleep
     if (!blocked) {
       PrepareResume(c);
+      if (Load(mb + MB_STUB_SLEEPING) == 0) NapLastContext(c);  // it runs: no wakeup to wait for
       const SeccompSpin spin = {reinterpret_cast<uint32_t*>(cmd + CMD_RESP_SEQ), c.seq, want,
                                 mb, __rdtsc() + SpinTicks(), pass, &kAllSignals, &old_mask,
                                 reinterpret_cast<uint64_t*>(&rs->rseq_cs)};
@@ -1175,7 +1218,10 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         wait_mask = old_mask | kIgnoredByDefault;
         blocked = true;
         got = r == kSpinGotBlocked;
-        if (r == kSpinWakeContext) Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
+        if (r == kSpinWakeContext) {
+          Futex(cmd + CMD_RESP_SEQ, FUTEX_WAKE, 1, nullptr);
+          NapLastContext(c);
+        }
         if (r < 0) {  // aborted
           const bool released = Load(cmd + CMD_RESP_SEQ) == c.seq;
           if (r == kSpinHandlerRan || ThreadState::Kicks() != kicks_at_start ||
@@ -1195,6 +1241,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       }
     } else {
       Resume(c);
+      NapLastContext(c);
       spin_blocked = true;
     }
     if (spin_blocked && c.last_cpu != CurrentCpu()) {
