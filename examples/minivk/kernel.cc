@@ -494,7 +494,7 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
   } else {
     auto as = std::make_shared<AddressSpace>(mem_, pool_);
     std::string error;
-    if (!as->ForkFrom(p.as, error)) {
+    if (!as->ForkFrom(*p.as, error)) {
       Trace(p, "fork failed: %s", error.c_str());  // a host failure: always said
       c->state = Process::State::kZombie;
       --live_;
@@ -516,13 +516,6 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
     c->vfork_parent = &p;
     p.in_vfork = true;
     while (p.in_vfork && !(p.pending & Bit(SIGKILL))) Block(p);
-  } else if (!(flags & CLONE_VM)) {
-    // The child runs first: a child usually execs or exits soon, and once its copy-on-write
-    // shares are gone the parent writes its pages without a fault each
-    // (AddressSpace::ReclaimCopyOnWrite). (Linux leaves the order open.)
-    p.state = Process::State::kRunnable;
-    runq_.push_back(&p);
-    SwitchOut(p);
   }
   return pid;
 }

@@ -66,56 +66,6 @@ void VmspacePool::Put(void* id) { free_.push_back(id); }
 AddressSpace::~AddressSpace() {
   pt_.ForEach([&](uint64_t, vpte_t e) { mem_.Unref(e & VPTE_FRAME); });
   if (id_ != nullptr) pool_.Put(id_);
-  if (auto parent = fork_parent_.lock()) parent->ReclaimCopyOnWrite();
-}
-
-void AddressSpace::ReclaimCopyOnWrite() {
-  std::vector<std::pair<uint64_t, uint64_t>> still_shared;
-  for (const auto& [start, end] : cow_ranges_) {
-    uint64_t run = 0;  // start of the current run of reclaimed pages (0: none)
-    uint64_t shared_from = 0;
-    auto end_run = [&](uint64_t at) {
-      if (run == 0) return;
-      Inval(run, at);
-      if (id_ != nullptr) {
-        vmspace_mcontrol(id_, reinterpret_cast<void*>(run), at - run, MADV_WILLNEED, 0);
-      }
-      run = 0;
-    };
-    auto end_shared = [&](uint64_t at) {
-      if (shared_from == 0) return;
-      still_shared.emplace_back(shared_from, at);
-      shared_from = 0;
-    };
-    for (uint64_t va = start; va < end; va += kPage) {
-      const vpte_t e = pt_.Lookup(va);
-      bool reclaimed = false, shared = false;
-      if ((e & VPTE_V) && !(e & VPTE_RW)) {
-        auto area = AreaOf(va);
-        if (area != areas_.end() && (area->second.prot & PROT_WRITE)) {
-          if (mem_.refs(e & VPTE_FRAME) == 1) {
-            pt_.Set(va, e | VPTE_RW | VPTE_A | VPTE_M);  // what a write fault would do
-            reclaimed = true;
-          } else {
-            shared = true;
-          }
-        }
-      }
-      if (reclaimed) {
-        if (run == 0) run = va;
-      } else {
-        end_run(va);
-      }
-      if (shared) {
-        if (shared_from == 0) shared_from = va;
-      } else {
-        end_shared(va);
-      }
-    }
-    end_run(end);
-    end_shared(end);
-  }
-  cow_ranges_ = std::move(still_shared);
 }
 
 void AddressSpace::AddArea(uint64_t start, uint64_t end, int prot) {
@@ -248,9 +198,7 @@ bool AddressSpace::Load(std::shared_ptr<const Program> shared,
   return true;
 }
 
-bool AddressSpace::ForkFrom(const std::shared_ptr<AddressSpace>& parent_space,
-                            std::string& error) {
-  AddressSpace& parent = *parent_space;
+bool AddressSpace::ForkFrom(AddressSpace& parent, std::string& error) {
   if (!pt_.Init()) {
     error = "out of guest memory";
     return false;
@@ -267,7 +215,6 @@ bool AddressSpace::ForkFrom(const std::shared_ptr<AddressSpace>& parent_space,
       parent.pt_.Set(va, shared);
       if (va != lost_to) {
         parent.Inval(lost_from, lost_to);
-        if (lost_from < lost_to) parent.cow_ranges_.emplace_back(lost_from, lost_to);
         lost_from = va;
       }
       lost_to = va + kPage;
@@ -281,8 +228,6 @@ bool AddressSpace::ForkFrom(const std::shared_ptr<AddressSpace>& parent_space,
   });
   // The parent's writable translations are now copy-on-write (read-only ones stay).
   parent.Inval(lost_from, lost_to);
-  if (lost_from < lost_to) parent.cow_ranges_.emplace_back(lost_from, lost_to);
-  fork_parent_ = parent_space;
   if (!ok) {
     error = "out of guest memory";
     return false;

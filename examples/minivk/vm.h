@@ -103,9 +103,7 @@ class AddressSpace {
             const std::vector<std::string>& envp, LoadedProgram& out, std::string& error);
   // The same areas and pages as `parent`, every writable page shared copy-on-write (the
   // parent's entries lose RW and its translations are invalidated). False if out of memory.
-  // When this space goes (the child execs or exits), the parent gets RW back on the pages it
-  // no longer shares (ReclaimCopyOnWrite), as its next write faults would give it.
-  bool ForkFrom(const std::shared_ptr<AddressSpace>& parent, std::string& error);
+  bool ForkFrom(AddressSpace& parent, std::string& error);
 
   void* id() const { return id_; }
 
@@ -158,11 +156,6 @@ class AddressSpace {
   void Inval(uint64_t start, uint64_t end);
   // A free range of `len` bytes below kMmapTop (0 if none).
   uint64_t FindFree(uint64_t len);
-  // Gives RW (and M) back to the pages of cow_ranges_ that are no longer shared and may be
-  // written, invalidates their read-only translations and hints the writable ones in
-  // (MADV_WILLNEED): a parent whose child has exec'd or exited writes on without a
-  // copy-on-write fault per page. Pages still shared stay in cow_ranges_.
-  void ReclaimCopyOnWrite();
 
   PhysMem& mem_;
   VmspacePool& pool_;
@@ -172,10 +165,6 @@ class AddressSpace {
   std::map<uint64_t, Area> areas_;  // start -> area, disjoint
   uint64_t brk_start_ = 0, brk_ = 0;
   bool out_of_memory_ = false;  // the last Ensure failed for want of a frame
-  // Fork bookkeeping (minivk's kernel lock held, as for everything here): the ranges forks
-  // made read-only in this space, and the space this one was forked from.
-  std::vector<std::pair<uint64_t, uint64_t>> cow_ranges_;
-  std::weak_ptr<AddressSpace> fork_parent_;
 };
 
 }  // namespace minivk
