@@ -2697,6 +2697,40 @@ TEST_P(Vpagetable, WillneedInstallsWhatTheTablesAlreadyAllow) {
   ExpectFault(vm.id(), kGuestLoad, VptPage(5), VptPage(5), PGEX_U, kCodeAddr);
 }
 
+// After a failed walk the vkernel fixes its tables and resumes the guest. Resumed as it
+// stopped, the guest retries the access and gets it; resumed elsewhere (registers changed),
+// the page it faulted on is never accessed, so its entry must not be marked accessed.
+TEST_P(Vpagetable, AFaultThatTheVkernelAnswersElsewhereLeavesThePageUnaccessed) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  PhysMem pm(8 << 20);
+  ASSERT_NO_FATAL_FAILURE(MapVpt(vm.id(), pm));
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestLoad));
+  const uint64_t x = pm.NewFrame(), y = pm.NewFrame();
+  pm.Store(x, 71);
+  pm.Store(y, 72);
+  // Resumed as it stopped: the retry reads the page the vkernel mapped.
+  trapframe tf = Frame();
+  tf.tf_rdi = static_cast<int64_t>(VptPage(3));
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_PAGEFLT));
+  pm.Map(3, x);
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(71, tf.tf_rax);
+  EXPECT_TRUE(pm.Entry(3) & VPTE_A);
+  // Resumed with another address: page 20 is mapped, yet never accessed.
+  tf = Frame();
+  tf.tf_rdi = static_cast<int64_t>(VptPage(20));
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_PAGEFLT));
+  EXPECT_EQ(static_cast<int64_t>(VptPage(20)), tf.tf_addr);
+  pm.Map(20, x);
+  pm.Map(21, y);
+  tf.tf_rdi = static_cast<int64_t>(VptPage(21));
+  ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));
+  EXPECT_EQ(72, tf.tf_rax);
+  EXPECT_FALSE(pm.Entry(20) & VPTE_A) << Hex(pm.Entry(20));
+  EXPECT_TRUE(pm.Entry(21) & VPTE_A);
+}
+
 TEST_P(Vpagetable, SetMapSwitchesTablesAndDropsTranslations) {
   ScopedVmspace vm(GetParam());
   ASSERT_TRUE(vm.Live());

@@ -41,18 +41,26 @@ bool PhysMem::Init(size_t bytes, std::string& error) {
     return false;
   }
   base_ = static_cast<unsigned char*>(p);
-  const size_t frames = size_ / kPage;
-  refs_.assign(frames, 0);
-  free_.reserve(frames);
-  for (size_t f = frames; f-- > 1;) free_.push_back(f * kPage);  // lowest frames first
+  frames_ = size_ / kPage;
+  refs_.assign(frames_, 0);
+  free_.reserve(frames_);
+  fresh_ = 1;  // frame 0 is never handed out
   return true;
 }
 
 uint64_t PhysMem::Alloc() {
-  if (free_.empty()) return 0;
-  const uint64_t pa = free_.back();
-  free_.pop_back();
-  memset(base_ + pa, 0, kPage);
+  uint64_t pa;
+  if (!free_.empty()) {
+    pa = free_.back();
+    free_.pop_back();
+    memset(base_ + pa, 0, kPage);
+  } else if (fresh_ < frames_) {
+    // Never handed out: the memfd's page is still zero (not even allocated by the host
+    // yet), so zeroing it here would only make the host allocate it twice over.
+    pa = fresh_++ * kPage;
+  } else {
+    return 0;
+  }
   refs_[pa >> 12] = 1;
   return pa;
 }

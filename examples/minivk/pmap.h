@@ -36,14 +36,16 @@ class PhysMem {
   unsigned char* At(uint64_t pa) const { return base_ + pa; }
   int fd() const { return fd_; }
   size_t size() const { return size_; }
-  size_t free_frames() const { return free_.size(); }
+  size_t free_frames() const { return free_.size() + (frames_ - fresh_); }
 
  private:
   int fd_ = -1;
   unsigned char* base_ = nullptr;
   size_t size_ = 0;
+  size_t frames_ = 0;
   std::vector<uint16_t> refs_;
-  std::vector<uint64_t> free_;
+  std::vector<uint64_t> free_;  // frames freed since: reused first (most recent first)
+  uint64_t fresh_ = 0;          // frames [fresh_, frames_) were never handed out
 };
 
 // One address space's 4-level tables in PhysMem.

@@ -245,6 +245,12 @@ struct Context {
   // next one restores rcx. After a RUN in another context the guest has moved on, and rcx
   // equal to r10 is then its own state.
   uint64_t rcx_run = 0;
+  // The last RUN ended with a VPAGETABLE fault whose walk failed (the vkernel's to fix):
+  // its address and access. If the next RUN resumes the guest with nothing changed, the guest
+  // retries that access first, so RUN resolves it before the resume (one SIGSEGV less).
+  bool refault = false;
+  uint64_t refault_addr = 0;
+  vpt::Access refault_access = vpt::Access::kRead;
   uint32_t server_wait = 0;   // a server batch the context must see done before resuming
   // The guest's FPU state as the vkernel last loaded it into the frame or read it from there
   // (GuestXstateSize() bytes, standard format): RUN writes the caller's state into the frame
@@ -360,7 +366,9 @@ class SeccompAddressSpace : public AddressSpace {
   };
   absl::Status TakeReport(Context& c, Report& report);
   // Writes `state` into the frame of `c`'s current report.
-  absl::Status LoadFrame(Context& c, const GuestState& state);
+  // `unchanged` (if given): true if the frame's registers, FPU state and TLS bases were
+  // already the caller's (the guest resumes exactly where it stopped).
+  absl::Status LoadFrame(Context& c, const GuestState& state, bool* unchanged = nullptr);
   // Makes c.xref hold `xstate` (a standard-format area) and tells the stub it is valid.
   void SetXref(Context& c, const void* xstate);
   // Writes the caller's FPU state `xstate` into a frame's XSAVE area `fp`.
@@ -965,7 +973,9 @@ absl::Status SeccompAddressSpace::TakeReport(Context& c, Report& r) {
   return absl::OkStatus();
 }
 
-absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state) {
+absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state,
+                                            bool* unchanged) {
+  bool same = true;
   const int slot = SlotOf(c);
   uint8_t* uc = InStack(slot, c.uc, kUcSize);
   if (uc == nullptr) return Died("no signal frame");
@@ -986,6 +996,7 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
       kill(pid_, SIGKILL);
       return Died("its signal frame's FPU area was overwritten");
     }
+    same = false;
     if (auto s = LoadXstate(fp, frame_size, frame_features, state.xstate); !s.ok()) return s;
     // What the frame holds now, as far as the stub's comparison goes: where LoadXstate had to
     // differ (features the frame does not carry), the comparison fails, which is safe.
@@ -1003,9 +1014,18 @@ absl::Status SeccompAddressSpace::LoadFrame(Context& c, const GuestState& state)
   memcpy(want, gregs, sizeof(want));
   x86_64::FrameToSigGregs(tf, want);
   for (int i = 0; i <= x86_64::kSigEflags; ++i) {
-    if (gregs[i] != want[i]) gregs[i] = want[i];
+    if (gregs[i] != want[i]) {
+      gregs[i] = want[i];
+      same = false;
+    }
   }
   uint8_t* cmd = Command(slot);
+  if (unchanged != nullptr) {
+    uint64_t fs, gs;
+    memcpy(&fs, cmd + CMD_FS_BASE, 8);
+    memcpy(&gs, cmd + CMD_GS_BASE, 8);
+    *unchanged = same && fs == state.fs_base && gs == state.gs_base;
+  }
   memcpy(cmd + CMD_FS_BASE, &state.fs_base, 8);
   memcpy(cmd + CMD_GS_BASE, &state.gs_base, 8);
   return absl::OkStatus();
@@ -1166,7 +1186,22 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
   const uint64_t run = runs_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (c.rcx_reported_as_r10 && c.rcx_run + 1 != run) c.rcx_reported_as_r10 = false;
   const bool rcx_reported_as_r10 = c.rcx_reported_as_r10;
-  if (auto s = LoadFrame(c, state); !s.ok()) return s;
+  const bool refault = c.refault;
+  c.refault = false;
+  bool unchanged = false;
+  if (auto s = LoadFrame(c, state, refault ? &unchanged : nullptr); !s.ok()) return s;
+  if (refault && unchanged && vpt() != nullptr) {
+    // The vkernel answered a failed walk and resumes the guest as it stopped: the guest's
+    // first act is that access again. Resolve it now (what the retry's walk would do), so
+    // its translation goes to the server with this resume instead of after another SIGSEGV.
+    // Signals blocked, as on the fault path (a handler may call into vkrt). A failure or a
+    // walk that fails again is left to the retry, which reports it as it would have.
+    Block();
+    SpaceInstaller installer(*this);
+    t_resolving = &c;
+    (void)vpt()->Resolve(c.refault_addr, c.refault_access, installer);
+    t_resolving = nullptr;
+  }
 
   const int slot = SlotOf(c);
   uint8_t* mb = Mailbox(slot);
@@ -1441,7 +1476,12 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
           }
           continue;  // the guest retries the access
         }
-        if (resolved->outcome == Outcome::kFault) exit.err = resolved->err;
+        if (resolved->outcome == Outcome::kFault) {
+          exit.err = resolved->err;
+          c.refault = true;
+          c.refault_addr = exit.addr;
+          c.refault_access = access;
+        }
       }
     }
     return report(exit);
