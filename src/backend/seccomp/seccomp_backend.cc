@@ -325,6 +325,12 @@ class SeccompAddressSpace : public AddressSpace {
   // op i's raw result. ops_mu_ held.
   absl::Status ServerRunLocked(const Op* ops, int n, int64_t* results);
   absl::Status FlushLocked();
+  // Queues an install (`nr`: SYS_mmap, maybe | kMayFail) for the server.
+  absl::Status QueueInstall(uint64_t nr, uint64_t addr, uint64_t len, int prot, int handle,
+                            uint64_t offset);
+  // After queuing: leaves pending_ for the next Run's resume if no Run is in progress
+  // (queued_ / running_), else flushes now. ops_mu_ held.
+  absl::Status DeferOrFlushLocked();
   // Run's entry, when queued_ says so: the queued work goes to the server with the resume of
   // `c` (as a fault's installs do), so the guest resumes only after it is done.
   absl::Status PostQueued(Context& c);
@@ -681,29 +687,32 @@ absl::Status SeccompAddressSpace::DetachObject(int handle) {
 
 absl::Status SeccompAddressSpace::Install(uint64_t addr, uint64_t len, int prot, int handle,
                                           uint64_t offset) {
+  return QueueInstall(SYS_mmap, addr, len, prot, handle, offset);
+}
+
+absl::Status SeccompAddressSpace::InstallHint(uint64_t addr, uint64_t len, int prot,
+                                              int handle, uint64_t offset) {
+  return QueueInstall(SYS_mmap | kMayFail, addr, len, prot, handle, offset);
+}
+
+absl::Status SeccompAddressSpace::QueueInstall(uint64_t nr, uint64_t addr, uint64_t len,
+                                               int prot, int handle, uint64_t offset) {
   std::lock_guard<std::mutex> lock(ops_mu_);
   if (npending_ == SRV_MAX_OPS) {
     if (auto s = FlushLocked(); !s.ok()) return s;
   }
   // MAP_POPULATE: the server fills the page table entries now, so that the guest's retry
   // does not take a host page fault of its own (~1 us here, where every exception costs).
-  pending_[npending_++] = {SYS_mmap, {addr, len, static_cast<uint64_t>(prot),
-                                      MAP_SHARED | MAP_FIXED | MAP_POPULATE,
-                                      static_cast<uint64_t>(handle), offset}};
+  pending_[npending_++] = {nr, {addr, len, static_cast<uint64_t>(prot),
+                                MAP_SHARED | MAP_FIXED | MAP_POPULATE,
+                                static_cast<uint64_t>(handle), offset}};
   return absl::OkStatus();
 }
 
-absl::Status SeccompAddressSpace::InstallHint(uint64_t addr, uint64_t len, int prot,
-                                              int handle, uint64_t offset) {
-  std::lock_guard<std::mutex> lock(ops_mu_);
-  if (npending_ == SRV_MAX_OPS) {
-    if (auto s = FlushLocked(); !s.ok()) return s;
-  }
-  pending_[npending_++] = {SYS_mmap | kMayFail,
-                           {addr, len, static_cast<uint64_t>(prot),
-                            MAP_SHARED | MAP_FIXED | MAP_POPULATE,
-                            static_cast<uint64_t>(handle), offset}};
-  return absl::OkStatus();
+absl::Status SeccompAddressSpace::DeferOrFlushLocked() {
+  queued_.store(true, std::memory_order_seq_cst);
+  if (running_.load(std::memory_order_seq_cst) == 0) return absl::OkStatus();
+  return FlushLocked();  // a guest runs (another thread's RUN, or this is the fault path)
 }
 
 absl::Status SeccompAddressSpace::FlushInstalls() {
@@ -715,9 +724,7 @@ absl::Status SeccompAddressSpace::FlushInstalls() {
   }
   // Not a fault's (MADV_WILLNEED): with no RUN in progress, the next one posts them with
   // its resume (as removals go: see DropTranslations).
-  queued_.store(true, std::memory_order_seq_cst);
-  if (running_.load(std::memory_order_seq_cst) == 0) return absl::OkStatus();
-  return FlushLocked();
+  return DeferOrFlushLocked();
 }
 
 absl::Status SeccompAddressSpace::DropTranslations(uint64_t addr, uint64_t len) {
@@ -737,10 +744,7 @@ absl::Status SeccompAddressSpace::DropTranslations(uint64_t addr, uint64_t len) 
     pending_[npending_++] = {SYS_mmap | kMustSucceed,
                              {addr, len, PROT_NONE, kReserve, static_cast<uint64_t>(-1), 0}};
   }
-  queued_.store(true, std::memory_order_seq_cst);
-  if (running_.load(std::memory_order_seq_cst) == 0) return absl::OkStatus();
-  // A guest runs (in another thread's RUN, or this is the fault path): now.
-  return FlushLocked();
+  return DeferOrFlushLocked();
 }
 
 absl::Status SeccompAddressSpace::PostQueued(Context& c) {
