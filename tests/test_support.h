@@ -65,6 +65,8 @@ class Watchdog {
   Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
     thread_ = SpawnWithSignalsBlocked([this, limit] {
       std::unique_lock<std::mutex> lock(mu_);
+      waiting_ = true;
+      cv_.notify_all();
       if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
         fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
                 static_cast<long long>(limit.count()));
@@ -72,6 +74,11 @@ class Watchdog {
         abort();
       }
     });
+    // Returns once the thread waits (holding no lock): a test that forks next must not fork
+    // while the thread is still starting up (under ASan a child once inherited a lock of
+    // that start-up and hung).
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return waiting_; });
   }
   ~Watchdog() {
     {
@@ -89,6 +96,7 @@ class Watchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  bool waiting_ = false;  // the thread has started and waits
   std::thread thread_;
 };
 
