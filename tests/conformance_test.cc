@@ -56,6 +56,10 @@ int VkrtTestRunWithZmm(void* id, struct trapframe* tf, struct vextframe* vf, con
 // xmm0 loaded from `in` before, stored to `out` after.
 int VkrtTestRunXmm0(void* id, struct trapframe* tf, struct vextframe* vf, const void* xmm0_in,
                     void* xmm0_out);
+// The x87 unit reset (fninit) and, if `push` is not NULL, *push loaded onto its stack before;
+// its whole state stored to `fnsave_out` (108 bytes, FNSAVE's format) and reset again after.
+int VkrtTestRunX87(void* id, struct trapframe* tf, struct vextframe* vf, const double* push,
+                   void* fnsave_out);
 }
 
 static_assert(VMSPACE_CTL_RUN == 1, "the helpers below pass cmd 1");
@@ -83,6 +87,31 @@ VkrtTestRunXmm0:
         ret
         .cfi_endproc
         .size VkrtTestRunXmm0, .-VkrtTestRunXmm0
+
+        .p2align 4
+        .globl VkrtTestRunX87
+        .hidden VkrtTestRunX87
+        .type VkrtTestRunX87, @function
+VkrtTestRunX87:
+        .cfi_startproc
+        pushq %rbx
+        .cfi_def_cfa_offset 16
+        .cfi_offset %rbx, -16
+        movq %r8, %rbx
+        fninit
+        testq %rcx, %rcx
+        jz 1f
+        fldl (%rcx)
+1:      movq %rdx, %rcx
+        movq %rsi, %rdx
+        movl $1, %esi
+        call vmspace_ctl@PLT
+        fnsave (%rbx)
+        popq %rbx
+        .cfi_def_cfa_offset 8
+        ret
+        .cfi_endproc
+        .size VkrtTestRunX87, .-VkrtTestRunX87
 
         .p2align 4
         .globl VkrtTestRunWithXmm
@@ -1646,6 +1675,71 @@ TEST_P(Conformance, FpuStateTheGuestLeavesAloneComesBackAsGiven) {
     ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
     EXPECT_EQ(guest_value[0], out[0]) << "round " << i;
     EXPECT_EQ(guest_value[1], out[1]) << "round " << i;
+  }
+}
+
+// The x87 unit passes both ways, between its initial state and others, whichever side
+// changes it (XSAVE may call an x87 unit in its initial state "in use" or not: a backend that
+// compares states must go by the registers). The guest runs four stages in a loop:
+//   A      0: b8 27 00 00 00   mov $0x27,%eax       (leaves the x87 unit alone)
+//          5: 0f 05            syscall
+//   B      7: db e3            fninit               (the initial state)
+//          9: b8 27 00 00 00   mov $0x27,%eax
+//         14: 0f 05            syscall
+//   A     16: b8 27 00 00 00   mov $0x27,%eax
+//         21: 0f 05            syscall
+//   C     23: d9 e8            fld1                 (two values pushed)
+//         25: d9 eb            fldpi
+//         27: b8 27 00 00 00   mov $0x27,%eax
+//         32: 0f 05            syscall
+//         34: eb dc            jmp 0
+VKRT_GUEST_CODE kGuestX87Stages[] = {
+    0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xdb, 0xe3, 0xb8, 0x27, 0x00,
+    0x00, 0x00, 0x0f, 0x05, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xd9,
+    0xe8, 0xd9, 0xeb, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xdc,
+};
+
+TEST_P(Conformance, X87StatePassesBothWaysThroughItsInitialState) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestX87Stages));
+  trapframe tf = Frame();
+  vextframe vf = {};
+  const double kPushed = 2.5;
+  enum Stage { kAlone, kReset, kPushTwo };
+  const Stage stages[] = {kAlone, kReset, kAlone, kPushTwo};
+  // Three passes over the stages: the caller pushes a value always, never, every other RUN.
+  for (int round = 0; round < 12; ++round) {
+    const Stage stage = stages[round % 4];
+    const int pass = round / 4;
+    const bool push = pass == 0 || (pass == 2 && round % 2 == 0);
+    unsigned char env[108] = {};
+    ASSERT_EQ(0, VkrtTestRunX87(vm.id(), &tf, &vf, push ? &kPushed : nullptr, env))
+        << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    uint16_t fcw, fsw, ftw;
+    memcpy(&fcw, env, 2);
+    memcpy(&fsw, env + 4, 2);
+    memcpy(&ftw, env + 8, 2);
+    long double st[3] = {};
+    for (int i = 0; i < 3; ++i) memcpy(&st[i], env + 28 + 10 * i, 10);
+    const int top = (fsw >> 11) & 7;
+    EXPECT_EQ(0x037F, fcw) << "round " << round;
+    std::vector<long double> want;  // the stack, ST0 first
+    if (stage == kPushTwo) want = {3.14159265358979323846264338327950288L, 1.0L};
+    if (push && stage != kReset) want.push_back(kPushed);
+    EXPECT_EQ((8 - static_cast<int>(want.size())) % 8, top) << "round " << round;
+    // The full tag word: 00 (valid) for each physical register holding one of the values
+    // (none is zero or special), 11 (empty) for the others.
+    uint16_t want_ftw = 0xFFFF;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const int phys = (top + static_cast<int>(i)) % 8;
+      want_ftw &= static_cast<uint16_t>(~(3u << (2 * phys)));
+    }
+    EXPECT_EQ(want_ftw, ftw) << "round " << round;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(want[i], st[i]) << "round " << round << " ST" << i;
+    }
   }
 }
 

@@ -72,6 +72,10 @@
 #define CMD_XREF_MAX 3072
 #define XCMP_LEGACY 416         /* FCW..XMM15: always compared */
 #define XCMP_FEATURES 0xE7      /* XSTATE_BV bits that pass between vkernel and guest */
+#define XCMP_BV_BITS 0xE4       /* of those, the bits the comparison checks: not x87 and SSE,
+                                   whose registers XSAVE writes whether in use or not (an
+                                   XSTATE_BV bit 0 or 1 may read 0 or 1 for a state in its
+                                   initial configuration: the legacy area decides) */
 
 /* Server command page (RO): a batch of system calls the vkernel decided. */
 #define SRV_SEQ 0               /* u32: futex word the server waits on */

@@ -411,7 +411,7 @@ vkrt_seccomp_stub_boot:
 	mov 512(%r9), %r14           /* r14: XSTATE_BV */
 	mov %r14, %rax
 	xor 512(%r10), %rax
-	test $XCMP_FEATURES, %eax
+	test $XCMP_BV_BITS, %eax
 	jnz .Lfpu_done
 	pxor %xmm0, %xmm0            /* xmm0: every difference or'ed */
 	xor %ecx, %ecx
