@@ -10,6 +10,7 @@
 #include <atomic>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "arch/x86_64/xstate.h"
 #include "backend/backend.h"
 #include "common/errno_status.h"
@@ -70,6 +71,49 @@ __attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapf
   }
   auto exit = (*vs)->Run(*tf, *vf, xstate, timeout_ns);
   return exit.ok() ? 0 : Fail(exit.status());
+}
+
+size_t vkrt_fpu_area_size(void) {
+  return (vkrt::x86_64::XstateSize() + 63) & ~size_t{63};
+}
+
+void vkrt_fpu_area_init(void* fpu) {
+  // Linux's state for a new thread: FCW 0x37F, MXCSR 0x1F80 (its mask as this CPU reports
+  // it does not matter to XRSTOR), every register zero, no component in use.
+  auto* p = static_cast<unsigned char*>(fpu);
+  memset(p, 0, vkrt_fpu_area_size());
+  const uint16_t fcw = 0x037F;
+  const uint32_t mxcsr = 0x1F80;
+  memcpy(p, &fcw, sizeof(fcw));
+  memcpy(p + 24, &mxcsr, sizeof(mxcsr));
+}
+
+int vkrt_vmspace_run_fpu(void* id, trapframe* tf, vextframe* vf, uint64_t timeout_ns,
+                         void* fpu) {
+  if (fpu == nullptr) {
+    return Fail(vkrt::ErrnoError(EFAULT, "vkrt_vmspace_run_fpu: NULL FPU area"));
+  }
+  if (reinterpret_cast<uintptr_t>(fpu) % 64 != 0) {
+    return Fail(vkrt::ErrnoError(
+        EINVAL, "vkrt_vmspace_run_fpu: the FPU area is not 64-byte aligned (XSAVE's rule)"));
+  }
+  uint64_t xcomp_bv;
+  memcpy(&xcomp_bv, static_cast<const unsigned char*>(fpu) + 520, sizeof(xcomp_bv));
+  if (xcomp_bv != 0) {
+    return Fail(vkrt::ErrnoError(
+        EINVAL, "vkrt_vmspace_run_fpu: the FPU area is in the compacted format (XCOMP_BV "
+                "not 0); it must be in XSAVE's standard format"));
+  }
+  uint32_t mxcsr;
+  memcpy(&mxcsr, static_cast<const unsigned char*>(fpu) + 24, sizeof(mxcsr));
+  if ((mxcsr & ~0xFFFFu) != 0) {  // what XRSTOR would fault on (vmspace_ctl's check too)
+    return Fail(vkrt::ErrnoError(
+        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: MXCSR %#x has reserved bits set", mxcsr)));
+  }
+  // The caller's registers stay the caller's: the guest's state is read from and written
+  // to `fpu` only, and nothing here changes MXCSR or the x87 control word.
+  return vkrt_ctl_impl(id, VMSPACE_CTL_RUN, tf, vf,
+                       timeout_ns == 0 ? -1 : static_cast<int64_t>(timeout_ns), fpu);
 }
 
 void* vmspace_mmap(void* id, void* addr, size_t len, int prot, int flags, int fd, off_t offset) {

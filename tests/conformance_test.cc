@@ -1743,6 +1743,133 @@ TEST_P(Conformance, X87StatePassesBothWaysThroughItsInitialState) {
   }
 }
 
+// vkrt_vmspace_run_fpu: the guest's FPU state comes from and goes to memory; the caller's
+// registers are not involved. Same guest as above: report xmm0 untouched, then load it.
+struct FpuArea {
+  explicit FpuArea() : bytes(static_cast<unsigned char*>(aligned_alloc(64, vkrt_fpu_area_size()))) {
+    vkrt_fpu_area_init(bytes);
+  }
+  ~FpuArea() { free(bytes); }
+  uint64_t Xmm0(int half) const {
+    uint64_t v;
+    memcpy(&v, bytes + 160 + 8 * half, 8);
+    return v;
+  }
+  void SetXmm0(uint64_t lo, uint64_t hi) {
+    memcpy(bytes + 160, &lo, 8);
+    memcpy(bytes + 168, &hi, 8);
+    uint64_t bv;
+    memcpy(&bv, bytes + 512, 8);
+    bv |= 2;  // SSE in use
+    memcpy(bytes + 512, &bv, 8);
+  }
+  unsigned char* bytes;
+};
+
+TEST_P(Conformance, RunWithFpuAreaPassesTheStateThroughMemory) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestXmm0UntouchedThenLoaded));
+  ASSERT_NO_FATAL_FAILURE(MapAnon(vm.id(), kDataAddr, kPage, kRw));
+  ASSERT_GE(vkrt_fpu_area_size(), 576u);
+  EXPECT_EQ(0u, vkrt_fpu_area_size() % 64);
+  trapframe tf = Frame();
+  tf.tf_rbx = kDataAddr;
+  vextframe vf = {};
+  FpuArea area;
+  const uint64_t values[] = {7, 7, 8, 9};
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); ++i) {
+    const uint64_t guest_value[2] = {0x6161616161616161ULL + i, 0x6262626262626262ULL + i};
+    ASSERT_NO_FATAL_FAILURE(Poke(vm.id(), kDataAddr, guest_value, sizeof(guest_value)));
+    area.SetXmm0(values[i], ~values[i]);
+    // Untouched: the guest saw the area's xmm0, which stays.
+    ASSERT_EQ(0, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(values[i], AsU64(tf.tf_rdi)) << "round " << i;
+    EXPECT_EQ(values[i], area.Xmm0(0)) << "round " << i;
+    EXPECT_EQ(~values[i], area.Xmm0(1)) << "round " << i;
+    // Loaded: the area now holds the guest's xmm0. Every other round through vmspace_ctl
+    // first: the two ways mix on one context.
+    if (i % 2 == 1) {
+      alignas(16) uint64_t in[2] = {values[i], ~values[i]};
+      alignas(16) uint64_t out[2] = {};
+      ASSERT_EQ(0, VkrtTestRunXmm0(vm.id(), &tf, &vf, in, out)) << strerror(errno);
+      EXPECT_EQ(guest_value[0], out[0]) << "round " << i;
+      ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestXmm0UntouchedThenLoaded));
+      tf = Frame();
+      tf.tf_rbx = kDataAddr;
+      ASSERT_EQ(0, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes)) << strerror(errno);
+      EXPECT_EQ(values[i], AsU64(tf.tf_rdi)) << "round " << i << ": the area's, not the registers'";
+    }
+    ASSERT_EQ(0, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes)) << strerror(errno);
+    ASSERT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+    EXPECT_EQ(guest_value[0], area.Xmm0(0)) << "round " << i;
+    EXPECT_EQ(guest_value[1], area.Xmm0(1)) << "round " << i;
+  }
+}
+
+TEST_P(Conformance, RunWithFpuAreaLeavesTheCallersControlRegisters) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  FpuArea area;
+  uint32_t mxcsr = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  const uint32_t mine = (mxcsr & ~0x6000u) | 0x4000u;  // round up
+  asm volatile("ldmxcsr %0" : : "m"(mine));
+  trapframe tf = Frame();
+  vextframe vf = {};
+  const int rc = vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes);
+  const int err = errno;
+  uint32_t after = 0;
+  asm volatile("stmxcsr %0" : "=m"(after));
+  asm volatile("ldmxcsr %0" : : "m"(mxcsr));
+  ASSERT_EQ(0, rc) << strerror(err);
+  EXPECT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(mine, after);
+  uint32_t area_mxcsr;
+  memcpy(&area_mxcsr, area.bytes + 24, 4);
+  EXPECT_EQ(0x1F80u, area_mxcsr & 0xFFFFu) << "the guest's MXCSR is the area's";
+}
+
+TEST_P(Conformance, RunWithFpuAreaRefusesBadAreas) {
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestSyscallLoop));
+  trapframe tf = Frame();
+  const trapframe before = tf;
+  vextframe vf = {};
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, nullptr));
+  EXPECT_EQ(EFAULT, errno);
+  std::vector<unsigned char> raw(vkrt_fpu_area_size() + 128);
+  unsigned char* aligned = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
+  vkrt_fpu_area_init(aligned);
+  memmove(aligned + 16, aligned, vkrt_fpu_area_size());
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, aligned + 16));
+  EXPECT_EQ(EINVAL, errno) << "not 64-byte aligned";
+  FpuArea area;
+  const uint64_t compacted = 1ULL << 63 | 3;
+  memcpy(area.bytes + 520, &compacted, 8);
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes));
+  EXPECT_EQ(EINVAL, errno) << "compacted format";
+  FpuArea bad_mxcsr;
+  const uint32_t reserved = 0x1F80u | (1u << 20);
+  memcpy(bad_mxcsr.bytes + 24, &reserved, 4);
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, bad_mxcsr.bytes));
+  EXPECT_EQ(EINVAL, errno) << "MXCSR with a reserved bit";
+  EXPECT_EQ(0, memcmp(&before, &tf, sizeof(tf))) << "a refused RUN leaves the frame alone";
+  // The guest did not run: the first good RUN stops at its first syscall.
+  FpuArea good;
+  ASSERT_EQ(0, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, good.bytes)) << strerror(errno);
+  EXPECT_EQ(T_FAST_SYSCALL, tf.tf_trapno) << Describe(tf);
+  EXPECT_EQ(kCodeAddr + 2, AsU64(tf.tf_rip));
+}
+
 // ---- RUN: refused frames --------------------------------------------------------------------
 
 TEST_P(Conformance, Avx512StatePassesBothWays) {

@@ -2,7 +2,6 @@
 // are in syscalls.cc.
 #include "kernel.h"
 
-#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -26,24 +25,6 @@ namespace minivk {
 namespace {
 
 constexpr size_t kFiberStack = 256 * 1024;
-
-void XSave(void* area, uint64_t mask) {
-  asm volatile("xsave64 (%0)" ::"r"(area), "a"(static_cast<uint32_t>(mask)),
-               "d"(static_cast<uint32_t>(mask >> 32))
-               : "memory");
-}
-
-void XRstor(const void* area, uint64_t mask) {
-  asm volatile("xrstor64 (%0)" ::"r"(area), "a"(static_cast<uint32_t>(mask)),
-               "d"(static_cast<uint32_t>(mask >> 32))
-               : "memory");
-}
-
-uint64_t XGetBv0() {
-  uint32_t lo, hi;
-  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (uint64_t{hi} << 32) | lo;
-}
 
 // The preemption tick: it ends RUN (tf_trapno 0); if it lands while the kernel is running
 // instead, the flag makes the next exit rotate all the same.
@@ -105,17 +86,11 @@ File::~File() {
 
 Kernel::Kernel(PhysMem& mem, const Options& options)
     : mem_(mem), options_(options), pool_(options.backend_type) {
-  unsigned eax, ebx, ecx, edx;
-  __cpuid_count(0xD, 0, eax, ebx, ecx, edx);
-  fpu_size_ = (ebx + 63) & ~63u;
-  fpu_mask_ = XGetBv0();
-  fpu_initial_.assign(fpu_size_ + 64, 0);
-  auto* area = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(fpu_initial_.data()) + 63) & ~uintptr_t{63});
-  XSave(area, fpu_mask_);
-  // XSTATE_BV = 0: every component in its initial state (MXCSR still comes from the image).
-  memset(area + 512, 0, 64);
-  fpu_initial_.assign(area, area + fpu_size_);
+  // Each process's FPU state lives in its own area, which RUN reads and writes
+  // (vkrt_vmspace_run_fpu): this thread's registers never hold a guest's.
+  fpu_size_ = vkrt_fpu_area_size();
+  fpu_initial_.assign(fpu_size_, 0);
+  vkrt_fpu_area_init(fpu_initial_.data());
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
@@ -368,9 +343,7 @@ bool Kernel::RunGuest(Process& p) {
   p.in_run = true;
   const int64_t t0 = options_.stats ? MonotonicNs() : 0;
   mu_.unlock();
-  XRstor(p.fpu.get(), fpu_mask_);
-  const int rc = vmspace_ctl(p.as->id(), VMSPACE_CTL_RUN, &p.tf, &p.vf);
-  XSave(p.fpu.get(), fpu_mask_);
+  const int rc = vkrt_vmspace_run_fpu(p.as->id(), &p.tf, &p.vf, 0, p.fpu.get());
   mu_.lock();
   p.in_run = false;
   if (options_.stats) stats_.run_seconds += (MonotonicNs() - t0) / 1e9;

@@ -128,7 +128,7 @@ struct Process {
   int nice = 0;  // getpriority/setpriority (-20..19); minivk's scheduler does not use it
   struct trapframe tf = {};
   struct vextframe vf = {};
-  std::unique_ptr<unsigned char, void (*)(void*)> fpu{nullptr, free};  // xsave area
+  std::unique_ptr<unsigned char, void (*)(void*)> fpu{nullptr, free};  // vkrt_vmspace_run_fpu's
   std::vector<std::vector<unsigned char>> fpu_saved;  // one per signal frame
   SigAction actions[65];
   uint64_t blocked = 0, pending = 0;
@@ -288,8 +288,7 @@ class Kernel {
     }
   };
   std::map<ProgramKey, std::shared_ptr<Program>> programs_;  // loaded programs, by file
-  size_t fpu_size_ = 0;
-  uint64_t fpu_mask_ = 0;
+  size_t fpu_size_ = 0;  // vkrt_fpu_area_size()
   std::vector<unsigned char> fpu_initial_;
 
   std::mutex mu_;  // the kernel lock (see the file comment)
