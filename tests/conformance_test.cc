@@ -1856,6 +1856,17 @@ TEST_P(Conformance, RunWithFpuAreaRefusesBadAreas) {
   errno = 0;
   EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, area.bytes));
   EXPECT_EQ(EINVAL, errno) << "compacted format";
+  FpuArea beyond_xcr0;
+  const uint64_t bv = 1ULL << 62;
+  memcpy(beyond_xcr0.bytes + 512, &bv, 8);
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, beyond_xcr0.bytes));
+  EXPECT_EQ(EINVAL, errno) << "XSTATE_BV beyond XCR0";
+  FpuArea reserved_header;
+  reserved_header.bytes[512 + 40] = 1;
+  errno = 0;
+  EXPECT_EQ(-1, vkrt_vmspace_run_fpu(vm.id(), &tf, &vf, 0, reserved_header.bytes));
+  EXPECT_EQ(EINVAL, errno) << "reserved header bytes";
   FpuArea bad_mxcsr;
   const uint32_t reserved = 0x1F80u | (1u << 20);
   memcpy(bad_mxcsr.bytes + 24, &reserved, 4);

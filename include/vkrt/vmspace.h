@@ -204,8 +204,9 @@ VKRT_API int vkrt_vmspace_run(void *id, struct trapframe *tframe, struct vextfra
  * AVX-512 state it holds, and RUN leaves the guest's state there when it returns. The
  * calling thread's own FPU registers are left alone, as by any C function (MXCSR and the x87
  * control word unchanged). `timeout_ns` as for vkrt_vmspace_run(). Errors: those of
- * VMSPACE_CTL_RUN; `fpu` NULL: EFAULT; not aligned, compacted format, or an MXCSR with
- * reserved bits: EINVAL, and the guest does not run. vmspace_ctl() and this function may be
+ * VMSPACE_CTL_RUN; `fpu` NULL: EFAULT; not aligned, compacted format, an XSAVE header XRSTOR
+ * would refuse (XSTATE_BV beyond XCR0, reserved bytes set) or an MXCSR with reserved bits:
+ * EINVAL, and the guest does not run. vmspace_ctl() and this function may be
  * mixed on one vmspace and thread.
  */
 VKRT_API size_t vkrt_fpu_area_size(void);

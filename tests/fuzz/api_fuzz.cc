@@ -585,8 +585,20 @@ class Session {
     alignas(64) static uint8_t fxarea[512];
     __builtin_ia32_fxsave64(fxarea);
     int r;
-    if (mode >= 0xE0 && mode < 0xF0) {
+    if (mode >= 0xE0 && mode < 0xE8) {
       r = vkrt_vmspace_run(id, tfp, vfp, kRunTimeoutNs / 2);
+    } else if (mode >= 0xE8 && mode < 0xF0) {
+      // The guest's FPU state from memory: a new thread's, with fuzzed bytes over the legacy
+      // area and the XSAVE header (the checks RUN makes, and what backends accept).
+      static unsigned char* area = static_cast<unsigned char*>(
+          aligned_alloc(64, (vkrt_fpu_area_size() + 63) & ~size_t{63}));
+      vkrt_fpu_area_init(area);
+      const int patches = in_.U8() & 7;
+      for (int i = 0; i < patches; ++i) {
+        const size_t at = in_.U8() * 3 % 576;
+        area[at] = in_.U8();
+      }
+      r = vkrt_vmspace_run_fpu(id, tfp, vfp, kRunTimeoutNs / 2, mode == 0xEF ? nullptr : area);
     } else {
       r = vmspace_ctl(id, cmd, tfp, vfp);
     }
