@@ -1182,11 +1182,6 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
   // From here on a removal of translations is carried out at once, or (queued before) here.
   running_.fetch_add(1, std::memory_order_seq_cst);
   absl::Cleanup not_running = [this] { running_.fetch_sub(1, std::memory_order_release); };
-  if (queued_.load(std::memory_order_seq_cst)) {
-    if (auto s = PostQueued(c); !s.ok()) return s;
-  } else if (const uint32_t batch = drop_batch_.load(std::memory_order_seq_cst); batch != 0) {
-    c.server_wait = batch;  // posted by another context's RUN, perhaps not carried out yet
-  }
   const uint64_t run = runs_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (c.rcx_reported_as_r10 && c.rcx_run + 1 != run) c.rcx_reported_as_r10 = false;
   const bool rcx_reported_as_r10 = c.rcx_reported_as_r10;
@@ -1205,6 +1200,15 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
     t_resolving = &c;
     (void)vpt()->Resolve(c.refault_addr, c.refault_access, installer);
     t_resolving = nullptr;
+  }
+  // Queued removals (and the installs just made, behind them in the same batch: one batch
+  // per resume; posting the removals first made the resolution above wait for the server,
+  // which could not run yet, ~70 us per fault).
+  if (queued_.load(std::memory_order_seq_cst)) {
+    if (auto s = PostQueued(c); !s.ok()) return s;
+  } else if (const uint32_t batch = drop_batch_.load(std::memory_order_seq_cst);
+             batch != 0 && c.server_wait == 0) {
+    c.server_wait = batch;  // posted by another context's RUN, perhaps not carried out yet
   }
 
   const int slot = SlotOf(c);
