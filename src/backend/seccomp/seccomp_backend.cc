@@ -491,6 +491,8 @@ absl::Status SeccompAddressSpace::DrainLocked() {
   bool got = false;
   if (auto s = TryAck(got); !s.ok()) return s;
   if (!got) {
+    // Run it here, where we wait (the context's CPU may be busy with its handler's spin).
+    PinServer(CurrentCpu());
     Futex(Command(VKRT_SC_SERVER_SLOT) + SRV_SEQ, FUTEX_WAKE, 1, nullptr);
     if (auto s = ReadAck(); !s.ok()) return s;
   }
