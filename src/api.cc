@@ -97,32 +97,11 @@ int vkrt_vmspace_run_fpu(void* id, trapframe* tf, vextframe* vf, uint64_t timeou
     return Fail(vkrt::ErrnoError(
         EINVAL, "vkrt_vmspace_run_fpu: the FPU area is not 64-byte aligned (XSAVE's rule)"));
   }
-  uint64_t xcomp_bv;
-  memcpy(&xcomp_bv, static_cast<const unsigned char*>(fpu) + 520, sizeof(xcomp_bv));
-  if (xcomp_bv != 0) {
+  if (const char* why = vkrt::x86_64::XrstorRefusal(fpu, vkrt::x86_64::EnabledFeatures());
+      why != nullptr) {
     return Fail(vkrt::ErrnoError(
-        EINVAL, "vkrt_vmspace_run_fpu: the FPU area is in the compacted format (XCOMP_BV "
-                "not 0); it must be in XSAVE's standard format"));
-  }
-  const auto* header = static_cast<const unsigned char*>(fpu) + 512;
-  uint64_t xstate_bv;
-  memcpy(&xstate_bv, header, sizeof(xstate_bv));
-  uint32_t xcr0_lo, xcr0_hi;
-  asm("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  const uint64_t xcr0 = (uint64_t{xcr0_hi} << 32) | xcr0_lo;
-  bool reserved_clear = true;
-  for (int i = 16; i < 64; ++i) reserved_clear = reserved_clear && header[i] == 0;
-  if ((xstate_bv & ~xcr0) != 0 || !reserved_clear) {  // what XRSTOR would fault on
-    return Fail(vkrt::ErrnoError(
-        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: bad XSAVE header (XSTATE_BV %#x with "
-                                "features the OS did not enable (XCR0 %#x), or reserved bytes "
-                                "not zero)", xstate_bv, xcr0)));
-  }
-  uint32_t mxcsr;
-  memcpy(&mxcsr, static_cast<const unsigned char*>(fpu) + 24, sizeof(mxcsr));
-  if ((mxcsr & ~0xFFFFu) != 0) {  // what XRSTOR would fault on (vmspace_ctl's check too)
-    return Fail(vkrt::ErrnoError(
-        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: MXCSR %#x has reserved bits set", mxcsr)));
+        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: the FPU area is not one XRSTOR takes in "
+                                "XSAVE's standard format: %s", why)));
   }
   // The caller's registers stay the caller's: the guest's state is read from and written
   // to `fpu` only, and nothing here changes MXCSR or the x87 control word.

@@ -75,5 +75,27 @@ TEST(Xstate, OtherComponentsGoByTheirInUseBits) {
   EXPECT_TRUE(SameGuestXstate(idle_a.data(), idle_b.data())) << "bytes of an idle component";
 }
 
+TEST(Xstate, XrstorRefusalNamesWhatXrstorWouldFaultOn) {
+  constexpr uint64_t kXcr0 = 0x7;  // x87, SSE, AVX
+  auto good = Area(0x7);
+  EXPECT_EQ(nullptr, XrstorRefusal(good.data(), kXcr0));
+  auto compacted = Area(0x3);
+  const uint64_t xcomp = (uint64_t{1} << 63) | 0x3;
+  memcpy(compacted.data() + kBvOffset + 8, &xcomp, 8);
+  EXPECT_NE(nullptr, XrstorRefusal(compacted.data(), kXcr0));
+  EXPECT_NE(nullptr, XrstorRefusal(Area(0x7 | (1u << 5)).data(), kXcr0)) << "opmask not enabled";
+  auto reserved = Area(0x3);
+  reserved[kBvOffset + 63] = 1;
+  EXPECT_NE(nullptr, XrstorRefusal(reserved.data(), kXcr0));
+  auto mxcsr = Area(0x3);
+  const uint32_t bad = 0x1F80u | (1u << 16);
+  memcpy(mxcsr.data() + 24, &bad, 4);
+  EXPECT_NE(nullptr, XrstorRefusal(mxcsr.data(), kXcr0));
+}
+
+TEST(Xstate, EnabledFeaturesIncludeX87AndSse) {
+  EXPECT_EQ(0x3u, EnabledFeatures() & 0x3);  // XCR0 bit 0 is always 1; SSE for x86-64 Linux
+}
+
 }  // namespace
 }  // namespace vkrt::x86_64

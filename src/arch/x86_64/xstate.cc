@@ -17,6 +17,15 @@ size_t XstateSize() {
   return size;
 }
 
+uint64_t EnabledFeatures() {
+  static const uint64_t xcr0 = [] {
+    uint32_t lo, hi;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (static_cast<uint64_t>(hi) << 32) | lo;
+  }();
+  return xcr0;
+}
+
 namespace {
 
 // Components that pass between vkernel and guest: x87+SSE (the legacy area), AVX, opmask,
@@ -37,9 +46,7 @@ struct Layout {
 const Layout& GetLayout() {
   static const Layout layout = [] {
     Layout l;
-    uint32_t lo, hi;
-    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    const uint64_t xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+    const uint64_t xcr0 = EnabledFeatures();
     auto add = [&](int c) {
       if (!(xcr0 & (uint64_t{1} << c))) return;
       unsigned eax, ebx, ecx, edx;
@@ -78,6 +85,23 @@ int GuestXstateComponents(XstateComponent* out, int max) {
 
 bool UsesAvx512(const void* area) {
   return (XstateBv(static_cast<const unsigned char*>(area)) & kAvx512Bits) != 0;
+}
+
+const char* XrstorRefusal(const void* area, uint64_t xcr0) {
+  const auto* p = static_cast<const unsigned char*>(area);
+  const unsigned char* header = p + kXstateBvOffset;
+  uint64_t xstate_bv, xcomp_bv;
+  memcpy(&xstate_bv, header, 8);
+  memcpy(&xcomp_bv, header + 8, 8);
+  if (xcomp_bv != 0) return "the compacted format (XCOMP_BV not 0)";
+  if ((xstate_bv & ~xcr0) != 0) return "XSTATE_BV names components the OS did not enable";
+  for (int i = 16; i < 64; ++i) {
+    if (header[i] != 0) return "reserved XSAVE header bytes are set";
+  }
+  uint32_t mxcsr;
+  memcpy(&mxcsr, p + 24, 4);
+  if ((mxcsr & ~0xFFFFu) != 0) return "MXCSR has reserved bits set";
+  return nullptr;
 }
 
 bool SameGuestXstate(const void* a, const void* b) {

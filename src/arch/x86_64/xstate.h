@@ -14,6 +14,14 @@ namespace vkrt::x86_64 {
 // the life of the process; ptrace's NT_X86_XSTATE transfers exactly this many bytes.
 size_t XstateSize();
 
+// XCR0: the state components the OS enabled. Constant for the life of the process.
+uint64_t EnabledFeatures();
+
+// Why XRSTOR (standard form) would refuse `area` on a machine whose XCR0 is `xcr0`, or nullptr
+// if it would not: the compacted format (XCOMP_BV not 0), XSTATE_BV bits beyond XCR0, reserved
+// header bytes set, MXCSR bits beyond 0xFFFF. Pure: reads the legacy area and header only.
+const char* XrstorRefusal(const void* area, uint64_t xcr0);
+
 // Bytes of the standard-format area that hold what passes between vkernel and guest:
 // x87, SSE, AVX and AVX-512 (not PKRU, not AMX). A prefix of XstateSize(); ptrace can read
 // just this much, which costs less than reading the whole area (~11 KiB with AMX).

@@ -161,12 +161,6 @@ struct System {
   std::unique_ptr<CpuidBuffer> cpuid;
 };
 
-uint64_t XGetBv0() {
-  uint32_t lo, hi;
-  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (uint64_t{hi} << 32) | lo;
-}
-
 const System& GetSystem() {
   static System* system = [] {
     auto* s = new System;
@@ -224,7 +218,7 @@ const System& GetSystem() {
       if (e.function == 0xD && e.index == 0) supported_xcr0 = (uint64_t{e.edx} << 32) | e.eax;
       if (e.function == 0x80000008) phys_bits = static_cast<int>(e.eax & 0xFF);
     }
-    s->xcr0 = XGetBv0() & (supported_xcr0 | 0x3) & kGuestXfeatures;
+    s->xcr0 = x86_64::EnabledFeatures() & (supported_xcr0 | 0x3) & kGuestXfeatures;
     s->xcr0 |= 0x3;
     if (phys_bits < 36) phys_bits = 36;
     if (phys_bits > 46) phys_bits = 46;
