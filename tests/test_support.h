@@ -19,7 +19,9 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
+#include <unistd.h>
 #include <vkrt/vmspace.h>
 
 namespace vkrt_test {
@@ -59,7 +61,57 @@ inline std::thread SpawnWithSignalsBlocked(std::function<void()> fn) {
   return t;
 }
 
-// Aborts the process with a message unless destroyed within `limit`.
+// One line of /proc/<pid>/task/<tid>/`file` (comm, wchan, syscall), "" if unreadable.
+inline std::string ProcTaskLine(const std::string& task, const char* file) {
+  std::ifstream in(task + "/" + file);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// For a hang's post-mortem: every thread of process `pid` (its name, state, where it sleeps
+// in the kernel and the system call it is in, with its arguments) on stderr.
+inline void DumpThreads(long pid, const char* who) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  fprintf(stderr, "WATCHDOG: threads of %s (pid %ld):\n", who, pid);
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string task = dir + "/" + e->d_name;
+    const std::string stat = ProcTaskLine(task, "stat");
+    const size_t paren = stat.rfind(')');
+    const char state = paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : '?';
+    fprintf(stderr, "  tid %s %-16s %c wchan=%s syscall=%s\n", e->d_name,
+            ProcTaskLine(task, "comm").c_str(), state, ProcTaskLine(task, "wchan").c_str(),
+            ProcTaskLine(task, "syscall").c_str());
+  }
+  closedir(d);
+}
+
+// Every process whose parent is `pid` (from /proc/*/stat).
+inline std::vector<long> ChildrenOf(long pid) {
+  std::vector<long> children;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return children;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    const long p = strtol(e->d_name, &end, 10);
+    if (p <= 0 || *end != '\0') continue;
+    std::ifstream in("/proc/" + std::string(e->d_name) + "/stat");
+    std::string stat;
+    std::getline(in, stat);
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
+    if (strtol(stat.c_str() + paren + 4, nullptr, 10) == pid) children.push_back(p);
+  }
+  closedir(d);
+  return children;
+}
+
+// Aborts the process with a message unless destroyed within `limit`. Before it aborts, it
+// prints what every thread of this process and of its children (a forked vkernel, stub
+// processes) is doing: a hang in CI leaves that much behind.
 class Watchdog {
  public:
   Watchdog(std::string what, std::chrono::seconds limit) : what_(std::move(what)) {
@@ -70,6 +122,16 @@ class Watchdog {
       if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
         fprintf(stderr, "WATCHDOG: %s did not finish within %lld s; aborting\n", what_.c_str(),
                 static_cast<long long>(limit.count()));
+        DumpThreads(getpid(), "this test");
+        int shown = 0;
+        for (long child : ChildrenOf(getpid())) {
+          if (++shown > 8) break;  // (a few: a vkernel's hundred stubs say the same)
+          DumpThreads(child, "a child");
+          for (long grandchild : ChildrenOf(child)) {
+            if (++shown > 8) break;
+            DumpThreads(grandchild, "a grandchild");
+          }
+        }
         fflush(stderr);
         abort();
       }
