@@ -387,6 +387,38 @@ class Cleanup {
   std::function<void()> fn_;
 };
 
+// Installs `handler` for `sig` (with `flags`) and unblocks `sig` in this thread; the
+// destructor restores both. Declared before whatever may still raise `sig` (a timer, a
+// signalling thread), so that it is restored after those are gone.
+class ScopedSignalHandler {
+ public:
+  ScopedSignalHandler(int sig, void (*handler)(int), int flags = 0) : sig_(sig) {
+    struct sigaction sa = {};
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = flags;
+    installed_ = sigaction(sig, &sa, &old_sa_) == 0;
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    unblocked_ = installed_ && pthread_sigmask(SIG_UNBLOCK, &one, &old_mask_) == 0;
+  }
+  ~ScopedSignalHandler() {
+    if (unblocked_) pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
+    if (installed_) sigaction(sig_, &old_sa_, nullptr);
+  }
+  bool ok() const { return unblocked_; }
+  ScopedSignalHandler(const ScopedSignalHandler&) = delete;
+  ScopedSignalHandler& operator=(const ScopedSignalHandler&) = delete;
+
+ private:
+  int sig_;
+  struct sigaction old_sa_ = {};
+  sigset_t old_mask_;
+  bool installed_ = false;
+  bool unblocked_ = false;
+};
+
 class ScopedFd {
  public:
   explicit ScopedFd(int fd) : fd_(fd) {}
@@ -1979,25 +2011,14 @@ void Conformance::ExpectSignalEndsRun(Kick kick, bool restart) {
   trapframe tf;
   ASSERT_NO_FATAL_FAILURE(BootFlagGuest(vm.id(), flag, &tf));
 
-  struct sigaction sa = {};
-  struct sigaction old_sa = {};
-  sa.sa_handler = CountSigalrm;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = restart ? SA_RESTART : 0;
-  ASSERT_EQ(0, sigaction(SIGALRM, &sa, &old_sa));
-  sigset_t alrm;
-  sigset_t old_mask;
-  sigemptyset(&alrm);
-  sigaddset(&alrm, SIGALRM);
-  ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &alrm, &old_mask));
+  ScopedSignalHandler alrm(SIGALRM, CountSigalrm, restart ? SA_RESTART : 0);
+  ASSERT_TRUE(alrm.ok()) << strerror(errno);
   // A thread-directed one-shot timer, so SIGALRM cannot land on another thread.
   timer_t timer{};
   bool have_timer = false;
-  // Runs last: the timer is gone (timer_delete disarms it) before the handler is restored.
+  // The timer is gone (timer_delete disarms it) before the handler is restored.
   Cleanup restore([&] {
     if (have_timer) timer_delete(timer);
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    sigaction(SIGALRM, &old_sa, nullptr);
   });
   g_sigalrm_count.store(0);
 
@@ -2105,29 +2126,19 @@ void ExpectEarlySignalsEndRun(int backend, int flags) {
   if (flags & SA_ONSTACK) {
     ASSERT_EQ(0, sigaltstack(&ss, &old_ss)) << strerror(errno);
   }
-  struct sigaction sa = {};
-  struct sigaction old_sa = {};
-  sa.sa_handler = NoteEarlySignal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = flags;
-  ASSERT_EQ(0, sigaction(SIGALRM, &sa, &old_sa));
-  sigset_t alrm;
-  sigset_t old_mask;
-  sigemptyset(&alrm);
-  sigaddset(&alrm, SIGALRM);
-  ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &alrm, &old_mask));
+  // Runs last: the handler that uses the alternate stack is gone first.
+  Cleanup restore_stack([&] {
+    if (flags & SA_ONSTACK) sigaltstack(&old_ss, nullptr);
+  });
+  ScopedSignalHandler alrm(SIGALRM, NoteEarlySignal, flags);
+  ASSERT_TRUE(alrm.ok()) << strerror(errno);
   struct sigevent sev = {};
   sev.sigev_notify = SIGEV_THREAD_ID;
   sev.sigev_signo = SIGALRM;
   sev._sigev_un._tid = CurrentTid();
   timer_t timer{};
   ASSERT_EQ(0, timer_create(CLOCK_MONOTONIC, &sev, &timer)) << strerror(errno);
-  Cleanup restore([&] {
-    timer_delete(timer);
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    sigaction(SIGALRM, &old_sa, nullptr);
-    if (flags & SA_ONSTACK) sigaltstack(&old_ss, nullptr);
-  });
+  Cleanup restore([&] { timer_delete(timer); });
 
   int in_time = 0;
   for (int round = 0; round < 100; ++round) {
@@ -2289,16 +2300,8 @@ TEST_P(Conformance, AnExceptionASignalInterruptsIsNeverDeliveredToTheNextFrame) 
   const uint64_t kStarts[] = {0x00, 0x10, 0x20, 0x30};
   constexpr uint64_t kOther = 0x40;
 
-  struct sigaction sa = {};
-  struct sigaction old_sa = {};
-  sa.sa_handler = CountSigusr2;
-  sigemptyset(&sa.sa_mask);
-  ASSERT_EQ(0, sigaction(SIGUSR2, &sa, &old_sa));
-  sigset_t usr2;
-  sigset_t old_mask;
-  sigemptyset(&usr2);
-  sigaddset(&usr2, SIGUSR2);
-  ASSERT_EQ(0, pthread_sigmask(SIG_UNBLOCK, &usr2, &old_mask));
+  ScopedSignalHandler usr2(SIGUSR2, CountSigusr2);
+  ASSERT_TRUE(usr2.ok()) << strerror(errno);
   g_sigusr2_count.store(0);
   // One signal per RUN of the exception-raising code, at a pseudo-random moment within a
   // window that adapts to how long such a RUN takes on this backend (aiming at about half of
@@ -2327,12 +2330,10 @@ TEST_P(Conformance, AnExceptionASignalInterruptsIsNeverDeliveredToTheNextFrame) 
       pthread_kill(runner, SIGUSR2);
     }
   });
-  // Runs last: the signaller is gone before the handler is restored.
+  // The signaller is gone before the handler is restored.
   Cleanup restore([&] {
     stop = true;
     signaller.join();
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    sigaction(SIGUSR2, &old_sa, nullptr);
   });
 
   std::string failure;

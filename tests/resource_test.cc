@@ -43,6 +43,7 @@
 
 namespace {
 
+using vkrt_test::AllPids;
 using vkrt_test::BackendName;
 using vkrt_test::CountDirEntries;
 using vkrt_test::StatusField;
@@ -78,19 +79,6 @@ bool ReadStat(long pid, ProcStat& out) {
     if (field == 22) out.start_time = v;
   }
   return true;
-}
-
-std::vector<long> AllPids() {
-  std::vector<long> pids;
-  DIR* proc = opendir("/proc");
-  if (proc == nullptr) return pids;
-  while (dirent* e = readdir(proc)) {
-    char* end = nullptr;
-    const long pid = strtol(e->d_name, &end, 10);
-    if (end != e->d_name && *end == '\0') pids.push_back(pid);
-  }
-  closedir(proc);
-  return pids;
 }
 
 // Every process below `root` (children, their children, ...), by the ppid chains in /proc.

@@ -89,23 +89,31 @@ inline void DumpThreads(long pid, const char* who) {
   closedir(d);
 }
 
+// Every process id in /proc.
+inline std::vector<long> AllPids() {
+  std::vector<long> pids;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return pids;
+  while (dirent* e = readdir(proc)) {
+    char* end = nullptr;
+    const long pid = strtol(e->d_name, &end, 10);
+    if (end != e->d_name && *end == '\0') pids.push_back(pid);
+  }
+  closedir(proc);
+  return pids;
+}
+
 // Every process whose parent is `pid` (from /proc/*/stat).
 inline std::vector<long> ChildrenOf(long pid) {
   std::vector<long> children;
-  DIR* d = opendir("/proc");
-  if (d == nullptr) return children;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    const long p = strtol(e->d_name, &end, 10);
-    if (p <= 0 || *end != '\0') continue;
-    std::ifstream in("/proc/" + std::string(e->d_name) + "/stat");
+  for (long p : AllPids()) {
+    std::ifstream in("/proc/" + std::to_string(p) + "/stat");
     std::string stat;
     std::getline(in, stat);
     const size_t paren = stat.rfind(')');
     if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
     if (strtol(stat.c_str() + paren + 4, nullptr, 10) == pid) children.push_back(p);
   }
-  closedir(d);
   return children;
 }
 
