@@ -1330,10 +1330,9 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
   };
 
   bool interrupted = false;
-  bool delivering = false;  // re-entered, pending signals held off, to deliver an exception
-  int deliveries = 0;
+  int deliveries = 0;  // re-entries, pending signals held off, to deliver an exception
   for (;;) {
-    if (delivering) {
+    if (deliveries > 0) {
       v.run->kvm_dirty_regs = 0;  // the vCPU goes on exactly where the signal stopped it
     } else {
       if (v.read_pending) {
@@ -1379,9 +1378,9 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         synthetic_rip = kStubExitRip;
       } else if (!cpl3) {
         return broken(absl::StrFormat("a signal stopped ring 0 at rip %#x", now.rip));
-      } else if (auto pending = ExceptionInFlight(v); !pending.ok()) {
-        return pending.status();
-      } else if (*pending) {
+      } else if (auto queued = ExceptionInFlight(v); !queued.ok()) {
+        return queued.status();
+      } else if (*queued) {
         // The guest's instruction raised an exception that KVM had queued, not yet
         // delivered (under kvm_pvm every guest exception passes through that queue). KVM
         // delivers a queued exception at the next entry whatever registers it is given:
@@ -1396,13 +1395,12 @@ absl::StatusOr<GuestExit> KvmAddressSpace::RunVcpu(Vcpu& v, GuestState& state,
         if (++deliveries > 64) {
           return broken("an exception stayed queued with the pending signals held off");
         }
-        uint64_t pending = 0;
-        syscall(SYS_rt_sigpending, &pending, 8);
-        SignalMask held(v.mask | pending);
+        uint64_t signals_pending = 0;
+        syscall(SYS_rt_sigpending, &signals_pending, 8);
+        SignalMask held(v.mask | signals_pending);
         if (auto b = Ioctl(v.fd, kSetSignalMask, held.get()); !b.ok()) return b.status();
         v.mask_known = false;  // the next RUN sets its own mask again
         interrupted = true;
-        delivering = true;
         continue;
       } else {
         v.at_cpl3 = true;
