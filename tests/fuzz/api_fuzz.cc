@@ -370,7 +370,12 @@ class Session {
         CHECK(ErrnoIn(errno, {EINVAL, EBADF, EACCES, ENOMEM, EPERM, ENODEV, EEXIST,
                               EOPNOTSUPP, EAGAIN, ENFILE, EOVERFLOW, ETXTBSY}), flags, prot);
       } else {
-        CHECK(ErrnoIn(errno, {EINVAL, EBADF, EACCES, ENOMEM, EPERM, ENODEV, EEXIST}), flags, prot);
+        // MAP_SHARED_VALIDATE (both type bits) refuses flags outside mmap(2)'s legacy set
+        // (MAP_FIXED_NOREPLACE among them) with EOPNOTSUPP, as the host does.
+        const bool validate = (flags & MAP_SHARED_VALIDATE) == MAP_SHARED_VALIDATE;
+        CHECK(ErrnoIn(errno, {EINVAL, EBADF, EACCES, ENOMEM, EPERM, ENODEV, EEXIST}) ||
+                  (validate && errno == EOPNOTSUPP),
+              flags, prot);
         if (errno == EEXIST) CHECK(flags & MAP_FIXED_NOREPLACE, flags);
         if (errno == ENODEV) CHECK(fd != memfd_ && fd != memfd_ro_, fd, flags);
       }
