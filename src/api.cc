@@ -52,16 +52,38 @@ int vmspace_destroy(void* id) {
   return s.ok() ? 0 : Fail(s);
 }
 
-// Called by the assembly entry points (arch/x86_64/entry.S) with the caller's FPU state
-// already saved in `xstate`; whatever `xstate` holds on return is loaded into the caller.
-__attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapframe* tf,
-                                                        vextframe* vf, int64_t timeout_ns,
-                                                        void* xstate) {
+namespace {
+
+// What XRSTOR would refuse in `fpu`, a caller's buffer for vkrt_vmspace_run_fpu (nullptr: it
+// takes it), as an error naming the problem.
+absl::Status CheckFpuArea(const void* fpu) {
+  if (fpu == nullptr) return vkrt::ErrnoError(EFAULT, "vkrt_vmspace_run_fpu: NULL FPU area");
+  if (reinterpret_cast<uintptr_t>(fpu) % 64 != 0) {
+    return vkrt::ErrnoError(
+        EINVAL, "vkrt_vmspace_run_fpu: the FPU area is not 64-byte aligned (XSAVE's rule)");
+  }
+  if (const char* why = vkrt::x86_64::XrstorRefusal(fpu, vkrt::x86_64::EnabledFeatures());
+      why != nullptr) {
+    return vkrt::ErrnoError(
+        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: the FPU area is not one XRSTOR takes in "
+                                "XSAVE's standard format: %s", why));
+  }
+  return absl::OkStatus();
+}
+
+// RUN for vmspace_ctl (`xstate`: the caller's registers, saved by the entry stub) and for
+// vkrt_vmspace_run_fpu (`xstate`: the caller's buffer, checked here once the id is known to
+// be a vmspace: an unknown id is ENOENT whatever else is wrong, as for every call).
+int RunImpl(void* id, int cmd, trapframe* tf, vextframe* vf, int64_t timeout_ns, void* xstate,
+            bool caller_area) {
   auto vs = vkrt::Lookup(id);
   if (!vs.ok()) return Fail(vs.status());
   vkrt::VmspaceRef ref(*vs);
   if (cmd != VMSPACE_CTL_RUN) {
     return Fail(vkrt::ErrnoError(EOPNOTSUPP, "vmspace_ctl: the only command is VMSPACE_CTL_RUN"));
+  }
+  if (caller_area) {
+    if (auto s = CheckFpuArea(xstate); !s.ok()) return Fail(s);
   }
   if (tf == nullptr || vf == nullptr) {
     return Fail(vkrt::ErrnoError(EFAULT, "vmspace_ctl(RUN): NULL trapframe or vextframe"));
@@ -71,6 +93,16 @@ __attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapf
   }
   auto exit = (*vs)->Run(*tf, *vf, xstate, timeout_ns);
   return exit.ok() ? 0 : Fail(exit.status());
+}
+
+}  // namespace
+
+// Called by the assembly entry points (arch/x86_64/entry.S) with the caller's FPU state
+// already saved in `xstate`; whatever `xstate` holds on return is loaded into the caller.
+__attribute__((visibility("hidden"))) int vkrt_ctl_impl(void* id, int cmd, trapframe* tf,
+                                                        vextframe* vf, int64_t timeout_ns,
+                                                        void* xstate) {
+  return RunImpl(id, cmd, tf, vf, timeout_ns, xstate, false);
 }
 
 size_t vkrt_fpu_area_size(void) {
@@ -90,23 +122,10 @@ void vkrt_fpu_area_init(void* fpu) {
 
 int vkrt_vmspace_run_fpu(void* id, trapframe* tf, vextframe* vf, uint64_t timeout_ns,
                          void* fpu) {
-  if (fpu == nullptr) {
-    return Fail(vkrt::ErrnoError(EFAULT, "vkrt_vmspace_run_fpu: NULL FPU area"));
-  }
-  if (reinterpret_cast<uintptr_t>(fpu) % 64 != 0) {
-    return Fail(vkrt::ErrnoError(
-        EINVAL, "vkrt_vmspace_run_fpu: the FPU area is not 64-byte aligned (XSAVE's rule)"));
-  }
-  if (const char* why = vkrt::x86_64::XrstorRefusal(fpu, vkrt::x86_64::EnabledFeatures());
-      why != nullptr) {
-    return Fail(vkrt::ErrnoError(
-        EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: the FPU area is not one XRSTOR takes in "
-                                "XSAVE's standard format: %s", why)));
-  }
   // The caller's registers stay the caller's: the guest's state is read from and written
   // to `fpu` only, and nothing here changes MXCSR or the x87 control word.
-  return vkrt_ctl_impl(id, VMSPACE_CTL_RUN, tf, vf,
-                       timeout_ns == 0 ? -1 : static_cast<int64_t>(timeout_ns), fpu);
+  return RunImpl(id, VMSPACE_CTL_RUN, tf, vf,
+                 timeout_ns == 0 ? -1 : static_cast<int64_t>(timeout_ns), fpu, true);
 }
 
 void* vmspace_mmap(void* id, void* addr, size_t len, int prot, int flags, int fd, off_t offset) {

@@ -594,6 +594,9 @@ TEST_P(Conformance, CallsOnUnknownIdAreEnoent) {
   EXPECT_FAILS_WITH(ENOENT, vmspace_mcontrol(unknown, AsPtr(kDataAddr), kPage, MADV_WILLNEED, 0));
   EXPECT_FAILS_WITH(ENOENT, vmspace_pread(unknown, buf, sizeof(buf), 0, kDataAddr));
   EXPECT_FAILS_WITH(ENOENT, vmspace_pwrite(unknown, buf, sizeof(buf), 0, kDataAddr));
+  // Whatever else is wrong (here no FPU area at all; found by api_fuzz).
+  EXPECT_FAILS_WITH(ENOENT, vkrt_vmspace_run_fpu(unknown, &tf, &vf, 0, nullptr));
+  EXPECT_FAILS_WITH(ENOENT, vkrt_vmspace_run_fpu(unknown, nullptr, nullptr, 0, buf + 1));
 }
 
 TEST_P(Conformance, UnknownCtlCommandIsEopnotsupp) {
