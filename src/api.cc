@@ -62,7 +62,8 @@ absl::Status CheckFpuArea(const void* fpu) {
     return vkrt::ErrnoError(
         EINVAL, "vkrt_vmspace_run_fpu: the FPU area is not 64-byte aligned (XSAVE's rule)");
   }
-  if (const char* why = vkrt::x86_64::XrstorRefusal(fpu, vkrt::x86_64::EnabledFeatures());
+  if (const char* why = vkrt::x86_64::XrstorRefusal(fpu, vkrt::x86_64::EnabledFeatures(),
+                                                     vkrt::x86_64::MxcsrMask());
       why != nullptr) {
     return vkrt::ErrnoError(
         EINVAL, absl::StrFormat("vkrt_vmspace_run_fpu: the FPU area is not one XRSTOR takes in "

@@ -78,6 +78,33 @@ bool ErrnoIn(int e, std::initializer_list<int> allowed) {
   return std::find(allowed.begin(), allowed.end(), e) != allowed.end();
 }
 
+// What XRSTOR (standard format, every enabled component requested) makes of `area`, from the
+// SDM (vol. 1, 13.8) rather than from vkrt's own check: EINVAL where it raises #GP
+// (XSTATE_BV beyond XCR0; header bytes 8-23, XCOMP_BV among them, not zero; MXCSR bits
+// outside MXCSR_MASK); -1 where only header bytes 24-63 are set, which XRSTOR ignores and vkrt
+// may refuse; 0 where it loads.
+int XrstorVerdict(const unsigned char* area) {
+  uint32_t xcr0_lo = 0, xcr0_hi = 0;
+  asm volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const uint64_t xcr0 = (uint64_t{xcr0_hi} << 32) | xcr0_lo;
+  alignas(16) static unsigned char fx[512];
+  __builtin_ia32_fxsave64(fx);
+  uint32_t mxcsr_mask = 0, mxcsr = 0;
+  memcpy(&mxcsr_mask, fx + 28, 4);
+  if (mxcsr_mask == 0) mxcsr_mask = 0xFFBF;  // the SDM's default where FXSAVE stores 0
+  memcpy(&mxcsr, area + 24, 4);
+  uint64_t xstate_bv = 0;
+  memcpy(&xstate_bv, area + 512, 8);
+  if ((xstate_bv & ~xcr0) != 0 || (mxcsr & ~mxcsr_mask) != 0) return EINVAL;
+  for (int i = 8; i < 24; ++i) {
+    if (area[512 + i] != 0) return EINVAL;
+  }
+  for (int i = 24; i < 64; ++i) {
+    if (area[512 + i] != 0) return -1;
+  }
+  return 0;
+}
+
 using vkrt_fuzz::Input;
 
 struct Region {
@@ -590,6 +617,10 @@ class Session {
     alignas(64) static uint8_t fxarea[512];
     __builtin_ia32_fxsave64(fxarea);
     int r;
+    // For vkrt_vmspace_run_fpu, what its FPU area makes of the call (docs/api.md): 0 = runs;
+    // EFAULT = a NULL area; EINVAL = an area XRSTOR refuses; -1 = may be refused (EINVAL) or
+    // run: reserved header bytes the SDM lets XRSTOR ignore, which vkrt may refuse anyway.
+    int area_verdict = 0;
     if (mode >= 0xE0 && mode < 0xE8) {
       r = vkrt_vmspace_run(id, tfp, vfp, kRunTimeoutNs / 2);
     } else if (mode >= 0xE8 && mode < 0xF0) {
@@ -603,6 +634,7 @@ class Session {
         const size_t at = in_.U8() * 3 % 576;
         area[at] = in_.U8();
       }
+      area_verdict = mode == 0xEF ? EFAULT : XrstorVerdict(area);
       r = vkrt_vmspace_run_fpu(id, tfp, vfp, kRunTimeoutNs / 2, mode == 0xEF ? nullptr : area);
     } else {
       r = vmspace_ctl(id, cmd, tfp, vfp);
@@ -638,6 +670,13 @@ class Session {
       CHECK(r == -1 && errno == EOPNOTSUPP, r);
       return;
     }
+    // The FPU area is looked at once the id is known and before the frames.
+    if (area_verdict > 0) {
+      CHECK(r == -1 && errno == area_verdict, r, area_verdict);
+      CHECK(memcmp(&before, &tf, sizeof(tf)) == 0);  // *tf untouched
+      return;
+    }
+    if (area_verdict < 0 && r == -1 && errno == EINVAL) return;
     if (tfp == nullptr || vfp == nullptr) {
       CHECK(r == -1 && errno == EFAULT, r);
       return;

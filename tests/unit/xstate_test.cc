@@ -77,20 +77,58 @@ TEST(Xstate, OtherComponentsGoByTheirInUseBits) {
 
 TEST(Xstate, XrstorRefusalNamesWhatXrstorWouldFaultOn) {
   constexpr uint64_t kXcr0 = 0x7;  // x87, SSE, AVX
+  constexpr uint32_t kMask = 0xFFFF;  // with DAZ
   auto good = Area(0x7);
-  EXPECT_EQ(nullptr, XrstorRefusal(good.data(), kXcr0));
+  EXPECT_EQ(nullptr, XrstorRefusal(good.data(), kXcr0, kMask));
   auto compacted = Area(0x3);
   const uint64_t xcomp = (uint64_t{1} << 63) | 0x3;
   memcpy(compacted.data() + kBvOffset + 8, &xcomp, 8);
-  EXPECT_NE(nullptr, XrstorRefusal(compacted.data(), kXcr0));
-  EXPECT_NE(nullptr, XrstorRefusal(Area(0x7 | (1u << 5)).data(), kXcr0)) << "opmask not enabled";
+  EXPECT_NE(nullptr, XrstorRefusal(compacted.data(), kXcr0, kMask));
+  EXPECT_NE(nullptr, XrstorRefusal(Area(0x7 | (1u << 5)).data(), kXcr0, kMask))
+      << "opmask not enabled";
   auto reserved = Area(0x3);
   reserved[kBvOffset + 63] = 1;
-  EXPECT_NE(nullptr, XrstorRefusal(reserved.data(), kXcr0));
+  EXPECT_NE(nullptr, XrstorRefusal(reserved.data(), kXcr0, kMask));
   auto mxcsr = Area(0x3);
   const uint32_t bad = 0x1F80u | (1u << 16);
   memcpy(mxcsr.data() + 24, &bad, 4);
-  EXPECT_NE(nullptr, XrstorRefusal(mxcsr.data(), kXcr0));
+  EXPECT_NE(nullptr, XrstorRefusal(mxcsr.data(), kXcr0, kMask));
+  auto daz = Area(0x3);
+  const uint32_t with_daz = 0x1F80u | 0x40u;
+  memcpy(daz.data() + 24, &with_daz, 4);
+  EXPECT_EQ(nullptr, XrstorRefusal(daz.data(), kXcr0, kMask));
+  EXPECT_NE(nullptr, XrstorRefusal(daz.data(), kXcr0, 0xFFBF)) << "DAZ on a CPU without it";
+}
+
+TEST(Xstate, MxcsrMaskHasTheFlagsAndControls) {
+  // Bits 0-15 but DAZ (bit 6) are architectural on every SSE2 CPU. (AMD adds bit 17, MM:
+  // this machine's mask may be 0x2FFFF, which a fixed 0xFFFF rule refused.)
+  EXPECT_EQ(0xFFBFu, MxcsrMask() & 0xFFBFu);
+  auto top = Area(0x3);
+  const uint32_t bit31 = 0x1F80u | (1u << 31);
+  memcpy(top.data() + 24, &bit31, 4);
+  EXPECT_NE(nullptr, XrstorRefusal(top.data(), 0x3, MxcsrMask())) << "no CPU has MXCSR bit 31";
+}
+
+TEST(Xstate, AnMxcsrLinuxWouldDropIsKeptBySseMarkedInUse) {
+  auto a = Area(0x1);  // SSE and AVX in their initial state
+  EXPECT_FALSE(LinuxWouldDropMxcsr(a.data())) << "MXCSR 0x1F80: nothing to drop";
+  const uint32_t round_up = 0x5F80;
+  memcpy(a.data() + 24, &round_up, 4);
+  EXPECT_TRUE(LinuxWouldDropMxcsr(a.data()));
+  EXPECT_FALSE(LinuxWouldDropMxcsr(Area(0x3).data())) << "SSE in use";
+  auto avx = Area(0x5);
+  memcpy(avx.data() + 24, &round_up, 4);
+  EXPECT_FALSE(LinuxWouldDropMxcsr(avx.data())) << "AVX in use: Linux copies MXCSR";
+  const auto before = a;
+  MarkSseInUse(a.data());
+  EXPECT_FALSE(LinuxWouldDropMxcsr(a.data()));
+  uint64_t bv;
+  memcpy(&bv, a.data() + kBvOffset, 8);
+  EXPECT_EQ(0x3u, bv);
+  for (size_t i = 160; i < 416; ++i) ASSERT_EQ(0, a[i]) << "XMM byte " << i;
+  EXPECT_EQ(0, memcmp(before.data(), a.data(), 160)) << "x87 and MXCSR unchanged";
+  EXPECT_EQ(0, memcmp(before.data() + 576, a.data() + 576, a.size() - 576));
 }
 
 TEST(Xstate, EnabledFeaturesIncludeX87AndSse) {

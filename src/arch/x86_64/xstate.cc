@@ -26,6 +26,17 @@ uint64_t EnabledFeatures() {
   return xcr0;
 }
 
+uint32_t MxcsrMask() {
+  static const uint32_t mask = [] {
+    alignas(16) unsigned char fx[512] = {};
+    __builtin_ia32_fxsave64(fx);
+    uint32_t m;
+    memcpy(&m, fx + 28, 4);
+    return m != 0 ? m : 0xFFBFu;
+  }();
+  return mask;
+}
+
 namespace {
 
 // Components that pass between vkernel and guest: x87+SSE (the legacy area), AVX, opmask,
@@ -73,6 +84,20 @@ uint64_t XstateBv(const unsigned char* area) {
 
 }  // namespace
 
+bool LinuxWouldDropMxcsr(const void* area) {
+  const auto* p = static_cast<const unsigned char*>(area);
+  uint32_t mxcsr;
+  memcpy(&mxcsr, p + 24, 4);
+  return (XstateBv(p) & 0x6) == 0 && mxcsr != 0x1F80;  // SSE (bit 1) or AVX (bit 2)
+}
+
+void MarkSseInUse(void* area) {
+  auto* p = static_cast<unsigned char*>(area);
+  memset(p + 160, 0, 256);  // XMM0-15: their initial state, which XSTATE_BV said
+  const uint64_t bv = XstateBv(p) | 0x2;
+  memcpy(p + kXstateBvOffset, &bv, sizeof(bv));
+}
+
 size_t GuestXstateSize() { return GetLayout().guest_size; }
 size_t AvxXstateSize() { return GetLayout().avx_size; }
 
@@ -87,7 +112,7 @@ bool UsesAvx512(const void* area) {
   return (XstateBv(static_cast<const unsigned char*>(area)) & kAvx512Bits) != 0;
 }
 
-const char* XrstorRefusal(const void* area, uint64_t xcr0) {
+const char* XrstorRefusal(const void* area, uint64_t xcr0, uint32_t mxcsr_mask) {
   const auto* p = static_cast<const unsigned char*>(area);
   const unsigned char* header = p + kXstateBvOffset;
   uint64_t xstate_bv, xcomp_bv;
@@ -100,7 +125,7 @@ const char* XrstorRefusal(const void* area, uint64_t xcr0) {
   }
   uint32_t mxcsr;
   memcpy(&mxcsr, p + 24, 4);
-  if ((mxcsr & ~0xFFFFu) != 0) return "MXCSR has reserved bits set";
+  if ((mxcsr & ~mxcsr_mask) != 0) return "MXCSR has bits set that MXCSR_MASK reserves";
   return nullptr;
 }
 

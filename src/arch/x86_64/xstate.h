@@ -17,10 +17,24 @@ size_t XstateSize();
 // XCR0: the state components the OS enabled. Constant for the life of the process.
 uint64_t EnabledFeatures();
 
-// Why XRSTOR (standard form) would refuse `area` on a machine whose XCR0 is `xcr0`, or nullptr
-// if it would not: the compacted format (XCOMP_BV not 0), XSTATE_BV bits beyond XCR0, reserved
-// header bytes set, MXCSR bits beyond 0xFFFF. Pure: reads the legacy area and header only.
-const char* XrstorRefusal(const void* area, uint64_t xcr0);
+// MXCSR_MASK: the MXCSR bits this CPU lets software set (FXSAVE's report; 0xFFBF where it
+// reports 0, as the SDM says). Constant for the life of the process.
+uint32_t MxcsrMask();
+
+// Why XRSTOR (standard form) would refuse `area` on a machine whose XCR0 is `xcr0` and whose
+// MXCSR_MASK is `mxcsr_mask`, or nullptr if it would not: the compacted format (XCOMP_BV not
+// 0), XSTATE_BV bits beyond XCR0, reserved header bytes set (bytes 24-63 too, which XRSTOR
+// ignores today), MXCSR bits outside the mask. Pure: reads the legacy area and header only.
+const char* XrstorRefusal(const void* area, uint64_t xcr0, uint32_t mxcsr_mask);
+
+// Whether Linux's copies into a thread's or a vCPU's FPU state (PTRACE_SETREGSET
+// NT_X86_XSTATE, KVM_SET_XSAVE) would drop `area`'s MXCSR: they take it only while XSTATE_BV
+// names SSE or AVX, where XRSTOR loads it in any case. Such an area says SSE is in its
+// initial state (XMM registers zero) with an MXCSR other than 0x1F80.
+bool LinuxWouldDropMxcsr(const void* area);
+// Makes `area` say the same state in the form those copies take whole: SSE marked in use,
+// with its XMM registers zero. Call where LinuxWouldDropMxcsr.
+void MarkSseInUse(void* area);
 
 // Bytes of the standard-format area that hold what passes between vkernel and guest:
 // x87, SSE, AVX and AVX-512 (not PKRU, not AMX). A prefix of XstateSize(); ptrace can read

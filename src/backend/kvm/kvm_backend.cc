@@ -1082,6 +1082,7 @@ absl::Status KvmAddressSpace::LoadXstate(Vcpu& v, const void* area) {
   bv &= GetSystem().xcr0 & kGuestXfeatures;
   memcpy(bytes + 512, &bv, 8);
   memset(bytes + 520, 0, 56);  // XCOMP_BV 0: standard format
+  if (x86_64::LinuxWouldDropMxcsr(bytes)) x86_64::MarkSseInUse(bytes);
   if (auto r = Ioctl(v.fd, kSetXsave, v.xsave); !r.ok()) {
     v.xstate_known = false;
     return r.status();

@@ -115,9 +115,15 @@ absl::Status GetXstate(pid_t tid, void* area, bool& wide) {
   }
 }
 
-// Loads the thread's FPU state; Linux takes only the whole standard-format area.
-absl::Status SetXstate(pid_t tid, void* area) {
-  struct iovec iov = {area, x86_64::XstateSize()};
+// Loads the thread's FPU state; Linux takes only the whole standard-format area. `scratch`
+// (XstateSize() bytes) receives a copy where Linux would drop the area's MXCSR otherwise.
+absl::Status SetXstate(pid_t tid, const void* area, unsigned char* scratch) {
+  if (x86_64::LinuxWouldDropMxcsr(area)) {
+    memcpy(scratch, area, x86_64::XstateSize());
+    x86_64::MarkSseInUse(scratch);
+    area = scratch;
+  }
+  struct iovec iov = {const_cast<void*>(area), x86_64::XstateSize()};
   if (ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, &iov) == -1) {
     return SyscallError(absl::StrFormat("ptrace(PTRACE_SETREGSET, %d, NT_X86_XSTATE, %zu bytes)",
                                         tid, x86_64::XstateSize()));
@@ -196,6 +202,7 @@ struct Context {
   // The FPU state the stub thread holds, when known (GuestXstateSize() bytes).
   bool xstate_known = false;
   std::unique_ptr<unsigned char[]> xstate;
+  std::unique_ptr<unsigned char[]> xstate_scratch;  // XstateSize() bytes, for SetXstate
   // The registers the stub thread holds, when known: RUN then writes only what changed
   // (one PTRACE_POKEUSER costs a third of a PTRACE_SETREGS here).
   bool regs_known = false;
@@ -427,6 +434,9 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   c.spin_backoff = 0;
   c.wide_xstate = false;
   if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
+  if (c.xstate_scratch == nullptr) {
+    c.xstate_scratch.reset(new unsigned char[x86_64::XstateSize()]);
+  }
   c.tracer.store(tracer, std::memory_order_release);
   return &c;
 }
@@ -762,7 +772,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   // The context usually still holds the state the caller got back from the last RUN; load
   // it only if the caller's differs.
   if (!c.xstate_known || !x86_64::SameGuestXstate(c.xstate.get(), state.xstate)) {
-    if (auto s = SetXstate(tid, state.xstate); !s.ok()) return s;
+    if (auto s = SetXstate(tid, state.xstate, c.xstate_scratch.get()); !s.ok()) return s;
   }
   c.xstate_known = false;  // set again once the guest's state has been read at the exit
   if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
@@ -888,7 +898,7 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
               // Back to the faulting instruction, with the FPU state the handler reset.
               c.regs_known = false;
               if (auto s = LoadRegs(c, fault_regs); !s.ok()) return s;
-              if (auto s = SetXstate(tid, state.xstate); !s.ok()) return s;
+              if (auto s = SetXstate(tid, state.xstate, c.xstate_scratch.get()); !s.ok()) return s;
               awaiting_report = false;
               vpt_fault = false;
               if ((stopping && !c.pending_event_stop) || TakePendingSignal()) {

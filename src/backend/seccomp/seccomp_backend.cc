@@ -1045,9 +1045,10 @@ absl::Status SeccompAddressSpace::LoadXstate(uint8_t* fp, uint32_t frame_size,
   const auto* src = static_cast<const uint8_t*>(xstate);
   uint32_t mxcsr;
   memcpy(&mxcsr, src + 24, 4);
-  if ((mxcsr & ~0xFFFFu) != 0) {
-    return ErrnoError(EINVAL, absl::StrFormat("vmspace_ctl: MXCSR %#x has reserved bits set",
-                                              mxcsr));
+  if ((mxcsr & ~x86_64::MxcsrMask()) != 0) {  // what sigreturn checks (AMD's MM bit is fine)
+    return ErrnoError(EINVAL, absl::StrFormat("vmspace_ctl: MXCSR %#x has bits set that this "
+                                              "CPU's MXCSR_MASK %#x reserves",
+                                              mxcsr, x86_64::MxcsrMask()));
   }
   uint64_t bv;
   memcpy(&bv, src + kXstateBv, 8);
