@@ -2154,17 +2154,23 @@ TEST_P(Conformance, PthreadKillEndsRun) { ExpectSignalEndsRun(Kick::kPthreadKill
 // A signal that comes while a backend may still be spinning for the guest's first report (in
 // a restartable sequence rather than with signals blocked) ends RUN like any other: with the
 // handler on this stack, with SA_RESTART, and on an alternate signal stack. A thread-directed
-// timer fires 30-80 us into each RUN; the handler notes whether the guest had started (its
-// flag), and if so RUN must end with tf_trapno 0. (One that fires before the guest starts
-// may be handled as one before RUN: the guest then loops ~10 ms and makes a system call.)
+// timer fires 30-80 us into each RUN; the handler notes whether the guest was counting (its
+// flag says started, not done), and if so RUN must end with tf_trapno 0. (One that fires
+// before the guest starts may be handled as one before RUN: the guest then counts for tens
+// of milliseconds and makes a system call. One that a loaded machine delivers only after
+// the count, which happened in CI, comes after the guest's system call.)
 //      0: 48 89 37               mov    %rsi,(%rdi)
 //      3: 48 ff c9               dec    %rcx
 //      6: 75 fb                  jne    3
-//      8: b8 27 00 00 00         mov    $0x27,%eax
-//      d: 0f 05                  syscall
+//      8: 48 89 17               mov    %rdx,(%rdi)
+//      b: b8 27 00 00 00         mov    $0x27,%eax
+//     10: 0f 05                  syscall
 VKRT_GUEST_CODE kGuestFlagThenCountDown[] = {
-    0x48, 0x89, 0x37, 0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0x48, 0x89, 0x37, 0x48, 0xff, 0xc9, 0x75, 0xfb, 0x48, 0x89, 0x17,
+    0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05,
 };
+constexpr uint64_t kCountedToken = 0x434f554e54454421ULL;  // "COUNTED!"
+
 const volatile uint64_t* g_early_flag = nullptr;
 std::atomic<int> g_early_saw_guest{0};
 void NoteEarlySignal(int) {
@@ -2182,6 +2188,7 @@ void ExpectEarlySignalsEndRun(int backend, int flags) {
   trapframe start = Frame();
   start.tf_rdi = kFlagAddr;
   start.tf_rsi = static_cast<int64_t>(kRunningToken);
+  start.tf_rdx = static_cast<int64_t>(kCountedToken);
   start.tf_rcx = 1;
   trapframe tf = start;
   ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL));  // the context exists
@@ -2215,9 +2222,9 @@ void ExpectEarlySignalsEndRun(int backend, int flags) {
     g_sigalrm_count.store(0);
     g_early_saw_guest.store(0);
     tf = start;
-    // Tens of milliseconds of counting: on a loaded machine the signal's kick may take that
-    // long to reach the guest, which must still be running then.
-    tf.tf_rcx = 1 << 27;
+    // ~100 ms of counting: on a loaded machine the signal's kick may take tens of ms
+    // to reach the guest, which must still be running then.
+    tf.tf_rcx = 1 << 28;
     struct itimerspec its = {};
     its.it_value.tv_nsec = 30'000 + 500 * round;
     ASSERT_EQ(0, timer_settime(timer, 0, &its, nullptr)) << strerror(errno);
@@ -2227,7 +2234,8 @@ void ExpectEarlySignalsEndRun(int backend, int flags) {
     ASSERT_EQ(0, rc) << strerror(err);
     const int count_at_return = g_sigalrm_count.load();
     if (g_early_saw_guest.load() == 0) {
-      // Before the guest ran (or never): RUN may have gone on to the system call.
+      // Before the guest ran, after its count, or never: RUN may have gone on to the
+      // system call.
       its.it_value.tv_nsec = 0;
       timer_settime(timer, 0, &its, nullptr);
       continue;
