@@ -2,6 +2,7 @@
 // minivk's guest, on every backend this machine has; stdout and the exit status must be the
 // same. The files they work on are made by the test in a fresh directory.
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,54 @@ TEST(MinivkOptions, TwoCpusRunTheSamePipelines) {
   };
   EXPECT_EQ(sorted_lines(native.out), sorted_lines(guest.out)) << guest.out;
   rmdir(templ);
+}
+
+// The vkernel thread stays on one CPU while minivk may use more CPUs than --cpus, and not
+// with --no-pin. The guest reads /proc/self/status through minivk, which opens it: the
+// status is minivk's own (its first thread, vkernel thread 0).
+TEST(MinivkOptions, VkernelThreadStaysOnOneCpuWithCpusToSpare) {
+  cpu_set_t mine;
+  ASSERT_EQ(0, sched_getaffinity(0, sizeof(mine), &mine));
+  const int allowed = CPU_COUNT(&mine);
+  const std::vector<std::string> grep = {"/bin/busybox", "grep", "Cpus_allowed_list",
+                                         "/proc/self/status"};
+  // "Cpus_allowed_list:\t0-1,4\n" -> 3: how many CPUs the list names; -1 if none.
+  auto cpus_of = [](const std::string& out) {
+    const size_t tab = out.find('\t');
+    if (tab == std::string::npos) return -1;
+    int count = 0;
+    const char* at = out.c_str() + tab + 1;
+    while (*at >= '0' && *at <= '9') {
+      char* end = nullptr;
+      const long lo = strtol(at, &end, 10);
+      const long hi = *end == '-' ? strtol(end + 1, &end, 10) : lo;
+      count += static_cast<int>(hi - lo + 1);
+      at = *end == ',' ? end + 1 : end;
+    }
+    return count;
+  };
+  for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
+    if (vkrt_backend_available(backend, nullptr) != 0) continue;
+    std::vector<std::string> pinned = {MINIVK_BIN, std::string("--backend=") + backend};
+    pinned.insert(pinned.end(), grep.begin(), grep.end());
+    Result r = RunProgram(pinned, "/", false);
+    ASSERT_EQ(0, r.status) << backend << ": " << r.out;
+    EXPECT_EQ(allowed > 1 ? 1 : allowed, cpus_of(r.out)) << backend << ": " << r.out;
+    std::vector<std::string> free = {MINIVK_BIN, std::string("--backend=") + backend,
+                                     "--no-pin"};
+    free.insert(free.end(), grep.begin(), grep.end());
+    r = RunProgram(free, "/", false);
+    ASSERT_EQ(0, r.status) << backend << ": " << r.out;
+    EXPECT_EQ(allowed, cpus_of(r.out)) << backend << " --no-pin: " << r.out;
+    if (allowed > 64) continue;  // --cpus goes to 64
+    // --cpus=N with no CPU to spare: not pinned.
+    std::vector<std::string> busy = {MINIVK_BIN, std::string("--backend=") + backend,
+                                     "--cpus=" + std::to_string(allowed)};
+    busy.insert(busy.end(), grep.begin(), grep.end());
+    r = RunProgram(busy, "/", false);
+    ASSERT_EQ(0, r.status) << backend << ": " << r.out;
+    EXPECT_EQ(allowed, cpus_of(r.out)) << backend << " --cpus=" << allowed << ": " << r.out;
+  }
 }
 
 // --read-only refuses changes (EROFS) and allows reading; --root makes another directory

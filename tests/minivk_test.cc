@@ -374,6 +374,21 @@ std::string RunCommand(const std::string& command, int& status) {
   return out;
 }
 
+TEST(MinivkKernel, VkernelThreadsArePinnedOnlyWithCpusToSpare) {
+  using minivk::VkernelCpus;
+  using V = std::vector<int>;
+  EXPECT_EQ(V({1}), VkernelCpus({0, 1}, 1, 1));
+  EXPECT_EQ(V({0}), VkernelCpus({0, 1}, 0, 1));
+  EXPECT_EQ(V(), VkernelCpus({0, 1}, 0, 2)) << "no CPU left for the guests";
+  EXPECT_EQ(V(), VkernelCpus({3}, 3, 1));
+  EXPECT_EQ(V(), VkernelCpus({0, 1, 2}, 0, 5));
+  EXPECT_EQ(V({2, 3}), VkernelCpus({0, 1, 2, 3}, 2, 2));
+  EXPECT_EQ(V({3, 0}), VkernelCpus({0, 1, 2, 3}, 3, 2)) << "wraps around";
+  EXPECT_EQ(V({5, 7}), VkernelCpus({1, 5, 7}, 5, 2)) << "allowed CPUs need not be contiguous";
+  EXPECT_EQ(V({1}), VkernelCpus({1, 5, 7}, 4, 1)) << "now not allowed: from the first";
+  EXPECT_EQ(V(), VkernelCpus({}, 0, 1));
+}
+
 TEST(MinivkBinary, RunsAProgramOnEveryBackendAndExplainsItself) {
   int status = -1;
   for (const char* backend : {"ptrace", "seccomp", "kvm"}) {
@@ -420,6 +435,7 @@ TEST(MinivkBinary, RunsAProgramOnEveryBackendAndExplainsItself) {
   out = RunCommand(std::string(MINIVK_BIN) + " --help", status);
   EXPECT_EQ(0, status);
   EXPECT_NE(std::string::npos, out.find("usage: minivk")) << out;
+  EXPECT_NE(std::string::npos, out.find("--no-pin")) << out;
   out = RunCommand(std::string(MINIVK_BIN) + " /nonexistent/program", status);
   EXPECT_EQ(127, status);
   EXPECT_NE(std::string::npos, out.find("/nonexistent/program: No such file")) << out;

@@ -41,9 +41,19 @@ struct Options {
   bool trace = false;
   bool stats = false;
   int cpus = 1;
+  // Each vkernel thread stays on one CPU of its own while minivk may use more CPUs than
+  // `cpus` (see Kernel::VkernelCpus). false: the host scheduler places them.
+  bool pin = true;
   std::string root = "/";  // guest "/" is this host directory
   bool read_only = false;   // the guest may not change files under root
 };
+
+// The CPU each of `threads` vkernel threads stays on, given the CPUs minivk may use
+// (`allowed`, ascending) and the one it runs on `now`: consecutive allowed CPUs from `now` on
+// (from the first if `now` is not allowed), wrapping around. Empty (nothing pinned) unless
+// CPUs are left over for the guests (the seccomp backend runs each on another CPU than its
+// vkernel thread).
+std::vector<int> VkernelCpus(const std::vector<int>& allowed, int now, int threads);
 
 // An open file description: a host descriptor shared by every guest descriptor that refers
 // to it (dup, fork), closed when the last goes.
@@ -189,6 +199,11 @@ class Kernel {
  private:
   // Scheduler (mu_ held).
   void SchedulerLoop(std::unique_lock<std::mutex>& lock);
+  // The CPU each vkernel thread stays on (options_.cpus of them), or nothing when they are
+  // not pinned: --no-pin, or no CPU would be left for the guests.
+  std::vector<int> VkernelCpus() const;
+  // Keeps the calling thread, vkernel thread number `thread`, on its CPU in pin_cpus_.
+  void StayOnCpu(int thread) const;
   void PollIdle(std::unique_lock<std::mutex>& lock);
   void Wake(Process& p);
   // The calling fiber gives the thread back to the scheduler until woken (kBlocked) or at
@@ -273,6 +288,7 @@ class Kernel {
 
   PhysMem& mem_;
   Options options_;
+  std::vector<int> pin_cpus_;  // VkernelCpus(), from Start on
   VmspacePool pool_;
   int root_fd_ = -1;
   std::string root_path_;  // realpath of options_.root

@@ -32,6 +32,8 @@ void Usage(FILE* out) {
           "\n"
           "  --backend=NAME  ptrace, seccomp or kvm (default: vkrt's default)\n"
           "  --cpus=N        N vkernel threads run guest processes at once (default 1)\n"
+          "  --no-pin        let the host move vkernel threads between CPUs (default: each\n"
+          "                  stays on one CPU while minivk may use more CPUs than N)\n"
           "  --root=DIR      the guest's / is host directory DIR (default /; not a security\n"
           "                  boundary: symbolic links can lead out of it)\n"
           "  --read-only     the guest may not create, change or remove files\n"
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
       {"trace", no_argument, nullptr, 't'},         {"stats", no_argument, nullptr, 's'},
       {"cpus", required_argument, nullptr, 'c'},    {"root", required_argument, nullptr, 'r'},
       {"read-only", no_argument, nullptr, 'o'},     {"help", no_argument, nullptr, 'h'},
+      {"no-pin", no_argument, nullptr, 'p'},
       {nullptr, 0, nullptr, 0},
   };
   auto number = [](const char* name, const char* text, long low, long high, long& out) {
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
         break;
       }
       case 'o': options.read_only = true; break;
+      case 'p': options.pin = false; break;
       case 't': options.trace = true; break;
       case 's': options.stats = true; break;
       case 'h': Usage(stdout); return 0;
