@@ -123,8 +123,8 @@ Process* Kernel::NewProcess() {
 
 bool Kernel::Start(const std::string& path, const std::vector<std::string>& argv,
                    const std::vector<std::string>& envp, std::string& error) {
-  // Before the first vmspace and its contexts exist: ptrace keeps a guest context on the
-  // CPUs its vkernel thread had when the context was made, seccomp on another CPU than it.
+  // Before the first vmspace and its contexts exist: seccomp places a guest context, on
+  // another CPU than its vkernel thread's, when it creates it.
   pin_cpus_ = VkernelCpus();
   StayOnCpu(0);
   root_fd_ = open(options_.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -198,13 +198,10 @@ std::vector<int> VkernelCpus(const std::vector<int>& allowed, int now, int threa
 
 std::vector<int> Kernel::VkernelCpus() const {
   // Why pin: the seccomp backend runs a guest on another CPU than the vkernel thread that
-  // runs it, and the two spin for each other's answer there. Left to itself, the host
-  // scheduler now and then moves a vkernel thread onto its guest's CPU, where the two then
-  // take turns (busybox sha256sum of 32 MiB, 8 runs each: median 188 ms and up to 241
-  // unpinned, 186 ms and up to 226 pinned; native 148). ptrace keeps a guest on the CPUs
-  // its vkernel thread had when the guest's context was made, which unpinned spans every
-  // CPU: tracer and guest then often sit on different CPUs, where each stop costs a
-  // cross-CPU wakeup (getppid 50 us unpinned, 11.6 us pinned).
+  // runs it (chosen when it creates the guest's context), and the two spin for each other's
+  // answer there. Left to itself, the host scheduler now and then moves a vkernel thread
+  // onto its guest's CPU, where the two then take turns (busybox sha256sum of 32 MiB, 8 runs
+  // each: median 188 ms and up to 241 unpinned, 186 ms and up to 226 pinned; native 148).
   cpu_set_t set;
   if (!options_.pin || sched_getaffinity(0, sizeof(set), &set) != 0) return {};
   std::vector<int> allowed;

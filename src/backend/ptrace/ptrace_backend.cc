@@ -217,6 +217,8 @@ struct Context {
   int spin_backoff = 0;
   // The guest used AVX-512 at its last stop: read its FPU state through AVX-512.
   bool wide_xstate = false;
+  // The one CPU the stub thread may run on (the tracer's at its last RUN), or -1.
+  int cpu = -1;
 };
 
 constexpr int kSpinBackoff = 32;
@@ -432,6 +434,7 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
   c.regs_known = false;
   c.rcx_reported_as_r10 = false;
   c.spin_backoff = 0;
+  c.cpu = -1;
   c.wide_xstate = false;
   if (c.xstate == nullptr) c.xstate.reset(new unsigned char[x86_64::GuestXstateSize()]);
   if (c.xstate_scratch == nullptr) {
@@ -775,6 +778,17 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
     if (auto s = SetXstate(tid, state.xstate, c.xstate_scratch.get()); !s.ok()) return s;
   }
   c.xstate_known = false;  // set again once the guest's state has been read at the exit
+  // The guest runs on this thread's CPU: every stop wakes this thread and every resume the
+  // guest, and a wakeup on another CPU costs several times a local one (9.5 against 73 us per
+  // round trip here, docs/performance.md). The affinity given at creation (this thread's
+  // CPUs) still left an unpinned vkernel's guest on the other CPU half the time. One system
+  // call when this thread has moved since its last RUN.
+  if (const int cpu = sched_getcpu(); cpu >= 0 && cpu != c.cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    c.cpu = sched_setaffinity(tid, sizeof(one), &one) == 0 ? cpu : -1;
+  }
   if (auto s = Ptrace(PTRACE_SYSEMU, tid, 0, 0, "PTRACE_SYSEMU"); !s.ok()) return s;
 
   // A signal the wait would let in is pending: let its handler run now and say so (RUN then
