@@ -217,7 +217,8 @@ struct Context {
   int spin_backoff = 0;
   // The guest used AVX-512 at its last stop: read its FPU state through AVX-512.
   bool wide_xstate = false;
-  // The one CPU the stub thread may run on (the tracer's at its last RUN), or -1.
+  // The one CPU the stub thread may run on (the tracer's at its last RUN); -1 before the
+  // first RUN or if pinning failed (then it keeps the stub's inherited affinity).
   int cpu = -1;
 };
 
@@ -420,12 +421,6 @@ absl::StatusOr<Context*> PtraceAddressSpace::CreateContext(pid_t tracer) {
     if ((*status >> 16) == PTRACE_EVENT_STOP) break;
     // A signal-delivery stop cannot happen (all asynchronous signals are blocked); be safe.
     (void)Ptrace(PTRACE_CONT, tid, 0, 0, "PTRACE_CONT");
-  }
-  // Keep the guest on the CPUs its vkernel thread may use: a wakeup across CPUs costs
-  // several times a same-CPU one (docs/performance.md).
-  cpu_set_t cpus;
-  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) {
-    sched_setaffinity(tid, sizeof(cpus), &cpus);
   }
   Context& c = contexts_[slot];
   c.tid = tid;
@@ -780,9 +775,9 @@ absl::StatusOr<GuestExit> PtraceAddressSpace::RunContext(Context& c, GuestState&
   c.xstate_known = false;  // set again once the guest's state has been read at the exit
   // The guest runs on this thread's CPU: every stop wakes this thread and every resume the
   // guest, and a wakeup on another CPU costs several times a local one (9.5 against 73 us per
-  // round trip here, docs/performance.md). The affinity given at creation (this thread's
-  // CPUs) still left an unpinned vkernel's guest on the other CPU half the time. One system
-  // call when this thread has moved since its last RUN.
+  // round trip here, docs/performance.md). Pinned here, not at creation, so that the guest
+  // follows a vkernel thread the scheduler moves. One system call when it has moved since
+  // this context's last RUN (and at the first: c.cpu starts at -1).
   if (const int cpu = sched_getcpu(); cpu >= 0 && cpu != c.cpu) {
     cpu_set_t one;
     CPU_ZERO(&one);
