@@ -143,6 +143,11 @@ const char* const kCommands[] = {
     "busybox sh -c 'exit 3' | cat; echo \"pipe $?\"",
     "mkdir -p tmpd/a/b && touch tmpd/a/b/c && find tmpd | sort && rm -r tmpd && echo gone",
     "echo $((6 * 7)); printf '%s-%03d\\n' x 5",
+    // Named pipes: each end's open waits for the other (in either order), a reader's open
+    // ends with a signal, and O_RDWR never waits.
+    "mkfifo ff && { echo through fifo > ff & cat ff; wait; }; { seq 1 20000 > ff & wc -l < ff; "
+    "wait; }; { cat ff & echo writer waits > ff; wait; }; timeout 0.2 cat ff; "
+    "echo \"timeout $?\"; exec 3<>ff; echo both ends >&3; read l <&3; echo $l; rm ff",
     "seq 1 20000 | sort -n | tail -n 1",
     // glibc's GLIBC_TUNABLES parser reads past its string's end, up to the zero word Linux
     // leaves at the top of the stack.

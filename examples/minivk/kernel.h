@@ -255,6 +255,9 @@ class Kernel {
   int64_t ReadFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int64_t offset);
   int64_t WriteFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int64_t offset);
   int64_t Openat(Process& p, int64_t dirfd, uint64_t path, int flags, int mode);
+  // Openat of a FIFO (`rel` under host directory `dir`): waits in the fiber, not the host,
+  // for the other end; the host descriptor is non-blocking.
+  int64_t OpenFifo(Process& p, int dir, const std::string& rel, int flags, mode_t create_mode);
   int64_t Pipe(Process& p, uint64_t fds, int flags);
   // A guest path → (host directory descriptor, relative path). Absolute paths start at the
   // root; `dirfd` AT_FDCWD is the working directory. False: -errno in *err.

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -240,16 +241,79 @@ int64_t Kernel::Openat(Process& p, int64_t dirfd, uint64_t path, int flags, int 
     struct stat st;
     if (fstatat(dir, rel.c_str(), &st, 0) != 0 || !S_ISCHR(st.st_mode)) return -EROFS;
   }
-  const int host = openat(dir, rel.c_str(), (flags | O_CLOEXEC) & ~O_NONBLOCK,
-                          static_cast<mode_t>(mode) & ~p.umask & 07777);
+  const mode_t create_mode = static_cast<mode_t>(mode) & ~p.umask & 07777;
+  struct stat st;
+  if ((flags & O_PATH) == 0 &&
+      fstatat(dir, rel.c_str(), &st, (flags & O_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW : 0) == 0 &&
+      S_ISFIFO(st.st_mode)) {
+    return OpenFifo(p, dir, rel, flags, create_mode);
+  }
+  const int host = openat(dir, rel.c_str(), (flags | O_CLOEXEC) & ~O_NONBLOCK, create_mode);
   if (host < 0) return -errno;
   auto file = std::make_shared<File>();
   file->host = host;
   file->guest_nonblock = flags & O_NONBLOCK;
-  struct stat st;
   file->may_block = fstat(host, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
                                                S_ISBLK(st.st_mode));
+  if (file->may_block && S_ISFIFO(st.st_mode)) {
+    // It became a FIFO after the look above: minivk's reads and writes must not block.
+    file->host_nonblock = fcntl(host, F_SETFL, fcntl(host, F_GETFL) | O_NONBLOCK) == 0;
+  }
   return Install(p, std::move(file), flags & O_CLOEXEC, -1);
+}
+
+int64_t Kernel::OpenFifo(Process& p, int dir, const std::string& rel, int flags,
+                         mode_t create_mode) {
+  // Linux's open of a FIFO waits for the other end (a reader for the first writer, a writer
+  // for the first reader). Here the wait is the fiber's: the host descriptor is always
+  // non-blocking, so that neither the open nor a read or write ever holds the vkernel thread
+  // (the other end is usually another guest process, which needs that thread to run).
+  const int access = flags & O_ACCMODE;
+  const bool guest_nonblock = flags & O_NONBLOCK;
+  int watch = -1;  // inotify of the FIFO's opens, while a writer waits for a reader
+  auto done = [&](int64_t result) {
+    if (watch >= 0) close(watch);
+    return result;
+  };
+  int host;
+  for (;;) {
+    host = openat(dir, rel.c_str(), flags | O_CLOEXEC | O_NONBLOCK, create_mode);
+    if (host >= 0) break;
+    // ENXIO: a non-blocking writer found no reader. A blocking one waits for an open of the
+    // FIFO (a reader's, from minivk's guests or from the host), trying again at least every
+    // 20 ms (a host reader that blocks in open shows no event until it returns).
+    if (errno != ENXIO || access != O_WRONLY || guest_nonblock) return done(-errno);
+    if (watch < 0) {
+      watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+      if (watch < 0) return done(-errno);
+      char path[64];
+      snprintf(path, sizeof(path), "/proc/self/fd/%d/", dir);
+      if (inotify_add_watch(watch, (path + rel).c_str(), IN_OPEN) < 0) return done(-errno);
+      continue;  // a reader that came before the watch shows no event: try again first
+    }
+    if (SignalPending(p)) return done(kRestart);
+    p.waits.assign(1, pollfd{watch, POLLIN, 0});
+    p.wait_deadline = MonotonicNs() + 20'000'000;
+    Block(p);
+    char events[4096];
+    while (read(watch, events, sizeof(events)) > 0) {
+    }
+  }
+  auto file = std::make_shared<File>();
+  file->host = host;
+  file->may_block = true;
+  file->host_nonblock = true;
+  file->guest_nonblock = guest_nonblock;
+  // A blocking reader waits for a writer. The host says only when one wrote or came and went
+  // (POLLIN, POLLHUP), so such an open returns then rather than at the writer's open: a
+  // difference only to a reader that opens and then does something other than read.
+  while (access == O_RDONLY && !guest_nonblock) {
+    struct pollfd pf = {host, POLLIN, 0};
+    if (poll(&pf, 1, 0) > 0) break;
+    if (SignalPending(p)) return done(kRestart);  // `file` closes the descriptor
+    BlockOn(p, host, POLLIN);
+  }
+  return done(Install(p, std::move(file), flags & O_CLOEXEC, -1));
 }
 
 int64_t Kernel::Pipe(Process& p, uint64_t fds, int flags) {
