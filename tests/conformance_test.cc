@@ -2259,6 +2259,45 @@ TEST_P(Conformance, EarlySignalsOnAnAlternateStackEndRun) {
   ExpectEarlySignalsEndRun(GetParam(), SA_ONSTACK | SA_RESTART);
 }
 
+// A handler that ran on the alternate signal stack *before* RUN leaves its frame there; RUN's
+// waits, when they end early (a preemption, or a sleep: both abort their restartable
+// sequence), look on that stack for a handler that ran during the wait, and must not take that
+// old frame for one. The guest counts for tens of milliseconds, so RUN's wait sleeps and its
+// sequence is aborted every round; nothing is sent during RUN, so each must end with the
+// guest's system call.
+void NoteSignal(int) { g_sigalrm_count.fetch_add(1); }
+
+TEST_P(Conformance, OldFrameOnTheAlternateStackDoesNotEndRun) {
+  SKIP_WITHOUT_RSEQ();
+  ScopedVmspace vm(GetParam());
+  ASSERT_TRUE(vm.Live());
+  SharedMemfd flag(kPage);
+  ASSERT_TRUE(flag.ok()) << strerror(errno);
+  ASSERT_NO_FATAL_FAILURE(Boot(vm.id(), kGuestFlagThenCountDown));
+  ASSERT_NO_FATAL_FAILURE(MapFd(vm.id(), kFlagAddr, kPage, kRw, MAP_SHARED, flag.fd(), 0));
+  std::vector<char> alt_stack(64 * 1024);
+  stack_t ss = {};
+  stack_t old_ss = {};
+  ss.ss_sp = alt_stack.data();
+  ss.ss_size = alt_stack.size();
+  ASSERT_EQ(0, sigaltstack(&ss, &old_ss)) << strerror(errno);
+  Cleanup restore_stack([&] { sigaltstack(&old_ss, nullptr); });
+  ScopedSignalHandler usr1(SIGUSR1, NoteSignal, SA_ONSTACK | SA_RESTART);
+  ASSERT_TRUE(usr1.ok()) << strerror(errno);
+  for (int round = 0; round < 5; ++round) {
+    g_sigalrm_count.store(0);
+    ASSERT_EQ(0, raise(SIGUSR1));
+    ASSERT_EQ(1, g_sigalrm_count.load());  // ran, on the alternate stack, before RUN
+    trapframe tf = Frame();
+    tf.tf_rdi = kFlagAddr;
+    tf.tf_rsi = static_cast<int64_t>(kRunningToken);
+    tf.tf_rdx = static_cast<int64_t>(kCountedToken);
+    tf.tf_rcx = 1 << 26;
+    ASSERT_NO_FATAL_FAILURE(RunExpectTrap(vm.id(), &tf, T_FAST_SYSCALL)) << "round " << round;
+    EXPECT_EQ(kCountedToken, flag.Load(0)) << "round " << round;
+  }
+}
+
 TEST_P(Conformance, PthreadKillEndsRunWithSaRestart) {
   SKIP_WITHOUT_RSEQ();
   ExpectSignalEndsRun(Kick::kPthreadKill, true);

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
@@ -138,18 +139,19 @@ struct RseqSyscall {
   int32_t handler;       // out: 1 = a handler's frame showed on this stack
   int32_t stage;         // out: 0 = not aborted; 1 = aborted before the unblocking; 2 = after
   int32_t ambiguous;     // out: 1 = the result may be the kernel's restart marker (rax = nr)
+  uint64_t nonce;        // in: held in rbp during the call (AltStackHandlerRan)
 };
 void vkrt_syscall_in_rseq(RseqSyscall* call);
 }
 static_assert(offsetof(RseqSyscall, rseq_cs) == 48 && offsetof(RseqSyscall, result) == 56 &&
               offsetof(RseqSyscall, handler) == 64 && offsetof(RseqSyscall, stage) == 68 &&
-              offsetof(RseqSyscall, ambiguous) == 72);
+              offsetof(RseqSyscall, ambiguous) == 72 && offsetof(RseqSyscall, nonce) == 80);
 
 OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, uint64_t a0,
                                 uint64_t a1, uint64_t a2, uint64_t a3, int* written) {
   if (written != nullptr) *written = ~0;
   RseqSyscall call = {&open, nr, {a0, a1, a2, a3}, reinterpret_cast<uint64_t*>(&rs->rseq_cs),
-                      0, 0, 0, 0};
+                      0, 0, 0, 0, NextRseqNonce()};
   vkrt_syscall_in_rseq(&call);
   OpenCall out;
   out.result = call.result;
@@ -159,35 +161,82 @@ OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, 
   }
   // No frame here after an abort once signals were open: a preemption, or a handler on the
   // alternate stack.
-  if (call.stage == 2 && !out.handler_ran) out.handler_ran = AltStackHandlerRan();
+  if (call.stage == 2 && !out.handler_ran) out.handler_ran = AltStackHandlerRan(call.nonce);
   return out;
 }
 
-// Linux puts a frame's FPU area at the top of the alternate stack, so its FP_XSTATE_MAGIC2
-// lands in the top 128 bytes. Without an alternate stack, or while running on it (handlers
-// then use this stack, where the caller looked), no.
-bool AltStackHandlerRan() {
+uint64_t NextRseqNonce() {
+  // Unlike any value rbp is likely to hold elsewhere (a small number, an address): a counter
+  // spread over 64 bits, different in each thread.
+  thread_local uint64_t count = reinterpret_cast<uint64_t>(&count) * 0xD6E8FEB86659FD93ULL;
+  count += 0x9E3779B97F4A7C15ULL;
+  return count;
+}
+
+// How Linux lays a signal frame on the alternate stack (arch/x86/kernel/signal.c,
+// get_sigframe): from the top, the XSAVE area at a 64-byte boundary with FP_XSTATE_MAGIC2
+// right after it, so within the top 68 bytes; under it struct rt_sigframe (a return address,
+// the ucontext, the siginfo: 440 bytes), placed at a 16-byte boundary minus 8. The XSAVE
+// area's software bytes (offset 464) hold FP_XSTATE_MAGIC1 and the area's size plus 4, and
+// the ucontext's fpstate pointer points at it: together they find the frame for certain.
+namespace {
+constexpr uint32_t kFpXstateMagic1 = 0x46505853;
+constexpr uint32_t kFpXstateMagic2 = 0x46505845;
+constexpr uint64_t kRtSigframeSize = 440;
+constexpr uint64_t kMcontextInFrame = 8 + 40;  // pretcode; uc_flags, uc_link, uc_stack
+constexpr uint64_t kSavedRbp = kMcontextInFrame + 8 * 10;  // r8..r15, rdi, rsi, rbp
+constexpr uint64_t kSavedFpstate = kMcontextInFrame + 184;
+constexpr uint64_t kAltWindow = 32 * 1024;  // the XSAVE area is at most ~11 KiB (AMX)
+}  // namespace
+
+bool AltStackHandlerRan(uint64_t nonce) {
   stack_t ss;
   if (syscall(SYS_sigaltstack, nullptr, &ss) != 0) return true;  // cannot tell
   if ((ss.ss_flags & (SS_DISABLE | SS_ONSTACK)) != 0 || ss.ss_size < 128) return false;
   const uint64_t top = reinterpret_cast<uint64_t>(ss.ss_sp) + ss.ss_size;
+  // Through the kernel: the stack's memory may have gone meanwhile. First the top, where a
+  // frame shows (usually none does: a preemption or a sleep aborted the wait).
   uint8_t area[128];
-  // Through the kernel: the stack's memory may have gone meanwhile.
   auto read = CopyProcessMemory(getpid(), false, top - sizeof(area), area, sizeof(area));
   if (!read.ok() || *read != sizeof(area)) return true;
-  constexpr uint32_t kMagic2 = 0x46505845;  // FP_XSTATE_MAGIC2
-  bool found = false;
-  for (size_t i = 0; i + 4 <= sizeof(area); ++i) {
+  std::vector<uint64_t> magics;
+  for (uint64_t i = 0; i + 4 <= sizeof(area); ++i) {
     uint32_t v;
     memcpy(&v, area + i, 4);
-    if (v == kMagic2) {
-      found = true;
-      const uint32_t zero = 0;
-      (void)CopyProcessMemory(getpid(), true, top - sizeof(area) + i,
-                              const_cast<uint32_t*>(&zero), 4);
+    if (v != kFpXstateMagic2) continue;
+    magics.push_back(top - sizeof(area) + i);
+    // Cleared, so that this frame is never looked at again.
+    const uint32_t zero = 0;
+    (void)CopyProcessMemory(getpid(), true, magics.back(), const_cast<uint32_t*>(&zero), 4);
+  }
+  if (magics.empty()) return false;
+  const uint64_t len = std::min<uint64_t>(ss.ss_size, kAltWindow) & ~uint64_t{63};
+  const uint64_t base = top - len;
+  std::vector<uint8_t> window(len);
+  read = CopyProcessMemory(getpid(), false, base, window.data(), len);
+  if (!read.ok() || *read != len) return true;
+  auto u32 = [&](uint64_t addr) {
+    uint32_t v;
+    memcpy(&v, window.data() + (addr - base), 4);
+    return v;
+  };
+  auto u64 = [&](uint64_t addr) {
+    uint64_t v;
+    memcpy(&v, window.data() + (addr - base), 8);
+    return v;
+  };
+  for (const uint64_t magic2 : magics) {
+    for (uint64_t fx = (magic2 - 512) & ~uint64_t{63}; fx >= base + kRtSigframeSize + 64;
+         fx -= 64) {
+      if (u32(fx + 464) != kFpXstateMagic1 || u32(fx + 468) != magic2 + 4 - fx) continue;
+      const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;
+      if (u64(frame + kSavedFpstate) != fx) continue;
+      // Its saved rbp: the nonce of the call it interrupted.
+      if (u64(frame + kSavedRbp) == nonce) return true;
+      break;
     }
   }
-  return found;
+  return false;
 }
 
 }  // namespace vkrt

@@ -71,13 +71,19 @@ struct OpenCall {
 OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, uint64_t a0,
                                 uint64_t a1, uint64_t a2, uint64_t a3, int* written);
 
+// A value for rbp during one call of vkrt_syscall_in_rseq or vkrt_seccomp_spin_in_rseq
+// (different for each call of this thread, and unlike what rbp holds elsewhere). No
+// allocation, no lock.
+uint64_t NextRseqNonce();
+
 // After a restartable sequence that guards a wait was aborted and no signal frame showed
-// under the stack's red zone (a preemption, or a handler on another stack): whether a
-// handler ran on this thread's alternate signal stack since the last look (true also when
-// that cannot be told). Clears what it found, so that a handler shows at most once; one
-// that ran before the wait began may show (the wait then ends as if interrupted). A few
-// system calls: only for the rare aborted case.
-bool AltStackHandlerRan();
+// under the stack's red zone (a preemption, a sleep, or a handler on another stack): whether
+// a handler ran on this thread's alternate signal stack while the call that held `nonce` in
+// rbp was in progress (true also when that cannot be told). A frame left there by an earlier
+// handler (one that ran before the wait, or ran during an earlier one) holds another rbp and
+// does not count. Each frame is looked at once (its FP_XSTATE_MAGIC2 is cleared). A few
+// system calls (and an allocation when a frame is there): only for the aborted case.
+bool AltStackHandlerRan(uint64_t nonce);
 
 }  // namespace vkrt
 

@@ -83,9 +83,12 @@ vkrt_vmspace_run:
  * always returns with every signal blocked. The abort handler blocks them first, then looks
  * for a handler's frame: the frame's FP_XSTATE_MAGIC2 lands in the 64 bytes under rsp-128,
  * which are zeroed beforehand. rcx (set by each `syscall` to the address after it) says how
- * far the sequence got. Preemption aborts too.
+ * far the sequence got. Preemption aborts too, and so does a sleep in the call. rbp holds
+ * `nonce` from before the sequence until the function returns, so the frame of a handler that
+ * ran on the alternate signal stack meanwhile says, by its saved rbp, that it interrupted this
+ * call and not an earlier one (AltStackHandlerRan).
  *
- * struct RseqSyscall (backend/host.cc) in: mask, nr, args[4], rseq_cs (&rseq->rseq_cs)
+ * struct RseqSyscall (backend/host.cc) in: mask, nr, args[4], rseq_cs (&rseq->rseq_cs), nonce
  *                                     out: result  the call's result, or -1000 if the call
  *                                                   did not return (see ambiguous)
  *                                          handler 1: a handler's frame showed on this stack
@@ -104,6 +107,7 @@ vkrt_vmspace_run:
 #define RC_HANDLER 64
 #define RC_STAGE 68
 #define RC_AMBIGUOUS 72
+#define RC_NONCE 80
 #define NOT_RETURNED -1000
 #define FP_XSTATE_MAGIC2 0x46505845
 	.text
@@ -116,7 +120,9 @@ vkrt_syscall_in_rseq:
 	push %r13
 	push %r14
 	push %r15
+	push %rbp
 	mov %rdi, %r12
+	mov RC_NONCE(%r12), %rbp
 	lea -256(%rsp), %rdi         /* zero [rsp-256, rsp-128): where a frame's magic lands */
 	mov $16, %ecx
 	xor %eax, %eax
@@ -158,6 +164,7 @@ vkrt_syscall_in_rseq:
 .Lrc_end:
 	mov RC_RSEQ_CS(%r12), %r13
 	movq $0, (%r13)
+	pop %rbp
 	pop %r15
 	pop %r14
 	pop %r13

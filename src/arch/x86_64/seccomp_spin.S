@@ -19,7 +19,8 @@
  *    3  the context sleeps on its futex (wake it), signals now blocked
  *   -1  aborted, and a signal frame below the red zone shows a handler ran on this stack
  *   -2  aborted, no frame below the red zone: a preemption, or a handler on an alternate
- *       stack (the caller looks there)
+ *       stack (the caller looks there: rbp holds `nonce` from before the sequence until the
+ *       return, so such a handler's frame says by its saved rbp that it interrupted this call)
  * After an abort, signals are blocked too (*old_mask: the mask before): the abort handler
  * blocks them before it looks for a frame, so a handler that runs between the abort and the
  * block leaves its frame where the look finds it, and none can run after it. (Returning with
@@ -40,6 +41,7 @@
 #define SP_ALL 40           /* const u64*: the mask to block */
 #define SP_OLD 48           /* u64*: receives the mask before */
 #define SP_RSEQ_CS 56       /* u64*: this thread's rseq->rseq_cs */
+#define SP_NONCE 64         /* u64: held in rbp meanwhile */
 
 #define FP_XSTATE_MAGIC2 0x46505845
 #define SIGSYS_NR 31
@@ -52,7 +54,9 @@ vkrt_seccomp_spin_in_rseq:
 	push %rbx
 	push %r12
 	push %r13
+	push %rbp
 	mov %rdi, %r12
+	mov SP_NONCE(%r12), %rbp
 	lea -256(%rsp), %rdi         /* zero [rsp-256, rsp-128): where a frame's magic lands */
 	mov $16, %ecx
 	xor %eax, %eax
@@ -106,6 +110,7 @@ vkrt_seccomp_spin_in_rseq:
 	mov %ebx, %eax
 .Lsreturn:
 	movq $0, (%r13)
+	pop %rbp
 	pop %r13
 	pop %r12
 	pop %rbx

@@ -53,10 +53,12 @@ struct SeccompSpin {
   const uint64_t* all;         // what to block on the way out to a blocked wait
   uint64_t* old;               // the mask before
   uint64_t* rseq_cs;           // &rseq->rseq_cs
+  uint64_t nonce;              // held in rbp meanwhile (AltStackHandlerRan)
 };
 int vkrt_seccomp_spin_in_rseq(const SeccompSpin* spin);
 }
-static_assert(offsetof(SeccompSpin, deadline) == 24 && offsetof(SeccompSpin, rseq_cs) == 56);
+static_assert(offsetof(SeccompSpin, deadline) == 24 && offsetof(SeccompSpin, rseq_cs) == 56 &&
+              offsetof(SeccompSpin, nonce) == 64);
 
 namespace vkrt {
 namespace {
@@ -1256,7 +1258,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
       if (Load(mb + MB_STUB_SLEEPING) == 0) NapLastContext(c);  // it runs: no wakeup to wait for
       const SeccompSpin spin = {reinterpret_cast<uint32_t*>(cmd + CMD_RESP_SEQ), c.seq, want,
                                 mb, __rdtsc() + SpinTicks(), pass, &kAllSignals, &old_mask,
-                                reinterpret_cast<uint64_t*>(&rs->rseq_cs)};
+                                reinterpret_cast<uint64_t*>(&rs->rseq_cs), NextRseqNonce()};
       const int r = vkrt_seccomp_spin_in_rseq(&spin);
       if (r == kSpinGot) {
         got = true;
@@ -1271,7 +1273,7 @@ absl::StatusOr<GuestExit> SeccompAddressSpace::RunContext(Context& c, GuestState
         if (r < 0) {  // aborted
           const bool released = Load(cmd + CMD_RESP_SEQ) == c.seq;
           if (r == kSpinHandlerRan || ThreadState::Kicks() != kicks_at_start ||
-              AltStackHandlerRan()) {
+              AltStackHandlerRan(spin.nonce)) {
             if (!released) {
               // The guest did not run. Its frame stays as loaded.
               c.rcx_reported_as_r10 = rcx_reported_as_r10;
