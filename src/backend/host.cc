@@ -226,6 +226,7 @@ bool AltStackHandlerRan(uint64_t nonce) {
     return v;
   };
   for (const uint64_t magic2 : magics) {
+    bool parsed = false;
     for (uint64_t fx = (magic2 - 512) & ~uint64_t{63}; fx >= base + kRtSigframeSize + 64;
          fx -= 64) {
       if (u32(fx + 464) != kFpXstateMagic1 || u32(fx + 468) != magic2 + 4 - fx) continue;
@@ -233,8 +234,10 @@ bool AltStackHandlerRan(uint64_t nonce) {
       if (u64(frame + kSavedFpstate) != fx) continue;
       // Its saved rbp: the nonce of the call it interrupted.
       if (u64(frame + kSavedRbp) == nonce) return true;
+      parsed = true;
       break;
     }
+    if (!parsed) return true;  // a frame laid out otherwise: cannot tell
   }
   return false;
 }
