@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "arch/x86_64/frame.h"
 #include "common/errno_status.h"
 #include "vkrt/vmspace.h"
 
@@ -173,19 +174,7 @@ uint64_t NextRseqNonce() {
   return count;
 }
 
-// How Linux lays a signal frame on the alternate stack (arch/x86/kernel/signal.c,
-// get_sigframe): from the top, the XSAVE area at a 64-byte boundary with FP_XSTATE_MAGIC2
-// right after it, so within the top 68 bytes; under it struct rt_sigframe (a return address,
-// the ucontext, the siginfo: 440 bytes), placed at a 16-byte boundary minus 8. The XSAVE
-// area's software bytes (offset 464) hold FP_XSTATE_MAGIC1 and the area's size plus 4, and
-// the ucontext's fpstate pointer points at it: together they find the frame for certain.
 namespace {
-constexpr uint32_t kFpXstateMagic1 = 0x46505853;
-constexpr uint32_t kFpXstateMagic2 = 0x46505845;
-constexpr uint64_t kRtSigframeSize = 440;
-constexpr uint64_t kMcontextInFrame = 8 + 40;  // pretcode; uc_flags, uc_link, uc_stack
-constexpr uint64_t kSavedRbp = kMcontextInFrame + 8 * 10;  // r8..r15, rdi, rsi, rbp
-constexpr uint64_t kSavedFpstate = kMcontextInFrame + 184;
 constexpr uint64_t kAltWindow = 32 * 1024;  // the XSAVE area is at most ~11 KiB (AMX)
 }  // namespace
 
@@ -203,7 +192,7 @@ bool AltStackHandlerRan(uint64_t nonce) {
   for (uint64_t i = 0; i + 4 <= sizeof(area); ++i) {
     uint32_t v;
     memcpy(&v, area + i, 4);
-    if (v != kFpXstateMagic2) continue;
+    if (v != x86_64::kFpXstateMagic2) continue;
     magics.push_back(top - sizeof(area) + i);
     // Cleared, so that this frame is never looked at again.
     const uint32_t zero = 0;
@@ -215,29 +204,12 @@ bool AltStackHandlerRan(uint64_t nonce) {
   std::vector<uint8_t> window(len);
   read = CopyProcessMemory(getpid(), false, base, window.data(), len);
   if (!read.ok() || *read != len) return true;
-  auto u32 = [&](uint64_t addr) {
-    uint32_t v;
-    memcpy(&v, window.data() + (addr - base), 4);
-    return v;
-  };
-  auto u64 = [&](uint64_t addr) {
-    uint64_t v;
-    memcpy(&v, window.data() + (addr - base), 8);
-    return v;
-  };
   for (const uint64_t magic2 : magics) {
-    bool parsed = false;
-    for (uint64_t fx = (magic2 - 512) & ~uint64_t{63}; fx >= base + kRtSigframeSize + 64;
-         fx -= 64) {
-      if (u32(fx + 464) != kFpXstateMagic1 || u32(fx + 468) != magic2 + 4 - fx) continue;
-      const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;
-      if (u64(frame + kSavedFpstate) != fx) continue;
-      // Its saved rbp: the nonce of the call it interrupted.
-      if (u64(frame + kSavedRbp) == nonce) return true;
-      parsed = true;
-      break;
-    }
-    if (!parsed) return true;  // a frame laid out otherwise: cannot tell
+    uint64_t gregs[x86_64::kSigGregs];
+    // A frame laid out otherwise (a future kernel): cannot tell.
+    if (!x86_64::SigframeGregsAt(window.data(), base, len, magic2, gregs)) return true;
+    // Its saved rbp: the nonce of the call it interrupted.
+    if (gregs[x86_64::kSigRbp] == nonce) return true;
   }
   return false;
 }

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "common/errno_status.h"
 
 namespace vkrt::x86_64 {
@@ -74,6 +76,68 @@ TEST(Frame, RegistersRoundTrip) {
   EXPECT_EQ(back.tf_rsp, tf.tf_rsp);
   EXPECT_EQ(back.tf_rflags, tf.tf_rflags);
   EXPECT_EQ(back.tf_cs, kUserCs);
+}
+
+// A signal frame laid out as Linux's get_sigframe lays one on an alternate stack: the XSAVE
+// area (`xsave_size` bytes) at a 64-byte boundary under `top`, FP_XSTATE_MAGIC2 after it, the
+// software bytes at 464, rt_sigframe under the area, the fpstate pointer and rbp in its
+// ucontext. Returns the magic's address.
+uint64_t LayAltStackFrame(std::vector<uint8_t>& mem, uint64_t base, uint64_t xsave_size,
+                          uint64_t rbp) {
+  const uint64_t top = base + mem.size();
+  const uint64_t fx = (top - xsave_size - 4) & ~uint64_t{63};
+  auto put32 = [&](uint64_t addr, uint32_t v) { memcpy(mem.data() + (addr - base), &v, 4); };
+  auto put64 = [&](uint64_t addr, uint64_t v) { memcpy(mem.data() + (addr - base), &v, 8); };
+  put32(fx + xsave_size, kFpXstateMagic2);
+  put32(fx + 464, kFpXstateMagic1);
+  put32(fx + 468, static_cast<uint32_t>(xsave_size + 4));
+  const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;
+  put64(frame + 48 + 8 * kSigGregs, fx);
+  put64(frame + 48 + 8 * kSigRbp, rbp);
+  put64(frame + 48 + 8 * kSigRip, 0x401000);
+  return fx + xsave_size;
+}
+
+TEST(Frame, FindsTheRegistersOfAnAlternateStackFrame) {
+  constexpr uint64_t kBase = 0x7f0000010000;
+  // The legacy + AVX sizes, AVX-512's, and an AMX-sized area; stacks of two sizes.
+  for (const uint64_t xsave_size : {832u, 2696u, 11008u}) {
+    for (const uint64_t stack_size : {16384u, 65536u}) {
+      std::vector<uint8_t> mem(stack_size, 0xEE);
+      const uint64_t magic2 = LayAltStackFrame(mem, kBase, xsave_size, 0x1234567890ABCDEFULL);
+      EXPECT_GE(magic2 + 68, kBase + stack_size);  // in the top 68 bytes, as Linux puts it
+      uint64_t gregs[kSigGregs] = {};
+      ASSERT_TRUE(SigframeGregsAt(mem.data(), kBase, mem.size(), magic2, gregs))
+          << xsave_size << " " << stack_size;
+      EXPECT_EQ(0x1234567890ABCDEFULL, gregs[kSigRbp]);
+      EXPECT_EQ(0x401000u, gregs[kSigRip]);
+    }
+  }
+}
+
+TEST(Frame, RefusesAnAlternateStackFrameThatDoesNotAgree) {
+  constexpr uint64_t kBase = 0x7f0000010000;
+  std::vector<uint8_t> good(16384, 0);
+  const uint64_t magic2 = LayAltStackFrame(good, kBase, 2696, 7);
+  uint64_t gregs[kSigGregs];
+  ASSERT_TRUE(SigframeGregsAt(good.data(), kBase, good.size(), magic2, gregs));
+  const uint64_t fx = magic2 - 2696;
+  auto corrupt = [&](uint64_t addr) {
+    std::vector<uint8_t> bad = good;
+    bad[addr - kBase] ^= 0x01;
+    return SigframeGregsAt(bad.data(), kBase, bad.size(), magic2, gregs);
+  };
+  EXPECT_FALSE(corrupt(fx + 464));  // FP_XSTATE_MAGIC1
+  EXPECT_FALSE(corrupt(fx + 468));  // the area's size
+  const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;
+  EXPECT_FALSE(corrupt(frame + 48 + 8 * kSigGregs));  // the fpstate pointer
+  // A window too small to hold the frame, and a magic outside the window.
+  EXPECT_FALSE(SigframeGregsAt(good.data() + 15000, kBase + 15000, good.size() - 15000, magic2,
+                               gregs));
+  EXPECT_FALSE(SigframeGregsAt(good.data(), kBase, good.size(), kBase + good.size(), gregs));
+  // Nothing there at all.
+  std::vector<uint8_t> empty(16384, 0);
+  EXPECT_FALSE(SigframeGregsAt(empty.data(), kBase, empty.size(), magic2, gregs));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "arch/x86_64/frame.h"
 
+#include <string.h>
+
 #include <errno.h>
 #include <stddef.h>
 
@@ -173,6 +175,37 @@ void SigGregsToFrame(const uint64_t* g, trapframe& tf) {
   tf.tf_rflags = static_cast<int64_t>(g[kSigEflags]);
   tf.tf_cs = kUserCs;
   tf.tf_ss = kUserSs;
+}
+
+bool SigframeGregsAt(const uint8_t* mem, uint64_t base, uint64_t len, uint64_t magic2,
+                     uint64_t* gregs) {
+  constexpr uint64_t kMcontextInFrame = 8 + 40;  // pretcode; uc_flags, uc_link, uc_stack
+  constexpr uint64_t kFpstateInFrame = kMcontextInFrame + 8 * kSigGregs;
+  auto inside = [&](uint64_t addr, uint64_t n) {
+    return addr >= base && addr - base <= len && n <= len - (addr - base);
+  };
+  auto u32 = [&](uint64_t addr) {
+    uint32_t v;
+    memcpy(&v, mem + (addr - base), 4);
+    return v;
+  };
+  if (magic2 < base + kRtSigframeSize + 1024 || !inside(magic2, 4)) return false;
+  // The XSAVE area is at least the legacy 512 bytes plus the 64-byte header.
+  for (uint64_t fx = (magic2 - 576) & ~uint64_t{63}; fx >= base + kRtSigframeSize + 16;
+       fx -= 64) {
+    if (!inside(fx + 464, 8) || u32(fx + 464) != kFpXstateMagic1 ||
+        u32(fx + 468) != magic2 + 4 - fx) {
+      continue;
+    }
+    const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;
+    uint64_t fpstate;
+    if (!inside(frame, kFpstateInFrame + 8)) return false;
+    memcpy(&fpstate, mem + (frame + kFpstateInFrame - base), 8);
+    if (fpstate != fx) continue;
+    memcpy(gregs, mem + (frame + kMcontextInFrame - base), 8 * kSigGregs);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace vkrt::x86_64

@@ -61,6 +61,22 @@ enum SigGreg {
 void FrameToSigGregs(const trapframe& tf, uint64_t* gregs);
 void SigGregsToFrame(const uint64_t* gregs, trapframe& tf);
 
+// A signal frame as Linux lays it on an alternate stack (arch/x86/kernel/signal.c,
+// get_sigframe): from the stack's top, the XSAVE area at a 64-byte boundary followed by
+// FP_XSTATE_MAGIC2 (so the magic lies in the top 68 bytes); under it struct rt_sigframe (a
+// return address, the ucontext, the siginfo: 440 bytes) at a 16-byte boundary minus 8. The
+// XSAVE area's software bytes (offset 464) hold FP_XSTATE_MAGIC1 and the area's size plus 4,
+// and the ucontext's fpstate pointer points at the area.
+inline constexpr uint32_t kFpXstateMagic1 = 0x46505853;
+inline constexpr uint32_t kFpXstateMagic2 = 0x46505845;
+inline constexpr uint64_t kRtSigframeSize = 440;
+// `mem` holds the `len` bytes at address `base`, and an FP_XSTATE_MAGIC2 lies at address
+// `magic2`: the general registers (kSigGregs words) of the frame it ends, found only if the
+// software bytes and the fpstate pointer agree on where its XSAVE area is, and copied to
+// `gregs`. False if no such frame lies within `mem`.
+bool SigframeGregsAt(const uint8_t* mem, uint64_t base, uint64_t len, uint64_t magic2,
+                     uint64_t* gregs);
+
 }  // namespace vkrt::x86_64
 
 #endif  // VKRT_SRC_ARCH_X86_64_FRAME_H_
