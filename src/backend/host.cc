@@ -169,9 +169,8 @@ OpenCall SyscallWithSignalsOpen(struct rseq* rs, const uint64_t& open, long nr, 
 uint64_t NextRseqNonce() {
   // Unlike any value rbp is likely to hold elsewhere (a small number, an address): a counter
   // spread over 64 bits, different in each thread.
-  thread_local uint64_t count = reinterpret_cast<uint64_t>(&count) * 0xD6E8FEB86659FD93ULL;
-  count += 0x9E3779B97F4A7C15ULL;
-  return count;
+  thread_local uint64_t count = 0;  // constant-initialised: no guard on this path
+  return (++count * 0x9E3779B97F4A7C15ULL) ^ reinterpret_cast<uint64_t>(&count);
 }
 
 namespace {
