@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <vkrt/vmspace.h>
 
 #include "../examples/minivk/elf.h"
+#include "../examples/minivk/internal.h"
 #include "../examples/minivk/loader.h"
 #include "../examples/minivk/pmap.h"
 #include "../examples/minivk/kernel.h"
@@ -372,6 +374,29 @@ std::string RunCommand(const std::string& command, int& status) {
   const int raw = pclose(f);
   status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return out;
+}
+
+// Which host files get minivk's look before each read or write (so that its vkernel thread
+// never waits in one): all but regular files, directories, block devices and the memory
+// devices that never wait.
+TEST(MinivkKernel, OnlyFilesThatCanWaitAreLookedAtBeforeIo) {
+  auto of = [](mode_t type, unsigned maj = 0, unsigned min = 0) {
+    struct stat st = {};
+    st.st_mode = type | 0644;
+    st.st_rdev = makedev(maj, min);
+    return minivk::MayBlock(st);
+  };
+  EXPECT_FALSE(of(S_IFREG));
+  EXPECT_FALSE(of(S_IFDIR));
+  EXPECT_FALSE(of(S_IFBLK, 8, 0));
+  for (unsigned never_waits : {3u, 5u, 7u, 8u, 9u}) {  // null zero full random urandom
+    EXPECT_FALSE(of(S_IFCHR, 1, never_waits)) << never_waits;
+  }
+  EXPECT_TRUE(of(S_IFCHR, 1, 11));  // /dev/kmsg: a read waits for the next message
+  EXPECT_TRUE(of(S_IFCHR, 5, 0));   // /dev/tty
+  EXPECT_TRUE(of(S_IFCHR, 136, 0));  // a pseudo-terminal
+  EXPECT_TRUE(of(S_IFIFO));
+  EXPECT_TRUE(of(S_IFSOCK));
 }
 
 TEST(MinivkKernel, VkernelThreadsArePinnedOnlyWithCpusToSpare) {

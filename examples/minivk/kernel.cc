@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -73,6 +74,17 @@ int64_t MonotonicNs() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+bool MayBlock(const struct stat& st) {
+  if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISBLK(st.st_mode)) return false;
+  if (S_ISCHR(st.st_mode) && major(st.st_rdev) == 1) {
+    switch (minor(st.st_rdev)) {
+      case 3: case 5: case 7: case 8: case 9:  // null, zero, full, random, urandom
+        return false;
+    }
+  }
+  return true;
 }
 
 bool DefaultIgnore(int sig) {
@@ -148,8 +160,7 @@ bool Kernel::Start(const std::string& path, const std::vector<std::string>& argv
     file->host = fd;
     file->own = false;
     struct stat st;
-    file->may_block = fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
-                                               S_ISBLK(st.st_mode));
+    file->may_block = fstat(fd, &st) != 0 || MayBlock(st);
     if (fcntl(fd, F_GETFD) < 0) file.reset();  // not open: the guest's stays closed too
     p->fds.push_back(FdEntry{file, false});
   }

@@ -253,8 +253,7 @@ int64_t Kernel::Openat(Process& p, int64_t dirfd, uint64_t path, int flags, int 
   auto file = std::make_shared<File>();
   file->host = host;
   file->guest_nonblock = flags & O_NONBLOCK;
-  file->may_block = fstat(host, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
-                                               S_ISBLK(st.st_mode));
+  file->may_block = fstat(host, &st) != 0 || MayBlock(st);
   if (file->may_block && S_ISFIFO(st.st_mode)) {
     // It became a FIFO after the look above: minivk's reads and writes must not block.
     file->host_nonblock = fcntl(host, F_SETFL, fcntl(host, F_GETFL) | O_NONBLOCK) == 0;
