@@ -1,9 +1,8 @@
 #include "arch/x86_64/frame.h"
 
-#include <string.h>
-
 #include <errno.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "absl/strings/str_format.h"
 #include "common/errno_status.h"
