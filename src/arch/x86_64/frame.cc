@@ -178,8 +178,8 @@ void SigGregsToFrame(const uint64_t* g, trapframe& tf) {
 
 bool SigframeGregsAt(const uint8_t* mem, uint64_t base, uint64_t len, uint64_t magic2,
                      uint64_t* gregs) {
-  constexpr uint64_t kMcontextInFrame = 8 + 40;  // pretcode; uc_flags, uc_link, uc_stack
-  constexpr uint64_t kFpstateInFrame = kMcontextInFrame + 8 * kSigGregs;
+  constexpr uint64_t kMcontextInFrame = 8 + kUcMcontext;  // after the return address
+  constexpr uint64_t kFpstateInFrame = 8 + kUcFpregs;
   auto inside = [&](uint64_t addr, uint64_t n) {
     return addr >= base && addr - base <= len && n <= len - (addr - base);
   };
@@ -192,8 +192,8 @@ bool SigframeGregsAt(const uint8_t* mem, uint64_t base, uint64_t len, uint64_t m
   // The XSAVE area is at least the legacy 512 bytes plus the 64-byte header.
   for (uint64_t fx = (magic2 - 576) & ~uint64_t{63}; fx >= base + kRtSigframeSize + 16;
        fx -= 64) {
-    if (!inside(fx + 464, 8) || u32(fx + 464) != kFpXstateMagic1 ||
-        u32(fx + 468) != magic2 + 4 - fx) {
+    if (!inside(fx + kFpxSw, 8) || u32(fx + kFpxSw) != kFpXstateMagic1 ||
+        u32(fx + kFpxSw + 4) != magic2 + 4 - fx) {
       continue;
     }
     const uint64_t frame = ((fx - kRtSigframeSize) & ~uint64_t{15}) - 8;

@@ -67,6 +67,12 @@ void SigGregsToFrame(const uint64_t* gregs, trapframe& tf);
 // return address, the ucontext, the siginfo: 440 bytes) at a 16-byte boundary minus 8. The
 // XSAVE area's software bytes (offset 464) hold FP_XSTATE_MAGIC1 and the area's size plus 4,
 // and the ucontext's fpstate pointer points at the area.
+// Offsets in a signal frame's ucontext { uc_flags, uc_link, uc_stack (24 bytes),
+// uc_mcontext (kSigGregs general registers, the fpstate pointer, 8 reserved words),
+// uc_sigmask }, and of the software bytes (struct _fpx_sw_bytes) in its XSAVE area.
+inline constexpr uint64_t kUcMcontext = 40;
+inline constexpr uint64_t kUcFpregs = kUcMcontext + 8 * kSigGregs;
+inline constexpr uint64_t kFpxSw = 464;
 inline constexpr uint32_t kFpXstateMagic1 = 0x46505853;
 inline constexpr uint32_t kFpXstateMagic2 = 0x46505845;
 inline constexpr uint64_t kRtSigframeSize = 440;

@@ -98,13 +98,11 @@ constexpr uint64_t kContextCloneFlags = 0x50F00;
 constexpr int kUretprobeSyscall = 335;  // VM|FS|FILES|SIGHAND|THREAD|SYSVSEM
 constexpr uint64_t kPage = 4096;
 
-// Signal-frame layout (x86-64 Linux): ucontext { uc_flags, uc_link, uc_stack (24 bytes),
-// uc_mcontext (23 gregs, fpregs pointer, 8 reserved words), uc_sigmask }.
-constexpr uint64_t kUcMcontext = 40;
-constexpr uint64_t kUcFpregs = kUcMcontext + 8 * x86_64::kSigGregs;
-constexpr uint64_t kUcSize = kUcMcontext + 256 + 8;
-// The XSAVE area's software bytes (struct _fpx_sw_bytes at offset 464).
-constexpr uint64_t kFpxSw = 464;
+// Signal-frame layout (x86-64 Linux): arch/x86_64/frame.h.
+using x86_64::kFpxSw;
+using x86_64::kUcFpregs;
+using x86_64::kUcMcontext;
+constexpr uint64_t kUcSize = kUcMcontext + 256 + 8;  // uc_mcontext is 256 bytes
 constexpr uint64_t kXstateBv = 512;
 constexpr uint64_t kGuestFeatures = 0xE7;  // x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM
 
