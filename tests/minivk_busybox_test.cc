@@ -18,6 +18,8 @@
 #include <gtest/gtest.h>
 #include <vkrt/vmspace.h>
 
+#include "test_support.h"
+
 namespace {
 
 struct Result {
@@ -26,18 +28,18 @@ struct Result {
 };
 
 // Runs argv with cwd `dir`, stdin /dev/null, stdout captured, stderr to the test's stderr
-// only when `show_stderr`. A 120 s watchdog (SIGKILL) keeps a hang from hanging the suite.
+// only when `show_stderr`. A 120 s watchdog kills the run's process group: a hang fails.
 Result RunProgram(const std::vector<std::string>& args, const std::string& dir, bool show_stderr) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return {};
   const pid_t pid = fork();
   if (pid == 0) {
+    setpgid(0, 0);
     if (chdir(dir.c_str()) != 0) _exit(126);
     const int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(out[1], 1);
     if (!show_stderr) dup2(null, 2);
-    alarm(120);  // the watchdog: SIGALRM's default action ends it (reported as 142)
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -46,13 +48,8 @@ Result RunProgram(const std::vector<std::string>& args, const std::string& dir, 
   }
   close(out[1]);
   Result r;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof(buf))) > 0) r.out.append(buf, static_cast<size_t>(n));
+  r.status = vkrt_test::AwaitChild(pid, out[0], &r.out, std::chrono::seconds(120));
   close(out[0]);
-  int raw = 0;
-  waitpid(pid, &raw, 0);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
   return r;
 }
 
@@ -304,8 +301,9 @@ TEST(MinivkOptions, VkernelThreadStaysOnOneCpuWithCpusToSpare) {
   }
 }
 
-// --read-only refuses changes (EROFS) and allows reading; --root makes another directory
-// the guest's "/".
+// --read-only refuses changes (EROFS) and allows reading, as a read-only mount does: devices
+// and FIFOs stay writable, a missing name is ENOENT unless it would be created; --root makes
+// another directory the guest's "/".
 TEST(MinivkOptions, ReadOnlyAndRoot) {
   char templ[] = "/tmp/minivk-root-XXXXXX";
   ASSERT_NE(nullptr, mkdtemp(templ));
@@ -318,12 +316,79 @@ TEST(MinivkOptions, ReadOnlyAndRoot) {
     ASSERT_EQ(3, write(fd, "hi\n", 3));
     close(fd);
   }
+  ASSERT_EQ(0, mkfifo((dir + "/ff").c_str(), 0644));
+  ASSERT_EQ(0, symlink("hello.txt", (dir + "/ln").c_str()));
   Result r = RunProgram({MINIVK_BIN, "--read-only", "/bin/busybox", "sh", "-c",
                   "cat hello.txt; echo x > new.txt; echo \"write $?\"; rm hello.txt; "
-                  "echo \"rm $?\"; echo fine > /dev/null; echo \"null $?\"; ls"},
+                  "echo \"rm $?\"; echo fine > /dev/null; echo \"null $?\"; "
+                  "echo more >> hello.txt; echo \"append $?\"; "
+                  "(echo through > ff &); cat ff; echo \"fifo $?\"; "
+                  "cat missing 2>&1; mkdir -p bin; echo \"mkdir -p $?\"; ls"},
                  dir, false);
   EXPECT_EQ(0, r.status);
-  EXPECT_EQ("hi\nwrite 1\nrm 1\nnull 0\nbin\nhello.txt\n", r.out);
+  EXPECT_EQ(
+      "hi\nwrite 1\nrm 1\nnull 0\nappend 1\nthrough\nfifo 0\n"
+      "cat: can't open 'missing': No such file or directory\nmkdir -p 0\nbin\nff\nhello.txt\nln\n",
+      r.out);
+  // open(2), access(2) and the calls that make, change or remove names give a read-only
+  // mount's answers, in its order (each checked once against a read-only bind mount of such
+  // a directory).
+  const struct {
+    std::vector<std::string> args;
+    const char* answer;
+  } kCalls[] = {
+      {{"open", "hello.txt", "wronly", "creat", "excl"}, "EEXIST"},
+      {{"open", "ln", "creat", "excl"}, "EEXIST"},
+      {{"open", "new2", "wronly", "creat"}, "EROFS"},
+      {{"open", "missing", "wronly"}, "ENOENT"},
+      {{"open", "bin", "wronly"}, "EISDIR"},
+      {{"open", "bin", "rdonly", "creat"}, "EISDIR"},
+      {{"open", "ln", "wronly", "nofollow"}, "ELOOP"},
+      {{"open", "ln", "wronly"}, "EROFS"},
+      {{"open", "hello.txt", "rdonly", "trunc"}, "EROFS"},
+      {{"open", "hello.txt", "wronly", "append"}, "EROFS"},
+      {{"open", "hello.txt", "wronly", "path"}, "ok"},
+      {{"open", "/dev/null", "wronly"}, "ok"},
+      {{"access-w", "hello.txt"}, "EROFS"},
+      {{"access-w", "bin"}, "EROFS"},
+      {{"access-w", "missing"}, "ENOENT"},
+      {{"access-w", "ff"}, "ok"},
+      {{"access-w", "/dev/null"}, "ok"},
+      {{"fs", "mkdir", "bin"}, "EEXIST"},  // so `mkdir -p` of a directory that exists works
+      {{"fs", "mkdir", "bin/"}, "EEXIST"},
+      {{"fs", "mkdir", "ln"}, "EEXIST"},
+      {{"fs", "mkdir", "new"}, "EROFS"},
+      {{"fs", "mkdir", "missing/new"}, "ENOENT"},
+      {{"fs", "mkdir", "hello.txt/new"}, "ENOTDIR"},
+      {{"fs", "mkfifo", "ff"}, "EEXIST"},
+      {{"fs", "mkfifo", "new"}, "EROFS"},
+      {{"fs", "symlink", "bin", "x"}, "EEXIST"},
+      {{"fs", "symlink", "new", "x"}, "EROFS"},
+      {{"fs", "link", "hello.txt", "bin"}, "EEXIST"},
+      {{"fs", "link", "hello.txt", "new"}, "EROFS"},
+      {{"fs", "link", "missing", "new"}, "ENOENT"},
+      {{"fs", "rmdir", "bin"}, "EROFS"},
+      {{"fs", "rmdir", "missing"}, "EROFS"},
+      {{"fs", "unlink", "missing/x"}, "ENOENT"},
+      {{"fs", "rename", "hello.txt", "x"}, "EROFS"},
+      {{"fs", "rename", "hello.txt", "missing/x"}, "ENOENT"},
+      {{"fs", "chmod", "hello.txt"}, "EROFS"},
+      {{"fs", "chmod", "missing"}, "ENOENT"},
+      {{"fs", "chown", "hello.txt"}, "EROFS"},
+      {{"fs", "utime", "missing"}, "ENOENT"},
+      {{"fs", "truncate", "hello.txt"}, "EROFS"},
+      {{"fs", "truncate", "bin"}, "EISDIR"},
+      {{"fs", "truncate", "ff"}, "EINVAL"},
+  };
+  for (const auto& call : kCalls) {
+    std::vector<std::string> argv = {MINIVK_BIN, "--read-only", MINIVK_GUEST};
+    argv.insert(argv.end(), call.args.begin(), call.args.end());
+    r = RunProgram(argv, dir, true);
+    EXPECT_EQ(0, r.status);
+    std::string what;
+    for (const std::string& arg : call.args) what += " " + arg;
+    EXPECT_EQ(std::string(call.answer) + "\n", r.out) << "minivk_guest" << what;
+  }
   struct stat st;
   EXPECT_NE(0, stat((dir + "/new.txt").c_str(), &st)) << "--read-only let a file be created";
   EXPECT_EQ(0, stat((dir + "/hello.txt").c_str(), &st)) << "--read-only let a file be removed";
@@ -333,7 +398,7 @@ TEST(MinivkOptions, ReadOnlyAndRoot) {
            "cat /hello.txt; ls /; cd /bin && pwd"},
           "/", false);
   EXPECT_EQ(0, r.status);
-  EXPECT_EQ("hi\nbin\nhello.txt\n/bin\n", r.out);
+  EXPECT_EQ("hi\nbin\nff\nhello.txt\nln\n/bin\n", r.out);
   RunProgram({"/bin/rm", "-rf", dir}, "/", false);
 }
 

@@ -17,6 +17,11 @@
  *                memory must kill it; exit 1 if it survives)
  *   cow N        writes N pages, forks a child that writes one and exits, then checks and
  *                writes them all again; prints what each side saw
+ *   open PATH FLAG...  open(2) with the flags named (rdonly wronly rdwr creat excl trunc
+ *                append path nofollow); prints "ok" or the error's name
+ *   access-w PATH      access(PATH, W_OK); prints "ok" or the error's name
+ *   fs OP PATH [PATH2] one file system call (mkdir rmdir unlink rename link symlink chmod
+ *                      chown truncate utime mkfifo); prints "ok" or the error's name
  * (The timed modes measure inside the guest world, so a vkernel's or a UML boot's start-up
  * is not counted.) */
 #define _GNU_SOURCE
@@ -28,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -166,7 +172,7 @@ int main(int argc, char** argv) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
             "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
-            "       cow N\n",
+            "       cow N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
             argv[0]);
     return 2;
   }
@@ -293,6 +299,54 @@ int main(int argc, char** argv) {
     for (size_t off = 0; off < len; off += 4096) p[off] = 1;
     printf("survived touching 16 GiB\n");
     return 1;
+  }
+  if (strcmp(argv[1], "open") == 0 && argc >= 4) {
+    static const struct {
+      const char* name;
+      int flag;
+    } kFlags[] = {{"rdonly", O_RDONLY}, {"wronly", O_WRONLY}, {"rdwr", O_RDWR},
+                  {"creat", O_CREAT},   {"excl", O_EXCL},     {"trunc", O_TRUNC},
+                  {"append", O_APPEND}, {"path", O_PATH},     {"nofollow", O_NOFOLLOW}};
+    int flags = 0;
+    for (int i = 3; i < argc; ++i) {
+      size_t k = 0;
+      while (k < sizeof(kFlags) / sizeof(kFlags[0]) && strcmp(kFlags[k].name, argv[i]) != 0) ++k;
+      if (k == sizeof(kFlags) / sizeof(kFlags[0])) {
+        fprintf(stderr, "%s: unknown open flag %s\n", argv[0], argv[i]);
+        return 2;
+      }
+      flags |= kFlags[k].flag;
+    }
+    const int fd = open(argv[2], flags, 0644);
+    printf("%s\n", fd >= 0 ? "ok" : strerrorname_np(errno));
+    return 0;
+  }
+  if (strcmp(argv[1], "access-w") == 0 && argc == 3) {
+    printf("%s\n", access(argv[2], W_OK) == 0 ? "ok" : strerrorname_np(errno));
+    return 0;
+  }
+  if (strcmp(argv[1], "fs") == 0 && (argc == 4 || argc == 5)) {
+    const char* op = argv[2];
+    const char* a = argv[3];
+    const char* b = argc == 5 ? argv[4] : "";
+    int r;
+    if (strcmp(op, "mkdir") == 0) r = mkdir(a, 0755);
+    else if (strcmp(op, "rmdir") == 0) r = rmdir(a);
+    else if (strcmp(op, "unlink") == 0) r = unlink(a);
+    else if (strcmp(op, "rename") == 0) r = rename(a, b);
+    else if (strcmp(op, "link") == 0) r = link(a, b);
+    else if (strcmp(op, "symlink") == 0) r = symlink(b, a);  /* makes a, pointing at b */
+    else if (strcmp(op, "chmod") == 0) r = chmod(a, 0600);
+    else if (strcmp(op, "chown") == 0) r = chown(a, getuid(), getgid());
+    else if (strcmp(op, "truncate") == 0) r = truncate(a, 0);
+    else if (strcmp(op, "utime") == 0) r = utimes(a, NULL);
+    else if (strcmp(op, "mkfifo") == 0) r = mkfifo(a, 0644);
+    else {
+      fprintf(stderr, "%s: unknown fs operation %s\n", argv[0], op);
+      return 2;
+    }
+    printf("%s\n", r == 0 ? "ok" : strerrorname_np(errno));
+    return 0;
   }
   fprintf(stderr, "%s: unknown mode %s\n", argv[0], argv[1]);
   return 2;

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -21,6 +22,9 @@
 #include <utility>
 #include <vector>
 
+#include <poll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <vkrt/vmspace.h>
 
@@ -169,6 +173,58 @@ class Watchdog {
   bool waiting_ = false;  // the thread has started and waits
   std::thread thread_;
 };
+
+// Waits for child `pid`, which made itself a process-group leader (setpgid(0, 0)) before
+// it exec'd, appending what arrives on `out_fd` (-1: nothing to read) to `*out` until EOF.
+// Past `limit` the child's threads are shown on stderr and its whole process group is
+// killed: a hang becomes a failing status, not a hung suite. (alarm(2) in the child is no
+// watchdog for minivk: minivk takes SIGALRM for its own scheduler.) Returns the exit status,
+// 128 + N for signal N, -1 if waiting failed.
+inline int AwaitChild(pid_t pid, int out_fd, std::string* out, std::chrono::seconds limit) {
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  bool reading = out_fd >= 0;
+  bool exited = pidfd < 0;  // without a pidfd, waitpid below blocks (no watchdog)
+  bool killed = false;
+  char buf[4096];
+  while (reading || !exited) {
+    pollfd fds[2];
+    nfds_t n = 0;
+    if (reading) fds[n++] = {out_fd, POLLIN, 0};
+    if (!exited) fds[n++] = {pidfd, POLLIN, 0};
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    const int ready = poll(fds, n, killed ? 5000 : static_cast<int>(std::max<long long>(0, left.count())));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      if (killed) break;  // something outside the group still holds the pipe
+      fprintf(stderr, "WATCHDOG: child %d did not finish within %lld s; killing its group\n",
+              pid, static_cast<long long>(limit.count()));
+      DumpThreads(pid, "the child");
+      kill(-pid, SIGKILL);
+      kill(pid, SIGKILL);
+      killed = true;
+      continue;
+    }
+    for (nfds_t i = 0; i < n; ++i) {
+      if (fds[i].revents == 0) continue;
+      if (fds[i].fd == pidfd) {
+        exited = true;
+        continue;
+      }
+      const ssize_t got = read(out_fd, buf, sizeof(buf));
+      if (got > 0) {
+        out->append(buf, static_cast<size_t>(got));
+      } else if (got == 0 || errno != EINTR) {
+        reading = false;
+      }
+    }
+  }
+  if (pidfd >= 0) close(pidfd);
+  int raw = 0;
+  if (waitpid(pid, &raw, 0) != pid) return -1;
+  return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+}
 
 // The entries of a /proc directory (fd/, task/, ...) other than . and ..; -1 if unreadable.
 inline long CountDirEntries(const std::string& path) {

@@ -40,6 +40,49 @@ constexpr size_t kMaxArgs = 4096;
 
 bool IsAbsolute(const std::string& s) { return !s.empty() && s[0] == '/'; }
 
+// What --read-only answers to writing `rel` (under `dir`), as a read-only mount does (Linux's
+// sb_permission): a file, directory or symbolic link is refused (-EROFS), as is a name that
+// `create` would make; a FIFO, socket or device stays writable (0); a name that is not there
+// gets the lookup's error.
+int64_t ReadOnlyWriteCheck(int dir, const char* rel, int at_flags, bool create) {
+  struct stat st;
+  if (fstatat(dir, rel, &st, at_flags) != 0) {
+    return create && errno == ENOENT ? -EROFS : -errno;
+  }
+  const bool kept = S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
+  return kept ? -EROFS : 0;
+}
+
+// The error a lookup of the directory that holds `rel` (under `dir`) gives, 0 if it is
+// there: Linux answers it before a read-only mount's EROFS.
+int64_t ParentLookup(int dir, std::string rel) {
+  while (rel.size() > 1 && rel.back() == '/') rel.pop_back();
+  const size_t slash = rel.find_last_of('/');
+  if (slash == std::string::npos) return 0;
+  const std::string parent = slash == 0 ? "/" : rel.substr(0, slash);
+  struct stat st;
+  if (fstatat(dir, parent.c_str(), &st, 0) != 0) return -errno;
+  return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+// What --read-only answers to making the name `rel` (mkdir, mknod, symlink, link's new
+// name), as a read-only mount does: EEXIST if it is there (so `mkdir -p` of a directory that
+// exists succeeds), the lookup's error if its directory is not, else EROFS.
+int64_t ReadOnlyCreateCheck(int dir, const std::string& rel) {
+  struct stat st;
+  if (fstatat(dir, rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return -EEXIST;
+  const int64_t parent = ParentLookup(dir, rel);
+  return parent != 0 ? parent : -EROFS;
+}
+
+// What --read-only answers to changing the file `rel` names (chmod, chown, utimes): the
+// lookup's error if there is none, else EROFS.
+int64_t ReadOnlyChangeCheck(int dir, const std::string& rel, int at_flags) {
+  struct stat st;
+  if (fstatat(dir, rel.c_str(), &st, at_flags) != 0) return -errno;
+  return -EROFS;
+}
+
 }  // namespace
 
 std::string BaseName(const std::string& path) {
@@ -235,11 +278,21 @@ int64_t Kernel::Openat(Process& p, int64_t dirfd, uint64_t path, int flags, int 
   std::string rel;
   int64_t err;
   if (!Resolve(p, dirfd, path, dir, rel, &err)) return err;
-  const bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
+  // O_PATH opens nothing for reading or writing (the host ignores the other flags).
+  const bool writes = (flags & O_PATH) == 0 &&
+                      ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)));
   if (writes && options_.read_only) {
-    // Devices (/dev/null, a terminal) stay writable; files under the root do not.
+    // Refused as a read-only mount refuses, in Linux's order and without asking the host:
+    // a name that exists under O_CREAT|O_EXCL is EEXIST, a symbolic link under O_NOFOLLOW
+    // ELOOP, a directory EISDIR; then ReadOnlyWriteCheck.
     struct stat st;
-    if (fstatat(dir, rel.c_str(), &st, 0) != 0 || !S_ISCHR(st.st_mode)) return -EROFS;
+    if (fstatat(dir, rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) return -EEXIST;
+      if ((flags & O_NOFOLLOW) && S_ISLNK(st.st_mode)) return -ELOOP;
+    }
+    if (fstatat(dir, rel.c_str(), &st, 0) == 0 && S_ISDIR(st.st_mode)) return -EISDIR;
+    const int64_t refused = ReadOnlyWriteCheck(dir, rel.c_str(), 0, flags & O_CREAT);
+    if (refused != 0) return refused;
   }
   const mode_t create_mode = static_cast<mode_t>(mode) & ~p.umask & 07777;
   struct stat st;
@@ -736,7 +789,32 @@ int64_t Kernel::PathCall(Process& p, uint64_t nr, const uint64_t* a) {
   const bool modifies = !(nr == SYS_readlink || nr == SYS_readlinkat || nr == SYS_access ||
                           nr == SYS_faccessat || nr == SYS_faccessat2 || nr == SYS_chdir ||
                           nr == SYS_statfs);
-  if (modifies && options_.read_only) return -EROFS;
+  if (modifies && options_.read_only) {
+    // A read-only mount's answers, in Linux's order (what is looked up before the mount is).
+    switch (nr) {
+      case SYS_mkdir: case SYS_mkdirat: case SYS_mknod: case SYS_mknodat:
+        return ReadOnlyCreateCheck(dir, rel);
+      case SYS_chmod: case SYS_fchmodat: case SYS_chown: case SYS_utimes:
+        return ReadOnlyChangeCheck(dir, rel, 0);
+      case SYS_lchown:
+        return ReadOnlyChangeCheck(dir, rel, AT_SYMLINK_NOFOLLOW);
+      case SYS_fchownat:
+        return ReadOnlyChangeCheck(
+            dir, rel, static_cast<int>(args[4]) & (AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH));
+      case SYS_utimensat:
+        return ReadOnlyChangeCheck(dir, rel, static_cast<int>(args[3]) & AT_SYMLINK_NOFOLLOW);
+      case SYS_truncate: {
+        struct stat st;
+        if (fstatat(dir, path, &st, 0) != 0) return -errno;
+        if (S_ISDIR(st.st_mode)) return -EISDIR;
+        return S_ISREG(st.st_mode) ? -EROFS : -EINVAL;
+      }
+      default: {  // unlink, unlinkat, rmdir: the mount is asked once the directory is found
+        const int64_t parent = ParentLookup(dir, rel);
+        return parent != 0 ? parent : -EROFS;
+      }
+    }
+  }
   switch (nr) {
     case SYS_mkdir:
     case SYS_mkdirat:
@@ -780,8 +858,12 @@ int64_t Kernel::PathCall(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_faccessat:
     case SYS_faccessat2: {
       const int mode = static_cast<int>(args[2]);
-      if ((mode & W_OK) && options_.read_only) return -EROFS;
       const int flags = nr == SYS_faccessat2 ? static_cast<int>(args[3]) : 0;
+      if ((mode & W_OK) && options_.read_only) {
+        const int64_t refused =
+            ReadOnlyWriteCheck(dir, path, flags & AT_SYMLINK_NOFOLLOW, /*create=*/false);
+        if (refused != 0) return refused;
+      }
       return ret(faccessat(dir, path, mode, flags));
     }
     case SYS_truncate:
@@ -1093,7 +1175,20 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
                    &err)) {
         return err;
       }
-      if (options_.read_only) return -EROFS;
+      if (options_.read_only) {
+        if (nr == SYS_link || nr == SYS_linkat) {
+          struct stat st;
+          const int follow = nr == SYS_linkat ? static_cast<int>(a[4]) & AT_SYMLINK_FOLLOW : 0;
+          if (fstatat(from_dir, from.c_str(), &st, follow ? 0 : AT_SYMLINK_NOFOLLOW) != 0) {
+            return -errno;
+          }
+          return ReadOnlyCreateCheck(to_dir, to);
+        }
+        const int64_t parent = ParentLookup(from_dir, from);
+        if (parent != 0) return parent;
+        const int64_t to_parent = ParentLookup(to_dir, to);
+        return to_parent != 0 ? to_parent : -EROFS;
+      }
       if (nr == SYS_link || nr == SYS_linkat) {
         return ret(linkat(from_dir, from.c_str(), to_dir, to.c_str(),
                           nr == SYS_linkat ? static_cast<int>(a[4]) : 0));
@@ -1112,7 +1207,7 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
                    nr == SYS_symlinkat ? a[2] : a[1], dir, rel, &err)) {
         return err;
       }
-      if (options_.read_only) return -EROFS;
+      if (options_.read_only) return ReadOnlyCreateCheck(dir, rel);
       return ret(symlinkat(target.c_str(), dir, rel.c_str()));
     }
     case SYS_mkdir: case SYS_mkdirat: case SYS_rmdir: case SYS_unlink: case SYS_unlinkat:
