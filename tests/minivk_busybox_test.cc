@@ -402,10 +402,6 @@ TEST(MinivkOptions, ReadOnlyAndRoot) {
   RunProgram({"/bin/rm", "-rf", dir}, "/", false);
 }
 
-// A guest's faults become signals the Linux way: without a handler the process dies of
-// SIGSEGV (minivk exits 128 + 11); with one, the handler gets the faulting address. FPU
-// state is the process's own across system calls, fork and a signal handler. On every
-// backend.
 // alarm, setitimer/getitimer and timer_create timers: the guest prints what it saw, which
 // must be what it prints natively.
 TEST(MinivkGuest, TimersDeliverTheirSignals) {
@@ -415,6 +411,21 @@ TEST(MinivkGuest, TimersDeliverTheirSignals) {
     if (vkrt_backend_available(backend, nullptr) != 0) continue;
     const Result r = RunProgram(
         {MINIVK_BIN, std::string("--backend=") + backend, MINIVK_GUEST, "timers"}, "/", true);
+    EXPECT_EQ(0, r.status) << backend << "\n" << r.out;
+    EXPECT_EQ(native.out, r.out) << backend;
+  }
+}
+
+// CPU-time accounting (getrusage, times, wait4's rusage, the CPU clocks) and the CPU-time
+// timers (ITIMER_VIRTUAL, ITIMER_PROF, also in a loop that never makes a system call): the
+// guest prints what it saw, which must be what it prints natively.
+TEST(MinivkGuest, CpuTimeIsTheGuestsOwn) {
+  const Result native = RunProgram({MINIVK_GUEST, "cputime"}, "/", true);
+  ASSERT_EQ(0, native.status) << native.out;
+  for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
+    if (vkrt_backend_available(backend, nullptr) != 0) continue;
+    const Result r = RunProgram(
+        {MINIVK_BIN, std::string("--backend=") + backend, MINIVK_GUEST, "cputime"}, "/", true);
     EXPECT_EQ(0, r.status) << backend << "\n" << r.out;
     EXPECT_EQ(native.out, r.out) << backend;
   }
@@ -434,6 +445,10 @@ TEST(MinivkGuest, CopyOnWriteKeepsEachSidesValues) {
   }
 }
 
+// A guest's faults become signals the Linux way: without a handler the process dies of
+// SIGSEGV (minivk exits 128 + 11); with one, the handler gets the faulting address. FPU
+// state is the process's own across system calls, fork and a signal handler. On every
+// backend.
 TEST(MinivkGuest, FaultsSignalsAndFpuState) {
   for (const char* backend : {"seccomp", "ptrace", "kvm"}) {
     if (vkrt_backend_available(backend, nullptr) != 0) continue;

@@ -17,6 +17,9 @@
  *                memory must kill it; exit 1 if it survives)
  *   cow N        writes N pages, forks a child that writes one and exits, then checks and
  *                writes them all again; prints what each side saw
+ *   cputime      CPU-time accounting: getrusage, times, wait4's rusage, the CPU clocks (own
+ *                and by pid), ITIMER_VIRTUAL and ITIMER_PROF (also for a loop that makes no
+ *                system call); prints what it saw (the same natively)
  *   open PATH FLAG...  open(2) with the flags named (rdonly wronly rdwr creat excl trunc
  *                append path nofollow); prints "ok" or the error's name
  *   access-w PATH      access(PATH, W_OK); prints "ok" or the error's name
@@ -33,8 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/times.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,12 +172,109 @@ static int timers(void) {
   return 0;
 }
 
+static volatile int vtalrms, profs;
+static void on_vtalrm(int sig) { (void)sig; ++vtalrms; }
+static void on_prof(int sig) { (void)sig; ++profs; }
+
+static int64_t cpu_ns(clockid_t clock) {
+  struct timespec ts;
+  if (clock_gettime(clock, &ts) != 0) return -1;
+  return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* Burns `ms` milliseconds of this process's CPU time (by its CPU clock); 0, or -1 if the
+ * clock has not moved that far within 20 s of wall time. */
+static int burn_ms(int ms) {
+  const int64_t start = cpu_ns(CLOCK_PROCESS_CPUTIME_ID);
+  const int64_t give_up = now_ns() + 20000000000LL;
+  while (cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - start < ms * 1000000LL) {
+    if (now_ns() > give_up) return -1;
+  }
+  return 0;
+}
+
+static int64_t tv_ns(struct timeval tv) { return tv.tv_sec * 1000000000ll + tv.tv_usec * 1000ll; }
+
+/* A loop with no system call in it until *count reaches n (a CPU-time timer must end it);
+ * 0, or -1 after some 4e9 rounds (seconds of CPU time) without. */
+static int spin_until(volatile int* count, int n) {
+  for (unsigned long i = 0; i < 4000000000UL; ++i) {
+    if (*count >= n) return 0;
+  }
+  return -1;
+}
+
+static int cputime(void) {
+  if (burn_ms(60) != 0) return printf("the process CPU clock did not reach 60 ms\n"), 1;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("getrusage self >= 50 ms: %d\n", tv_ns(ru.ru_utime) + tv_ns(ru.ru_stime) >= 50000000);
+  struct tms t;
+  times(&t);
+  printf("times self >= 5 ticks: %d\n", t.tms_utime + t.tms_stime >= 5);
+  struct timespec res;
+  printf("clock_getres process: %d\n",
+         clock_getres(CLOCK_PROCESS_CPUTIME_ID, &res) == 0 && res.tv_sec == 0 && res.tv_nsec > 0);
+  printf("thread clock >= 50 ms: %d\n", cpu_ns(CLOCK_THREAD_CPUTIME_ID) >= 50000000);
+  clockid_t own;
+  printf("own clock by pid >= 50 ms: %d\n",
+         clock_getcpuclockid(getpid(), &own) == 0 && cpu_ns(own) >= 50000000);
+
+  /* A child that burns 60 ms: its time comes back through wait4 and to RUSAGE_CHILDREN. */
+  const pid_t child = fork();
+  if (child == 0) _exit(burn_ms(60) == 0 ? 0 : 1);
+  int status = 0;
+  struct rusage cru;
+  if (wait4(child, &status, 0, &cru) != child) return perror("wait4"), 1;
+  printf("child status %d, wait4 rusage >= 50 ms: %d\n", WEXITSTATUS(status),
+         tv_ns(cru.ru_utime) + tv_ns(cru.ru_stime) >= 50000000);
+  getrusage(RUSAGE_CHILDREN, &ru);
+  printf("getrusage children >= 50 ms: %d\n", tv_ns(ru.ru_utime) + tv_ns(ru.ru_stime) >= 50000000);
+  times(&t);
+  printf("times children >= 5 ticks: %d\n", t.tms_cutime + t.tms_cstime >= 5);
+  clockid_t gone;
+  printf("clock of a reaped child: %s\n",
+         clock_getcpuclockid(child, &gone) == 0 ? (cpu_ns(gone) < 0 ? strerrorname_np(errno) : "ok")
+                                                : "no clock id");
+  printf("getrusage(7): %s\n", getrusage(7, &ru) == 0 ? "ok" : strerrorname_np(errno));
+
+  /* ITIMER_VIRTUAL and ITIMER_PROF, every 20 ms, first in a loop without system calls. */
+  signal(SIGVTALRM, on_vtalrm);
+  signal(SIGPROF, on_prof);
+  const struct itimerval every20 = {{0, 20000}, {0, 20000}};
+  setitimer(ITIMER_VIRTUAL, &every20, NULL);
+  struct itimerval now;
+  getitimer(ITIMER_VIRTUAL, &now);
+  /* (Linux reports the value rounded up to its tick, plus one: 24 ms at 250 Hz.) */
+  printf("virtual armed: %d\n", now.it_value.tv_sec == 0 && now.it_value.tv_usec > 0 &&
+                                    now.it_value.tv_usec <= 30000 &&
+                                    now.it_interval.tv_usec == 20000);
+  if (spin_until(&vtalrms, 3) != 0) return printf("no SIGVTALRM\n"), 1;
+  const struct itimerval off = {{0, 0}, {0, 0}};
+  setitimer(ITIMER_VIRTUAL, &off, &now);
+  getitimer(ITIMER_VIRTUAL, &now);
+  printf("SIGVTALRM at least 3 times; disarmed: %d\n",
+         now.it_value.tv_sec == 0 && now.it_value.tv_usec == 0);
+  setitimer(ITIMER_PROF, &every20, NULL);
+  if (spin_until(&profs, 3) != 0) return printf("no SIGPROF\n"), 1;
+  setitimer(ITIMER_PROF, &off, NULL);
+  printf("SIGPROF at least 3 times\n");
+  /* One shot, then nothing more. */
+  const struct itimerval once = {{0, 0}, {0, 10000}};
+  const int before = vtalrms;
+  setitimer(ITIMER_VIRTUAL, &once, NULL);
+  if (spin_until(&vtalrms, before + 1) != 0) return printf("no one-shot SIGVTALRM\n"), 1;
+  getitimer(ITIMER_VIRTUAL, &now);
+  printf("one shot fired, then disarmed: %d\n", now.it_value.tv_sec == 0 && now.it_value.tv_usec == 0);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
             "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
-            "       cow N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
+            "       cow N | cputime | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
             argv[0]);
     return 2;
   }
@@ -266,6 +368,7 @@ int main(int argc, char** argv) {
     return mmap_err == ENOMEM && brk_err == ENOMEM ? 0 : 1;
   }
   if (strcmp(argv[1], "timers") == 0) return timers();
+  if (strcmp(argv[1], "cputime") == 0) return cputime();
   if (strcmp(argv[1], "cow") == 0 && argc == 3) {
     /* N pages written, a child that writes one of them and exits, then the parent writes
      * them all again: each process sees its own values. */

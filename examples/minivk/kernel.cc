@@ -366,13 +366,44 @@ void Kernel::Wake(Process& p) {
 }
 
 void Kernel::SwitchOut(Process& p) {
-  // --stats counts kernel time while the process's kernel work runs, not while it waits.
-  if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - p.kernel_since) / 1e9;
+  // System time counts while the process's kernel work runs, not while it waits.
+  ChargeKernel(p, MonotonicNs());
   TsanFiber::HandOver(&mu_);
   p.tsan.Leave();
   p.caller = std::move(p.caller).resume();
   TsanFiber::TakeOver(&mu_);  // not reached when resumed only to unwind (~Process)
-  if (options_.stats) p.kernel_since = MonotonicNs();
+  p.kernel_since = MonotonicNs();
+}
+
+void Kernel::ChargeKernel(Process& p, int64_t now) {
+  const int64_t spent = now - p.kernel_since;
+  p.stime_ns += spent;
+  if (options_.stats) stats_.kernel_seconds += spent / 1e9;
+  p.kernel_since = now;
+}
+
+int64_t Kernel::CpuTimers(Process& p, bool fire) {
+  int64_t next = 0;
+  auto visit = [&](GuestTimer& t, int64_t used, int sig) {
+    if (t.deadline < 0) return;
+    if (!fire) {
+      const int64_t left = std::max<int64_t>(1, t.deadline - used);
+      if (next == 0 || left < next) next = left;
+      return;
+    }
+    if (used >= t.deadline) {
+      SendSignal(p, sig);
+      if (t.interval <= 0) {
+        t.deadline = -1;
+        return;
+      }
+      t.deadline += ((used - t.deadline) / t.interval + 1) * t.interval;
+    }
+    if (next == 0 || t.deadline - used < next) next = t.deadline - used;
+  };
+  visit(p.itimer_virtual, p.utime_ns, SIGVTALRM);
+  visit(p.itimer_prof, p.utime_ns + p.stime_ns, SIGPROF);
+  return next;
 }
 
 void Kernel::Block(Process& p) {
@@ -396,26 +427,36 @@ bool Kernel::RunGuest(Process& p) {
   static thread_local const pid_t vcpu_tid = static_cast<pid_t>(syscall(SYS_gettid));
   p.vcpu_tid = vcpu_tid;
   p.in_run = true;
-  const int64_t t0 = options_.stats ? MonotonicNs() : 0;
+  // A CPU-time timer due within this RUN ends it (tf_trapno 0) when due: a guest that never
+  // traps still gets its SIGVTALRM/SIGPROF.
+  const int64_t cpu_timer =
+      p.itimer_virtual.deadline >= 0 || p.itimer_prof.deadline >= 0 ? CpuTimers(p, false) : 0;
+  const int64_t t0 = MonotonicNs();
+  ChargeKernel(p, t0);
   mu_.unlock();
-  const int rc = vkrt_vmspace_run_fpu(p.as->id(), &p.tf, &p.vf, 0, p.fpu.get());
+  const int rc = vkrt_vmspace_run_fpu(p.as->id(), &p.tf, &p.vf,
+                                      static_cast<uint64_t>(cpu_timer), p.fpu.get());
   mu_.lock();
   p.in_run = false;
-  if (options_.stats) stats_.run_seconds += (MonotonicNs() - t0) / 1e9;
+  const int64_t t1 = MonotonicNs();
+  p.utime_ns += t1 - t0;
+  p.kernel_since = t1;
+  if (options_.stats) stats_.run_seconds += (t1 - t0) / 1e9;
+  if (p.itimer_virtual.deadline >= 0 || p.itimer_prof.deadline >= 0) CpuTimers(p, true);
   if (rc != 0 && fatal_.empty()) fatal_ = std::string("vmspace_ctl: ") + vkrt_last_error();
   return rc == 0;
 }
 
 void Kernel::ProcessMain(Process& p) {
+  p.kernel_since = MonotonicNs();
   while (p.state != Process::State::kZombie) {
     if (!RunGuest(p)) {
       Exit(p, SIGKILL);
       break;
     }
-    if (options_.stats) p.kernel_since = MonotonicNs();
     HandleExit(p);
-    if (options_.stats) stats_.kernel_seconds += (MonotonicNs() - p.kernel_since) / 1e9;
   }
+  ChargeKernel(p, MonotonicNs());
 }
 
 void Kernel::HandleExit(Process& p) {
@@ -608,7 +649,8 @@ void Kernel::Exit(Process& p, int wait_status) {
   Wake(pp);  // a wait4 retries (any other wait just waits again)
 }
 
-int64_t Kernel::Wait4(Process& p, int64_t pid, uint64_t status, int options) {
+int64_t Kernel::Wait4(Process& p, int64_t pid, uint64_t status, int options,
+                      struct rusage* usage) {
   if (options & ~(WNOHANG | WUNTRACED | WCONTINUED | __WALL | __WCLONE)) return -EINVAL;
   for (;;) {
     bool any = false;
@@ -629,6 +671,15 @@ int64_t Kernel::Wait4(Process& p, int64_t pid, uint64_t status, int options) {
       const int32_t st = zombie->wait_status;
       if (status != 0 && !p.as->CopyOut(status, &st, sizeof(st))) return -EFAULT;
       const int64_t reaped = zombie->pid;
+      const int64_t user = zombie->utime_ns + zombie->cutime_ns;
+      const int64_t sys = zombie->stime_ns + zombie->cstime_ns;
+      p.cutime_ns += user;
+      p.cstime_ns += sys;
+      if (usage != nullptr) {
+        *usage = {};
+        usage->ru_utime = {user / 1000000000, user % 1000000000 / 1000};
+        usage->ru_stime = {sys / 1000000000, sys % 1000000000 / 1000};
+      }
       procs_.erase(zombie->pid);
       return reaped;
     }

@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <vkrt/vmspace.h>
@@ -151,7 +152,14 @@ struct Process {
   // What a blocked process waits for (any wakeup makes it retry its call).
   std::vector<struct pollfd> waits;  // host descriptors and events
   int64_t wait_deadline = -1;  // CLOCK_MONOTONIC ns, -1 none
-  int64_t kernel_since = 0;    // --stats: when its kernel work last started or resumed
+  int64_t kernel_since = 0;    // when its kernel work last started or resumed
+  // CPU time as minivk accounts it: user time is time inside RUN, system time the kernel
+  // work done for it (not its waits); c*: of the children it reaped, with theirs. Kept
+  // across execve; a fork starts at 0.
+  int64_t utime_ns = 0, stime_ns = 0, cutime_ns = 0, cstime_ns = 0;
+  // setitimer's ITIMER_VIRTUAL (on utime_ns) and ITIMER_PROF (on utime_ns + stime_ns):
+  // deadlines in those nanoseconds. Kept across execve, not inherited.
+  GuestTimer itimer_virtual, itimer_prof;
   pid_t vcpu_tid = 0;          // the vkernel thread running it (for vkrt_interrupt)
   bool in_run = false;         // inside VMSPACE_CTL_RUN (without the kernel lock)
   int64_t orig_rax = 0;        // the system call number, for restarts
@@ -209,6 +217,12 @@ class Kernel {
   // The calling fiber gives the thread back to the scheduler until woken (kBlocked) or at
   // once requeued (kRunnable).
   void SwitchOut(Process& p);
+  // Adds the kernel work since p.kernel_since to its system time (and --stats).
+  void ChargeKernel(Process& p, int64_t now);
+  // The nanoseconds until p's next CPU-time timer is due (at least 1; 0: none armed). With
+  // `fire`, first sends SIGVTALRM / SIGPROF for those its CPU time has reached and re-arms
+  // the periodic ones.
+  int64_t CpuTimers(Process& p, bool fire);
   void Block(Process& p);
   // Blocks until host descriptor `fd` has `events` (or any other wakeup).
   void BlockOn(Process& p, int fd, short events);
@@ -227,7 +241,8 @@ class Kernel {
                uint64_t tls);
   int64_t Execve(Process& p, uint64_t path, uint64_t argv, uint64_t envp);
   void Exit(Process& p, int wait_status);
-  int64_t Wait4(Process& p, int64_t pid, uint64_t status, int options);
+  // `usage` (if not null) gets the reaped child's CPU time, with its reaped children's.
+  int64_t Wait4(Process& p, int64_t pid, uint64_t status, int options, struct rusage* usage);
   void Reap(Process& child);
   void ReleaseVfork(Process& child);
 
@@ -238,6 +253,9 @@ class Kernel {
   void ArmTimer(GuestTimer& t, int64_t when, int64_t interval);
   void FireTimers(int64_t now);
   int64_t TimerCall(Process& p, uint64_t nr, const uint64_t* a);
+  // CPU clock `clock` (IsCpuClock in syscalls.cc) as p reads it, in nanoseconds; -EINVAL
+  // for a pid that is no live guest process.
+  int64_t CpuClockNs(const Process& p, clockid_t clock) const;
   int64_t Kill(Process& p, int64_t pid, int sig);
   // Delivers what is pending and unblocked before the guest resumes, after storing `result`
   // (a system call's result; kRestart: restart or EINTR depending on the handler; kKeepRax:

@@ -53,6 +53,12 @@ int64_t ReadOnlyWriteCheck(int dir, const char* rel, int at_flags, bool create) 
   return kept ? -EROFS : 0;
 }
 
+// CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID, or a CPU clock of a process or thread
+// by pid (negative: Linux's ~pid << 3 | kind, as clock_getcpuclockid makes).
+bool IsCpuClock(clockid_t clock) {
+  return clock == CLOCK_PROCESS_CPUTIME_ID || clock == CLOCK_THREAD_CPUTIME_ID || clock < 0;
+}
+
 // The error a lookup of the directory that holds `rel` (under `dir`) gives, 0 if it is
 // there: Linux answers it before a read-only mount's EROFS.
 int64_t ParentLookup(int dir, std::string rel) {
@@ -580,8 +586,16 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_setitimer:
     case SYS_getitimer: {
       const int which = static_cast<int>(a[0]);
-      if (which == ITIMER_VIRTUAL || which == ITIMER_PROF) return -ENOSYS;  // CPU-time timers
-      if (which != ITIMER_REAL) return -EINVAL;
+      if (which != ITIMER_REAL && which != ITIMER_VIRTUAL && which != ITIMER_PROF) {
+        return -EINVAL;
+      }
+      // ITIMER_REAL counts CLOCK_MONOTONIC; the CPU-time timers the process's own CPU time.
+      GuestTimer& t = which == ITIMER_REAL      ? p.itimer_real
+                      : which == ITIMER_VIRTUAL ? p.itimer_virtual
+                                                : p.itimer_prof;
+      const int64_t used = which == ITIMER_REAL      ? now
+                           : which == ITIMER_VIRTUAL ? p.utime_ns
+                                                     : p.utime_ns + p.stime_ns;
       const uint64_t new_at = nr == SYS_setitimer ? a[1] : 0;
       const uint64_t old_at = nr == SYS_setitimer ? a[2] : a[1];
       Tv set[2] = {};  // it_interval, it_value
@@ -592,7 +606,8 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
         }
       }
       if (old_at != 0) {
-        const int64_t l = left(p.itimer_real), i = p.itimer_real.interval;
+        const int64_t l = t.deadline < 0 ? 0 : std::max<int64_t>(1, t.deadline - used);
+        const int64_t i = t.interval;
         // Rounded up to microseconds, as Linux does (a running timer never reads 0).
         const Tv old[2] = {{i / 1000000000, (i % 1000000000 + 999) / 1000},
                            {l / 1000000000, (l % 1000000000 + 999) / 1000}};
@@ -600,8 +615,13 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
       }
       if (nr == SYS_setitimer) {
         const int64_t value = set[1].sec * 1000000000 + set[1].usec * 1000;
-        ArmTimer(p.itimer_real, value == 0 ? -1 : now + value,
-                 set[0].sec * 1000000000 + set[0].usec * 1000);
+        const int64_t interval = set[0].sec * 1000000000 + set[0].usec * 1000;
+        if (which == ITIMER_REAL) {
+          ArmTimer(t, value == 0 ? -1 : now + value, interval);
+        } else {  // looked at around each RUN (RunGuest)
+          t.deadline = value == 0 ? -1 : used + value;
+          t.interval = value == 0 ? 0 : interval;
+        }
       }
       return 0;
     }
@@ -760,6 +780,24 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
   p.exe = exe;
   p.comm = BaseName(exe);
   return kKeepRax;
+}
+
+int64_t Kernel::CpuClockNs(const Process& p, clockid_t clock) const {
+  const Process* of = &p;
+  int kind = 2;  // CPUCLOCK_SCHED: user + system
+  if (clock < 0) {
+    kind = clock & 3;  // CPUCLOCK_PROF, CPUCLOCK_VIRT, CPUCLOCK_SCHED
+    if (kind == 3) return -EINVAL;
+    const pid_t pid = static_cast<pid_t>(~(clock >> 3));
+    if (pid != 0) {
+      auto it = procs_.find(pid);
+      if (it == procs_.end() || it->second->state == Process::State::kZombie) return -EINVAL;
+      of = it->second.get();
+    }
+  }
+  // The kernel work under way now counts as well (that of the caller, which is running it).
+  const int64_t in_kernel = of == &p ? MonotonicNs() - p.kernel_since : 0;
+  return kind == 1 ? of->utime_ns : of->utime_ns + of->stime_ns + in_kernel;
 }
 
 int64_t Kernel::PathCall(Process& p, uint64_t nr, const uint64_t* a) {
@@ -1268,11 +1306,9 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       Exit(p, static_cast<int>((a[0] & 0xFF) << 8));
       return kKeepRax;
     case SYS_wait4: {
-      const int64_t r = Wait4(p, static_cast<int32_t>(a[0]), a[1], static_cast<int>(a[2]));
-      if (r > 0 && a[3] != 0) {
-        struct rusage ru = {};
-        if (!p.as->CopyOut(a[3], &ru, sizeof(ru))) return -EFAULT;
-      }
+      struct rusage ru = {};
+      const int64_t r = Wait4(p, static_cast<int32_t>(a[0]), a[1], static_cast<int>(a[2]), &ru);
+      if (r > 0 && a[3] != 0 && !p.as->CopyOut(a[3], &ru, sizeof(ru))) return -EFAULT;
       return r;
     }
     case SYS_kill:
@@ -1447,6 +1483,8 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       struct timespec ts;
       if (!p.as->CopyIn(clock ? a[2] : a[0], &ts, sizeof(ts))) return -EFAULT;
       if (ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000 || ts.tv_sec < 0) return -EINVAL;
+      // Sleeping on a CPU clock: not offered (a wall-clock sleep would be wrong).
+      if (clock && IsCpuClock(static_cast<clockid_t>(a[0]))) return -EINVAL;
       const int64_t ns = ts.tv_sec * 1000000000ll + ts.tv_nsec;
       int64_t deadline = MonotonicNs() + ns;
       if (clock && (a[1] & TIMER_ABSTIME)) {
@@ -1465,10 +1503,18 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
     }
     case SYS_clock_gettime:
     case SYS_clock_getres: {
+      const clockid_t clock = static_cast<clockid_t>(a[0]);
       struct timespec ts;
-      const int r = nr == SYS_clock_gettime ? clock_gettime(static_cast<clockid_t>(a[0]), &ts)
-                                            : clock_getres(static_cast<clockid_t>(a[0]), &ts);
-      if (r != 0) return -errno;
+      if (IsCpuClock(clock)) {
+        // The guest's own CPU clocks (and, by pid, another guest process's): never the
+        // host's, whose pids they would name.
+        const int64_t ns = CpuClockNs(p, clock);
+        if (ns < 0) return ns;
+        ts = nr == SYS_clock_gettime ? timespec{ns / 1000000000, ns % 1000000000} : timespec{0, 1};
+      } else {
+        const int r = nr == SYS_clock_gettime ? clock_gettime(clock, &ts) : clock_getres(clock, &ts);
+        if (r != 0) return -errno;
+      }
       return a[1] == 0 || p.as->CopyOut(a[1], &ts, sizeof(ts)) ? 0 : -EFAULT;
     }
     case SYS_gettimeofday: {
@@ -1481,7 +1527,11 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       return a[0] == 0 || p.as->CopyOut(a[0], &now, sizeof(now)) ? now : -EFAULT;
     }
     case SYS_times: {
-      struct tms t = {};
+      constexpr int64_t kNsPerTick = 10000000;  // AT_CLKTCK is 100
+      const struct tms t = {static_cast<clock_t>(p.utime_ns / kNsPerTick),
+                            static_cast<clock_t>(p.stime_ns / kNsPerTick),
+                            static_cast<clock_t>(p.cutime_ns / kNsPerTick),
+                            static_cast<clock_t>(p.cstime_ns / kNsPerTick)};
       if (a[0] != 0 && !p.as->CopyOut(a[0], &t, sizeof(t))) return -EFAULT;
       return MonotonicNs() / 10000000;  // clock ticks (100 Hz)
     }
@@ -1500,7 +1550,14 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       return p.as->CopyOut(a[0], &si, sizeof(si)) ? 0 : -EFAULT;
     }
     case SYS_getrusage: {
+      const int who = static_cast<int>(a[0]);
+      if (who != RUSAGE_SELF && who != RUSAGE_CHILDREN && who != RUSAGE_THREAD) return -EINVAL;
+      const bool children = who == RUSAGE_CHILDREN;
+      const int64_t user = children ? p.cutime_ns : p.utime_ns;
+      const int64_t sys = children ? p.cstime_ns : p.stime_ns;
       struct rusage ru = {};
+      ru.ru_utime = {user / 1000000000, user % 1000000000 / 1000};
+      ru.ru_stime = {sys / 1000000000, sys % 1000000000 / 1000};
       return p.as->CopyOut(a[1], &ru, sizeof(ru)) ? 0 : -EFAULT;
     }
     case SYS_getrlimit:
