@@ -20,6 +20,10 @@
  *   cputime      CPU-time accounting: getrusage, times, wait4's rusage, the CPU clocks (own
  *                and by pid), ITIMER_VIRTUAL and ITIMER_PROF (also for a loop that makes no
  *                system call); prints what it saw (the same natively)
+ *   altstack     sigaltstack: handlers with SA_ONSTACK run on the alternate stack (also for a
+ *                stack overflow, recovered from twice with siglongjmp), what sigaltstack
+ *                reports inside and outside them, SS_AUTODISARM, refusals; prints what it saw
+ *   longjmp N    N times leaves a signal handler by siglongjmp; prints "done N"
  *   open PATH FLAG...  open(2) with the flags named (rdonly wronly rdwr creat excl trunc
  *                append path nofollow); prints "ok" or the error's name
  *   access-w PATH      access(PATH, W_OK); prints "ok" or the error's name
@@ -30,6 +34,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -269,12 +274,125 @@ static int cputime(void) {
   return 0;
 }
 
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31) /* linux/signal.h */
+#endif
+
+static char* alt_base;
+static size_t alt_size;
+static volatile int alt_on, alt_flags, alt_change;
+static sigjmp_buf overflow_jmp, usr2_jmp;
+static void on_usr2_jump(int sig) {
+  (void)sig;
+  siglongjmp(usr2_jmp, 1);
+}
+
+static const char* ss_flags_name(int flags) {
+  switch (flags) {
+    case 0: return "0";
+    case SS_ONSTACK: return "SS_ONSTACK";
+    case SS_DISABLE: return "SS_DISABLE";
+    case (int)SS_AUTODISARM: return "SS_AUTODISARM";
+    case (int)(SS_ONSTACK | SS_AUTODISARM): return "SS_ONSTACK|SS_AUTODISARM";
+    default: return "?";
+  }
+}
+
+static void on_usr1_alt(int sig) {
+  (void)sig;
+  char here;
+  alt_on = &here > alt_base && &here < alt_base + alt_size;
+  stack_t now;
+  sigaltstack(NULL, &now);
+  alt_flags = now.ss_flags;
+  stack_t other = {.ss_sp = alt_base, .ss_size = alt_size, .ss_flags = 0};
+  alt_change = sigaltstack(&other, NULL) == 0 ? 0 : errno;
+}
+
+static void on_overflow(int sig) {
+  (void)sig;
+  char here;
+  alt_on = &here > alt_base && &here < alt_base + alt_size;
+  siglongjmp(overflow_jmp, 1);
+}
+
+static volatile char sink;
+static int recurse(int depth) {
+  volatile char pad[4096];
+  if (depth > (1 << 20)) return 0; /* 4 GiB deep: the stack overflows long before */
+  pad[0] = (char)depth;
+  sink = pad[0];
+  return recurse(depth + 1) + pad[1];
+}
+
+static int altstack(void) {
+  stack_t now;
+  sigaltstack(NULL, &now);
+  printf("initially: %s\n", ss_flags_name(now.ss_flags));
+  alt_size = 1 << 16;
+  alt_base = malloc(alt_size);
+  stack_t tiny = {.ss_sp = alt_base, .ss_size = 1024, .ss_flags = 0};
+  printf("1 KiB: %s\n", sigaltstack(&tiny, NULL) == 0 ? "ok" : strerrorname_np(errno));
+  stack_t odd = {.ss_sp = alt_base, .ss_size = alt_size, .ss_flags = 0x10};
+  printf("unknown flag: %s\n", sigaltstack(&odd, NULL) == 0 ? "ok" : strerrorname_np(errno));
+  stack_t set = {.ss_sp = alt_base, .ss_size = alt_size, .ss_flags = 0};
+  if (sigaltstack(&set, NULL) != 0) return perror("sigaltstack"), 1;
+  sigaltstack(NULL, &now);
+  printf("set: %s, same place: %d\n", ss_flags_name(now.ss_flags),
+         now.ss_sp == alt_base && now.ss_size == alt_size);
+
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_usr1_alt;
+  sa.sa_flags = SA_ONSTACK;
+  sigaction(SIGUSR1, &sa, NULL);
+  raise(SIGUSR1);
+  printf("SA_ONSTACK handler: on the alternate stack %d, reports %s, change refused %s\n", alt_on,
+         ss_flags_name(alt_flags), alt_change ? strerrorname_np(alt_change) : "no");
+  sa.sa_flags = 0;
+  sigaction(SIGUSR1, &sa, NULL);
+  raise(SIGUSR1);
+  printf("handler without SA_ONSTACK: on the alternate stack %d, reports %s\n", alt_on,
+         ss_flags_name(alt_flags));
+
+  /* A stack overflow, twice: the SIGSEGV handler can run only on the alternate stack. */
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_overflow;
+  sa.sa_flags = SA_ONSTACK | SA_NODEFER;
+  sigaction(SIGSEGV, &sa, NULL);
+  for (int round = 0; round < 2; ++round) {
+    alt_on = 0;
+    if (sigsetjmp(overflow_jmp, 1) == 0) {
+      recurse(0);
+      return printf("the recursion returned\n"), 1;
+    }
+    printf("stack overflow %d: handled on the alternate stack %d\n", round + 1, alt_on);
+  }
+  signal(SIGSEGV, SIG_DFL);
+
+  /* SS_AUTODISARM: disarmed while its handler runs, armed again after. */
+  stack_t autod = {.ss_sp = alt_base, .ss_size = alt_size, .ss_flags = (int)SS_AUTODISARM};
+  if (sigaltstack(&autod, NULL) != 0) return perror("sigaltstack autodisarm"), 1;
+  sa.sa_handler = on_usr1_alt;
+  sa.sa_flags = SA_ONSTACK;
+  sigaction(SIGUSR1, &sa, NULL);
+  raise(SIGUSR1);
+  sigaltstack(NULL, &now);
+  printf("SS_AUTODISARM: on the alternate stack %d, reports %s inside, %s after\n", alt_on,
+         ss_flags_name(alt_flags), ss_flags_name(now.ss_flags));
+  stack_t off = {.ss_flags = SS_DISABLE};
+  sigaltstack(&off, NULL);
+  sigaltstack(NULL, &now);
+  printf("disabled: %s\n", ss_flags_name(now.ss_flags));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
             "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
-            "       cow N | cputime | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
+            "       cow N | cputime | altstack | longjmp N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
             argv[0]);
     return 2;
   }
@@ -369,6 +487,16 @@ int main(int argc, char** argv) {
   }
   if (strcmp(argv[1], "timers") == 0) return timers();
   if (strcmp(argv[1], "cputime") == 0) return cputime();
+  if (strcmp(argv[1], "altstack") == 0) return altstack();
+  if (strcmp(argv[1], "longjmp") == 0 && argc == 3) {
+    const long n = atol(argv[2]);
+    signal(SIGUSR2, on_usr2_jump);
+    for (long i = 0; i < n; ++i) {
+      if (sigsetjmp(usr2_jmp, 1) == 0) raise(SIGUSR2);
+    }
+    printf("done %ld\n", n);
+    return 0;
+  }
   if (strcmp(argv[1], "cow") == 0 && argc == 3) {
     /* N pages written, a child that writes one of them and exits, then the parent writes
      * them all again: each process sees its own values. */

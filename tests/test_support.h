@@ -24,6 +24,7 @@
 
 #include <poll.h>
 #include <sys/syscall.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vkrt/vmspace.h>
@@ -179,8 +180,9 @@ class Watchdog {
 // Past `limit` the child's threads are shown on stderr and its whole process group is
 // killed: a hang becomes a failing status, not a hung suite. (alarm(2) in the child is no
 // watchdog for minivk: minivk takes SIGALRM for its own scheduler.) Returns the exit status,
-// 128 + N for signal N, -1 if waiting failed.
-inline int AwaitChild(pid_t pid, int out_fd, std::string* out, std::chrono::seconds limit) {
+// 128 + N for signal N, -1 if waiting failed; `usage`, if given, gets the child's rusage.
+inline int AwaitChild(pid_t pid, int out_fd, std::string* out, std::chrono::seconds limit,
+                      struct rusage* usage = nullptr) {
   const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   const auto deadline = std::chrono::steady_clock::now() + limit;
   bool reading = out_fd >= 0;
@@ -222,7 +224,7 @@ inline int AwaitChild(pid_t pid, int out_fd, std::string* out, std::chrono::seco
   }
   if (pidfd >= 0) close(pidfd);
   int raw = 0;
-  if (waitpid(pid, &raw, 0) != pid) return -1;
+  if (wait4(pid, &raw, 0, usage) != pid) return -1;
   return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
 }
 

@@ -66,6 +66,38 @@ struct SigFrame {
 static_assert(offsetof(SigFrame, uc) == 8 && offsetof(SigFrame, info) == 312);
 
 constexpr uint64_t kUnblockable = Bit(SIGKILL) | Bit(SIGSTOP);
+constexpr int kSsAutodisarm = static_cast<int>(1u << 31);  // SS_AUTODISARM (linux/signal.h)
+constexpr uint64_t kMinSigStackSize = 2048;             // Linux's MINSIGSTKSZ for sigaltstack
+
+// Whether stack pointer `sp` is on p's alternate signal stack (as Linux's on_sig_stack: the
+// top counts, the bottom does not).
+bool OnAltStack(const Process& p, uint64_t sp) {
+  return sp > p.altstack_sp && sp - p.altstack_sp <= p.altstack_size;
+}
+
+// ss_flags as sigaltstack reports them for stack pointer `sp` (without SS_AUTODISARM).
+int AltStackFlags(const Process& p, uint64_t sp) {
+  if (p.altstack_size == 0) return SS_DISABLE;
+  return OnAltStack(p, sp) ? SS_ONSTACK : 0;
+}
+
+// Sets p's alternate stack as sigaltstack(2) would, the stack pointer being `sp`: EPERM on
+// it, EINVAL for unknown flags, ENOMEM below MINSIGSTKSZ.
+int64_t SetAltStack(Process& p, uint64_t stack, int flags, uint64_t size, uint64_t sp) {
+  if (OnAltStack(p, sp)) return -EPERM;
+  const int mode = flags & ~kSsAutodisarm;
+  if (mode != 0 && mode != SS_ONSTACK && mode != SS_DISABLE) return -EINVAL;
+  if (mode == SS_DISABLE) {
+    p.altstack_sp = p.altstack_size = 0;
+    p.altstack_flags = 0;
+    return 0;
+  }
+  if (size < kMinSigStackSize) return -ENOMEM;
+  p.altstack_sp = stack;
+  p.altstack_size = size;
+  p.altstack_flags = flags & kSsAutodisarm;
+  return 0;
+}
 constexpr uint64_t kSaRestorer = 0x04000000;  // SA_RESTORER (not in glibc's headers)
 
 }  // namespace
@@ -556,6 +588,10 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
   memcpy(c->fpu.get(), p.fpu.get(), fpu_size_);
   std::copy(std::begin(p.actions), std::end(p.actions), std::begin(c->actions));
   c->blocked = p.blocked;
+  c->fpu_saved = p.fpu_saved;  // a fork in a handler: the child returns from it too
+  c->altstack_sp = p.altstack_sp;
+  c->altstack_size = p.altstack_size;
+  c->altstack_flags = p.altstack_flags;
   c->comm = p.comm;
   c->exe = p.exe;
   if (flags & CLONE_VM) {
@@ -831,14 +867,35 @@ void Kernel::DeliverSignals(Process& p, int64_t result) {
   if (act.flags & SA_RESETHAND) p.actions[sig] = SigAction{};
 }
 
+namespace {
+
+// Forgets p's saved FPU state `i`, keeping its buffer for the next frame.
+void DropSavedFpu(Process& p, size_t i) {
+  p.fpu_spare.push_back(std::move(p.fpu_saved[i].state));
+  p.fpu_saved.erase(p.fpu_saved.begin() + static_cast<ptrdiff_t>(i));
+}
+
+}  // namespace
+
 bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, uint64_t code,
                        uint64_t addr) {
   if (!(act.flags & kSaRestorer) || act.restorer == 0) return false;
-  uint64_t sp = static_cast<uint64_t>(p.tf.tf_rsp) - 128;  // past the red zone
-  sp = ((sp - sizeof(SigFrame)) & ~uint64_t{15}) - 8;       // as after a call
+  const uint64_t rsp = static_cast<uint64_t>(p.tf.tf_rsp);
   SigFrame f = {};
   f.pretcode = act.restorer;
-  f.uc.stack.flags = SS_DISABLE;
+  // The settings as they were, for sigreturn to restore (SS_AUTODISARM disarms until then).
+  f.uc.stack = {p.altstack_sp, AltStackFlags(p, rsp) | p.altstack_flags, 0, p.altstack_size};
+  uint64_t sp = rsp - 128;  // past the red zone
+  const bool onto_altstack =
+      (act.flags & SA_ONSTACK) && p.altstack_size != 0 && !OnAltStack(p, rsp);
+  if (onto_altstack) sp = p.altstack_sp + p.altstack_size;
+  sp = ((sp - sizeof(SigFrame)) & ~uint64_t{15}) - 8;  // as after a call
+  // A frame that does not fit on the alternate stack it is on is not written (SIGSEGV).
+  if ((onto_altstack || OnAltStack(p, rsp)) && !OnAltStack(p, sp)) return false;
+  if (onto_altstack && (p.altstack_flags & kSsAutodisarm)) {
+    p.altstack_sp = p.altstack_size = 0;
+    p.altstack_flags = 0;
+  }
   const struct trapframe& tf = p.tf;
   SigContext& m = f.uc.mcontext;
   m.r8 = tf.tf_r8; m.r9 = tf.tf_r9; m.r10 = tf.tf_r10; m.r11 = tf.tf_r11;
@@ -861,7 +918,17 @@ bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, uint64_t code,
     f.info.fields[0] = (static_cast<uint64_t>(getuid()) << 32) | static_cast<uint32_t>(p.sender);
   }
   if (!p.as->CopyOut(sp, &f, sizeof(f))) return false;
-  p.fpu_saved.emplace_back(p.fpu.get(), p.fpu.get() + fpu_size_);
+  // Frames between this one and the interrupted stack pointer were left by longjmp.
+  for (size_t i = p.fpu_saved.size(); i-- > 0;) {
+    if (p.fpu_saved[i].frame >= sp && p.fpu_saved[i].frame < rsp) DropSavedFpu(p, i);
+  }
+  std::vector<unsigned char> state;
+  if (!p.fpu_spare.empty()) {
+    state = std::move(p.fpu_spare.back());
+    p.fpu_spare.pop_back();
+  }
+  state.assign(p.fpu.get(), p.fpu.get() + fpu_size_);
+  p.fpu_saved.push_back({sp, std::move(state)});
   p.tf.tf_rdi = sig;
   p.tf.tf_rsi = static_cast<int64_t>(sp + offsetof(SigFrame, info));
   p.tf.tf_rdx = static_cast<int64_t>(sp + offsetof(SigFrame, uc));
@@ -887,11 +954,29 @@ int64_t Kernel::SigReturn(Process& p) {
   tf.tf_rdx = m.rdx; tf.tf_rax = m.rax; tf.tf_rcx = m.rcx; tf.tf_rsp = m.rsp;
   tf.tf_rip = m.rip; tf.tf_rflags = m.eflags;
   p.blocked = f.uc.sigmask & ~kUnblockable;
-  if (!p.fpu_saved.empty()) {
-    memcpy(p.fpu.get(), p.fpu_saved.back().data(), fpu_size_);
-    p.fpu_saved.pop_back();
+  // This frame's FPU state; frames pushed after it were left by longjmp.
+  for (size_t i = p.fpu_saved.size(); i-- > 0;) {
+    if (p.fpu_saved[i].frame != at) continue;
+    memcpy(p.fpu.get(), p.fpu_saved[i].state.data(), fpu_size_);
+    while (p.fpu_saved.size() > i) DropSavedFpu(p, p.fpu_saved.size() - 1);
+    break;
   }
+  // The alternate stack's settings as the frame holds them (as Linux, errors other than a
+  // bad address are ignored: on the alternate stack they stay as they are).
+  (void)SetAltStack(p, f.uc.stack.sp, f.uc.stack.flags, f.uc.stack.size, at);
   return kKeepRax;
+}
+
+int64_t Kernel::SigAltStack(Process& p, uint64_t ss, uint64_t old_ss, uint64_t sp) {
+  StackT now = {p.altstack_sp, AltStackFlags(p, sp) | p.altstack_flags, 0, p.altstack_size};
+  if (ss != 0) {
+    StackT set;
+    if (!p.as->CopyIn(ss, &set, sizeof(set))) return -EFAULT;
+    const int64_t r = SetAltStack(p, set.sp, set.flags, set.size, sp);
+    if (r != 0) return r;
+  }
+  if (old_ss != 0 && !p.as->CopyOut(old_ss, &now, sizeof(now))) return -EFAULT;
+  return 0;
 }
 
 }  // namespace minivk

@@ -140,7 +140,19 @@ struct Process {
   struct trapframe tf = {};
   struct vextframe vf = {};
   std::unique_ptr<unsigned char, void (*)(void*)> fpu{nullptr, free};  // vkrt_vmspace_run_fpu's
-  std::vector<std::vector<unsigned char>> fpu_saved;  // one per signal frame
+  // The FPU state of each live signal frame, by the frame's guest address (a frame a
+  // handler left by longjmp is dropped once the stack is reused, or at the sigreturn of an
+  // older frame).
+  struct SavedFpu {
+    uint64_t frame;
+    std::vector<unsigned char> state;
+  };
+  std::vector<SavedFpu> fpu_saved;
+  std::vector<std::vector<unsigned char>> fpu_spare;  // buffers to reuse (no allocation per signal)
+  // sigaltstack: the alternate signal stack [altstack_sp, altstack_sp + altstack_size), or
+  // none (size 0); SS_AUTODISARM in altstack_flags. Inherited by fork, reset by execve.
+  uint64_t altstack_sp = 0, altstack_size = 0;
+  int altstack_flags = 0;
   SigAction actions[65];
   uint64_t blocked = 0, pending = 0;
   uint64_t clear_child_tid = 0;
@@ -265,6 +277,9 @@ class Kernel {
   void ForceSignal(Process& p, int sig, int code, uint64_t addr);
   bool PushFrame(Process& p, int sig, const SigAction& act, uint64_t code, uint64_t addr);
   int64_t SigReturn(Process& p);
+  // sigaltstack(2) at guest addresses `ss` and `old_ss` (0: none), as the stack pointer `sp`
+  // sees it (on the alternate stack, it cannot be changed: EPERM).
+  int64_t SigAltStack(Process& p, uint64_t ss, uint64_t old_ss, uint64_t sp);
   bool SignalPending(const Process& p) const;
 
   // Files.

@@ -767,6 +767,8 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
     if (a.handler > 1) a = SigAction{};
   }
   p.fpu_saved.clear();
+  p.altstack_sp = p.altstack_size = 0;  // the alternate stack was the old program's
+  p.altstack_flags = 0;
   p.timers.clear();  // timer_create's timers end with the program; alarm's stays
   memcpy(p.fpu.get(), fpu_initial_.data(), fpu_size_);
   p.tf = {};
@@ -1474,7 +1476,7 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       while (!SignalPending(p)) Block(p);
       return -EINTR;
     case SYS_sigaltstack:
-      return 0;  // accepted; handlers run on the current stack
+      return SigAltStack(p, a[0], a[1], static_cast<uint64_t>(p.tf.tf_rsp));
 
     // Time.
     case SYS_nanosleep:
