@@ -66,6 +66,7 @@ struct SigFrame {
 static_assert(offsetof(SigFrame, uc) == 8 && offsetof(SigFrame, info) == 312);
 
 constexpr uint64_t kUnblockable = Bit(SIGKILL) | Bit(SIGSTOP);
+constexpr uint64_t kSaRestorer = 0x04000000;  // SA_RESTORER (not in glibc's headers)
 constexpr int kSsAutodisarm = static_cast<int>(1u << 31);  // SS_AUTODISARM (linux/signal.h)
 constexpr uint64_t kMinSigStackSize = 2048;             // Linux's MINSIGSTKSZ for sigaltstack
 
@@ -98,7 +99,6 @@ int64_t SetAltStack(Process& p, uint64_t stack, int flags, uint64_t size, uint64
   p.altstack_flags = flags & kSsAutodisarm;
   return 0;
 }
-constexpr uint64_t kSaRestorer = 0x04000000;  // SA_RESTORER (not in glibc's headers)
 
 }  // namespace
 
