@@ -23,6 +23,9 @@
  *   altstack     sigaltstack: handlers with SA_ONSTACK run on the alternate stack (also for a
  *                stack overflow, recovered from twice with siglongjmp), what sigaltstack
  *                reports inside and outside them, SS_AUTODISARM, refusals; prints what it saw
+ *   siginfo      what handlers and sigwaitinfo/sigtimedwait learn from siginfo: kill, tgkill,
+ *                sigqueue, SIGCHLD (exited, killed), a POSIX timer's si_value and overruns
+ *                while its signal waits, a timeout; prints what it saw (the same natively)
  *   longjmp N    N times leaves a signal handler by siglongjmp; prints "done N"
  *   open PATH FLAG...  open(2) with the flags named (rdonly wronly rdwr creat excl trunc
  *                append path nofollow); prints "ok" or the error's name
@@ -41,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -387,12 +391,121 @@ static int altstack(void) {
   return 0;
 }
 
+static volatile int seen_code, seen_pid_ok, seen_value;
+static void on_usr1_info(int sig, siginfo_t* info, void* ctx) {
+  (void)sig;
+  (void)ctx;
+  seen_code = info->si_code;
+  seen_pid_ok = info->si_pid == getpid() && info->si_uid == getuid();
+  seen_value = info->si_value.sival_int;
+}
+
+static const char* si_code_name(int code) {
+  switch (code) {
+    case SI_USER: return "SI_USER";
+    case SI_QUEUE: return "SI_QUEUE";
+    case SI_TIMER: return "SI_TIMER";
+    case SI_TKILL: return "SI_TKILL";
+    case SI_KERNEL: return "SI_KERNEL";
+    case CLD_EXITED: return "CLD_EXITED";
+    case CLD_KILLED: return "CLD_KILLED";
+    default: return "?";
+  }
+}
+
+static int siginfo_mode(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = on_usr1_info;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGUSR1, &sa, NULL);
+  kill(getpid(), SIGUSR1);
+  printf("kill: %s, pid and uid mine %d\n", si_code_name(seen_code), seen_pid_ok);
+  syscall(SYS_tgkill, getpid(), getpid(), SIGUSR1);
+  printf("tgkill: %s, pid and uid mine %d\n", si_code_name(seen_code), seen_pid_ok);
+  sigqueue(getpid(), SIGUSR1, (union sigval){.sival_int = 42});
+  printf("sigqueue: %s, value %d, pid and uid mine %d\n", si_code_name(seen_code), seen_value,
+         seen_pid_ok);
+
+  /* SIGCHLD, taken with sigwaitinfo while blocked (its default action ignores it). */
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  for (int round = 0; round < 2; ++round) {
+    const pid_t child = fork();
+    if (child == 0) {
+      if (round == 1) raise(SIGKILL);
+      _exit(3);
+    }
+    siginfo_t info;
+    const int got = sigwaitinfo(&chld, &info);
+    printf("SIGCHLD %d: %s, pid right %d, status %d\n", got == SIGCHLD, si_code_name(info.si_code),
+           info.si_pid == child, info.si_status);
+    waitpid(child, NULL, 0);
+  }
+
+  /* A SIGCHLD that came while blocked and is ignored when unblocked does not end a
+   * sigsuspend: only the alarm's handler does. */
+  const pid_t quiet = fork();
+  if (quiet == 0) _exit(0);
+  waitpid(quiet, NULL, 0);  /* its SIGCHLD stays pending (blocked) */
+  signal(SIGALRM, on_alarm);
+  alarms = 0;
+  const struct itimerval in_20ms = {{0, 0}, {0, 20000}};
+  setitimer(ITIMER_REAL, &in_20ms, NULL);
+  sigset_t none;
+  sigemptyset(&none);
+  sigsuspend(&none);
+  printf("sigsuspend ended by the alarm's handler: %d\n", alarms == 1);
+
+  /* sigtimedwait: a timeout, then a signal raised while blocked. */
+  sigset_t usr2;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  sigprocmask(SIG_BLOCK, &usr2, NULL);
+  const struct timespec ten_ms = {0, 10000000};
+  siginfo_t info;
+  printf("sigtimedwait, nothing: %s\n",
+         sigtimedwait(&usr2, &info, &ten_ms) < 0 ? strerrorname_np(errno) : "a signal");
+  raise(SIGUSR2);
+  const int got = sigtimedwait(&usr2, &info, &ten_ms);
+  printf("sigtimedwait, raised: %d %s, still pending %d\n", got == SIGUSR2,
+         si_code_name(info.si_code), ({ sigset_t p; sigpending(&p); sigismember(&p, SIGUSR2); }));
+
+  /* A timer every millisecond whose signal stays blocked for 30 ms: one signal, the rest
+   * counted as overruns. */
+  sigset_t rt;
+  sigemptyset(&rt);
+  sigaddset(&rt, SIGRTMIN);
+  sigprocmask(SIG_BLOCK, &rt, NULL);
+  struct sigevent ev;
+  memset(&ev, 0, sizeof(ev));
+  ev.sigev_notify = SIGEV_SIGNAL;
+  ev.sigev_signo = SIGRTMIN;
+  ev.sigev_value.sival_int = 7;
+  timer_t timer;
+  if (timer_create(CLOCK_MONOTONIC, &ev, &timer) != 0) return perror("timer_create"), 1;
+  const struct itimerspec every_ms = {{0, 1000000}, {0, 1000000}};
+  timer_settime(timer, 0, &every_ms, NULL);
+  const int64_t until = now_ns() + 30000000;
+  while (now_ns() < until) {
+  }
+  const int rt_got = sigwaitinfo(&rt, &info);
+  const int overruns = timer_getoverrun(timer);
+  printf("timer: %d %s, value %d, id right %d, overruns >= 5: %d, timer_getoverrun the same %d\n",
+         rt_got == SIGRTMIN, si_code_name(info.si_code), info.si_value.sival_int,
+         info.si_timerid == (int)(intptr_t)timer, info.si_overrun >= 5, overruns == info.si_overrun);
+  timer_delete(timer);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
             "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
-            "       cow N | cputime | altstack | longjmp N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
+            "       cow N | cputime | altstack | siginfo | longjmp N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
             argv[0]);
     return 2;
   }
@@ -488,6 +601,7 @@ int main(int argc, char** argv) {
   if (strcmp(argv[1], "timers") == 0) return timers();
   if (strcmp(argv[1], "cputime") == 0) return cputime();
   if (strcmp(argv[1], "altstack") == 0) return altstack();
+  if (strcmp(argv[1], "siginfo") == 0) return siginfo_mode();
   if (strcmp(argv[1], "longjmp") == 0 && argc == 3) {
     const long n = atol(argv[2]);
     signal(SIGUSR2, on_usr2_jump);

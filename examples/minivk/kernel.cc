@@ -53,15 +53,10 @@ struct UContext {
   uint64_t sigmask;
 };
 static_assert(sizeof(UContext) == 304);
-struct SigInfo {
-  int32_t signo, err, code, pad;
-  uint64_t fields[14];
-};
-static_assert(sizeof(SigInfo) == 128);
 struct SigFrame {
   uint64_t pretcode;
   UContext uc;
-  SigInfo info;
+  GuestSigInfo info;
 };
 static_assert(offsetof(SigFrame, uc) == 8 && offsetof(SigFrame, info) == 312);
 
@@ -680,7 +675,15 @@ void Kernel::Exit(Process& p, int wait_status) {
   if (chld.handler == 1 /* SIG_IGN */ || (chld.flags & SA_NOCLDWAIT)) {
     p.ppid = 0;  // the parent said it will not wait
   } else {
-    SendSignal(pp, SIGCHLD);
+    // CLD_EXITED with the exit code, or CLD_KILLED with the signal; times in clock ticks.
+    GuestSigInfo info;
+    const bool exited = (wait_status & 0x7F) == 0;
+    info.code = exited ? 1 : 2;
+    info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
+    info.fields[1] = static_cast<uint32_t>(exited ? (wait_status >> 8) & 0xFF : wait_status & 0x7F);
+    info.fields[2] = static_cast<uint64_t>(p.utime_ns / 10000000);
+    info.fields[3] = static_cast<uint64_t>(p.stime_ns / 10000000);
+    SendSignal(pp, SIGCHLD, info);
   }
   Wake(pp);  // a wait4 retries (any other wait just waits again)
 }
@@ -732,14 +735,26 @@ bool Kernel::SignalPending(const Process& p) const {
 }
 
 void Kernel::SendSignal(Process& p, int sig) {
+  GuestSigInfo info;
+  info.code = kSiKernel;
+  SendSignal(p, sig, info);
+}
+
+void Kernel::SendSignal(Process& p, int sig, const GuestSigInfo& info) {
   if (p.state == Process::State::kZombie || sig < 1 || sig > 64) return;
   const SigAction& act = p.actions[sig];
-  if (sig != SIGKILL && sig != SIGSTOP &&
+  const bool blocked = (p.blocked & Bit(sig)) && !(kUnblockable & Bit(sig));
+  const bool awaited = p.sigwait_set & Bit(sig);  // by rt_sigtimedwait
+  if (sig != SIGKILL && sig != SIGSTOP && !blocked && !awaited &&
       (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig)))) {
-    return;  // discarded, as Linux discards ignored signals
+    return;  // discarded, as Linux discards ignored signals (not blocked or awaited ones)
+  }
+  if (!(p.pending & Bit(sig))) {
+    p.info[sig] = info;
+    p.info[sig].signo = sig;
   }
   p.pending |= Bit(sig);
-  if ((p.blocked & Bit(sig)) && !(kUnblockable & Bit(sig))) return;
+  if (blocked && !awaited) return;
   if (p.state == Process::State::kBlocked) {
     Wake(p);
   } else if (p.state == Process::State::kRunning && p.in_run) {
@@ -765,9 +780,28 @@ void Kernel::FireTimers(int64_t now) {
   auto visit = [&](Process& p, GuestTimer& t) {
     if (t.deadline < 0) return;
     if (t.deadline <= now) {
-      if (t.signo != 0) SendSignal(p, t.signo);
+      const int64_t missed = t.interval > 0 ? (now - t.deadline) / t.interval : 0;
+      const bool timer_create = &t != &p.itimer_real;
+      if (t.signo != 0 && timer_create) {
+        const int id = static_cast<int>(&t - p.timers.data());
+        const GuestSigInfo& queued = p.info[t.signo];
+        if ((p.pending & Bit(t.signo)) && queued.code == kSiTimer &&
+            static_cast<int32_t>(queued.fields[0]) == id) {
+          // Its signal has not been taken yet: these expirations are overruns.
+          t.overrun = static_cast<int>(std::min<int64_t>(INT32_MAX, t.overrun + 1 + missed));
+        } else {
+          GuestSigInfo info;
+          info.code = kSiTimer;
+          info.fields[0] = static_cast<uint32_t>(id);
+          info.fields[1] = t.value;
+          t.overrun = static_cast<int>(std::min<int64_t>(INT32_MAX, missed));
+          SendSignal(p, t.signo, info);
+        }
+      } else if (t.signo != 0) {
+        SendSignal(p, t.signo);  // alarm, ITIMER_REAL: SI_KERNEL
+      }
       if (t.interval > 0) {
-        t.deadline += ((now - t.deadline) / t.interval + 1) * t.interval;  // overruns skipped
+        t.deadline += (missed + 1) * t.interval;
       } else {
         t.deadline = -1;
         return;
@@ -788,13 +822,70 @@ void Kernel::ForceSignal(Process& p, int sig, int code, uint64_t addr) {
     p.blocked &= ~Bit(sig);
     p.actions[sig] = SigAction{};
   }
-  p.fault_code = code;
-  p.fault_addr = addr;
-  p.fault_sig = sig;
+  p.info[sig] = GuestSigInfo{};
+  p.info[sig].signo = sig;
+  p.info[sig].code = code;
+  p.info[sig].fields[0] = addr;  // si_addr
   p.pending |= Bit(sig);
 }
 
-int64_t Kernel::Kill(Process& p, int64_t pid, int sig) {
+void Kernel::DropIgnored(Process& p) {
+  uint64_t unblocked = p.pending & ~p.blocked & ~kUnblockable;
+  while (unblocked != 0) {
+    const int sig = __builtin_ctzll(unblocked) + 1;
+    unblocked &= unblocked - 1;
+    const SigAction& act = p.actions[sig];
+    if (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig))) p.pending &= ~Bit(sig);
+  }
+}
+
+GuestSigInfo Kernel::TakeSignal(Process& p, int sig) {
+  p.pending &= ~Bit(sig);
+  GuestSigInfo info = p.info[sig];
+  info.signo = sig;
+  if (info.code == kSiTimer) {
+    const size_t id = static_cast<uint32_t>(info.fields[0]);
+    if (id < p.timers.size() && p.timers[id].used) {
+      GuestTimer& t = p.timers[id];
+      info.fields[0] = id | (static_cast<uint64_t>(static_cast<uint32_t>(t.overrun)) << 32);
+      t.last_overrun = t.overrun;
+      t.overrun = 0;
+    }
+  }
+  return info;
+}
+
+int64_t Kernel::SigTimedWait(Process& p, uint64_t set_at, uint64_t info_at,
+                             uint64_t timeout_at) {
+  uint64_t set;
+  if (!p.as->CopyIn(set_at, &set, sizeof(set))) return -EFAULT;
+  set &= ~kUnblockable;
+  int64_t deadline = -1;
+  if (timeout_at != 0) {
+    struct timespec ts;
+    if (!p.as->CopyIn(timeout_at, &ts, sizeof(ts))) return -EFAULT;
+    if (ts.tv_sec < 0 || ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000) return -EINVAL;
+    deadline = MonotonicNs() + ts.tv_sec * 1000000000ll + ts.tv_nsec;
+  }
+  for (;;) {
+    if (const uint64_t ready = p.pending & set; ready != 0) {
+      const int sig = __builtin_ctzll(ready) + 1;
+      const GuestSigInfo info = TakeSignal(p, sig);
+      if (info_at != 0 && !p.as->CopyOut(info_at, &info, sizeof(info))) return -EFAULT;
+      return sig;
+    }
+    if (SignalPending(p)) return -EINTR;  // another signal: its handler runs
+    if (deadline >= 0 && MonotonicNs() >= deadline) return -EAGAIN;
+    // Its signals wake it (and are kept even if ignored), as Linux's real_blocked.
+    p.sigwait_set = set;
+    p.waits.clear();
+    p.wait_deadline = deadline;
+    Block(p);
+    p.sigwait_set = 0;
+  }
+}
+
+int64_t Kernel::Kill(Process& p, int64_t pid, int sig, int code) {
   if (sig < 0 || sig > 64) return -EINVAL;
   int found = 0;
   for (auto& [cpid, c] : procs_) {
@@ -806,8 +897,10 @@ int64_t Kernel::Kill(Process& p, int64_t pid, int sig) {
     if (!match) continue;
     ++found;
     if (sig != 0) {
-      c->sender = p.pid;
-      SendSignal(*c, sig);
+      GuestSigInfo info;
+      info.code = code;
+      info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
+      SendSignal(*c, sig, info);
     }
   }
   return found > 0 ? 0 : -ESRCH;
@@ -841,24 +934,19 @@ void Kernel::DeliverSignals(Process& p, int64_t result) {
   if (sig == 0) {
     if (p.sigsuspended) {
       p.blocked = p.saved_mask;
+      DropIgnored(p);
       p.sigsuspended = false;
     }
     return;
   }
-  p.pending &= ~Bit(sig);
+  const GuestSigInfo info = TakeSignal(p, sig);
   ++stats_.signals;
   if (options_.trace) Trace(p, "signal %d (%s)", sig, sig == SIGKILL || act.handler == 0 ? "default" : "handler");
   if (sig == SIGKILL || act.handler == 0) {
     Exit(p, sig);  // terminated by the signal
     return;
   }
-  uint64_t code = 0, addr = 0;
-  if (sig == p.fault_sig) {
-    code = static_cast<uint64_t>(p.fault_code);
-    addr = p.fault_addr;
-    p.fault_sig = 0;
-  }
-  if (!PushFrame(p, sig, act, code, addr)) {
+  if (!PushFrame(p, sig, act, info)) {
     Exit(p, SIGSEGV);
     return;
   }
@@ -877,8 +965,7 @@ void DropSavedFpu(Process& p, size_t i) {
 
 }  // namespace
 
-bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, uint64_t code,
-                       uint64_t addr) {
+bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, const GuestSigInfo& info) {
   if (!(act.flags & kSaRestorer) || act.restorer == 0) return false;
   const uint64_t rsp = static_cast<uint64_t>(p.tf.tf_rsp);
   SigFrame f = {};
@@ -904,19 +991,13 @@ bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, uint64_t code,
   m.rdx = tf.tf_rdx; m.rax = tf.tf_rax; m.rcx = tf.tf_rcx; m.rsp = tf.tf_rsp;
   m.rip = tf.tf_rip; m.eflags = tf.tf_rflags;
   m.cs = 0x33; m.ss = 0x2b;
-  m.err = tf.tf_err; m.trapno = tf.tf_trapno; m.cr2 = addr;
+  const bool fault = (sig == SIGSEGV || sig == SIGBUS) && info.code > 0 && info.code < kSiKernel;
+  m.err = tf.tf_err; m.trapno = tf.tf_trapno; m.cr2 = fault ? info.fields[0] : 0;
   const uint64_t old_mask = p.sigsuspended ? p.saved_mask : p.blocked;
   p.sigsuspended = false;
   m.oldmask = old_mask;
   f.uc.sigmask = old_mask;
-  f.info.signo = sig;
-  if (code != 0) {
-    f.info.code = static_cast<int32_t>(code);
-    f.info.fields[0] = addr;  // si_addr
-  } else {
-    f.info.code = 0;  // SI_USER
-    f.info.fields[0] = (static_cast<uint64_t>(getuid()) << 32) | static_cast<uint32_t>(p.sender);
-  }
+  f.info = info;
   if (!p.as->CopyOut(sp, &f, sizeof(f))) return false;
   // Frames between this one and the interrupted stack pointer were left by longjmp.
   for (size_t i = p.fpu_saved.size(); i-- > 0;) {
@@ -954,6 +1035,7 @@ int64_t Kernel::SigReturn(Process& p) {
   tf.tf_rdx = m.rdx; tf.tf_rax = m.rax; tf.tf_rcx = m.rcx; tf.tf_rsp = m.rsp;
   tf.tf_rip = m.rip; tf.tf_rflags = m.eflags;
   p.blocked = f.uc.sigmask & ~kUnblockable;
+  DropIgnored(p);
   // This frame's FPU state; frames pushed after it were left by longjmp.
   for (size_t i = p.fpu_saved.size(); i-- > 0;) {
     if (p.fpu_saved[i].frame != at) continue;

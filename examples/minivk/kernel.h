@@ -122,7 +122,22 @@ struct GuestTimer {
   int clock = CLOCK_MONOTONIC;  // what an absolute time (TIMER_ABSTIME) is measured on
   int64_t deadline = -1;  // armed while >= 0
   int64_t interval = 0;   // re-armed by this much at expiry (0: once)
+  uint64_t value = 0;     // (timer_create's) sigev_value, the signal's si_value
+  // (timer_create's) expirations its pending signal stands for beyond the first, and what
+  // the last delivered one stood for (timer_getoverrun).
+  int overrun = 0, last_overrun = 0;
 };
+
+// Linux's x86-64 siginfo_t (128 bytes): what a pending signal carries to its handler (or to
+// sigtimedwait). `fields` holds the union: for SI_USER/SI_TKILL/SI_QUEUE pid | uid << 32
+// (and si_value in fields[1]), for a fault si_addr, for SI_TIMER timer id | overrun << 32
+// and si_value, for SIGCHLD pid | uid << 32, si_status, si_utime, si_stime.
+struct GuestSigInfo {
+  int32_t signo = 0, err = 0, code = 0, pad = 0;
+  uint64_t fields[14] = {};
+};
+static_assert(sizeof(GuestSigInfo) == 128);
+constexpr int kSiKernel = 0x80, kSiUser = 0, kSiQueue = -1, kSiTimer = -2, kSiTkill = -6;
 
 struct Process {
   enum class State { kRunnable, kRunning, kBlocked, kZombie };
@@ -175,9 +190,8 @@ struct Process {
   pid_t vcpu_tid = 0;          // the vkernel thread running it (for vkrt_interrupt)
   bool in_run = false;         // inside VMSPACE_CTL_RUN (without the kernel lock)
   int64_t orig_rax = 0;        // the system call number, for restarts
-  int fault_sig = 0, fault_code = 0;  // siginfo of a synchronous fault signal
-  uint64_t fault_addr = 0;
-  int sender = 0;              // si_pid of the last kill()
+  GuestSigInfo info[65];       // what each pending signal carries (one instance per signal)
+  uint64_t sigwait_set = 0;    // what rt_sigtimedwait waits for (they wake it, kept if ignored)
   boost::context::fiber fiber, caller;
   TsanFiber tsan;              // `fiber` as ThreadSanitizer knows it
   std::string comm;            // for --trace
@@ -259,7 +273,17 @@ class Kernel {
   void ReleaseVfork(Process& child);
 
   // Signals.
+  // Makes `sig` pending for p with `info` (unless it already is: one instance per signal)
+  // and wakes or interrupts p if it is not blocked; discarded if p ignores it. Without
+  // `info`: SI_KERNEL (a timer's, the kernel's own).
+  void SendSignal(Process& p, int sig, const GuestSigInfo& info);
   void SendSignal(Process& p, int sig);
+  // Dequeues pending signal `sig` of p: its siginfo, an SI_TIMER one with the overruns of
+  // its timer until now.
+  GuestSigInfo TakeSignal(Process& p, int sig);
+  // Forgets p's pending signals that are no longer blocked and that it ignores: one kept
+  // while blocked (Linux never discards a blocked signal) is dropped once unblocked.
+  void DropIgnored(Process& p);
   // Timers: arming one (`when` >= 0) makes the scheduler look at it; FireTimers sends the
   // signals of those due at `now` and re-arms the periodic ones.
   void ArmTimer(GuestTimer& t, int64_t when, int64_t interval);
@@ -268,14 +292,17 @@ class Kernel {
   // CPU clock `clock` (IsCpuClock in syscalls.cc) as p reads it, in nanoseconds; -EINVAL
   // for a pid that is no live guest process.
   int64_t CpuClockNs(const Process& p, clockid_t clock) const;
-  int64_t Kill(Process& p, int64_t pid, int sig);
+  // kill(2) (tkill/tgkill with `code` SI_TKILL): p is the sender.
+  int64_t Kill(Process& p, int64_t pid, int sig, int code = kSiUser);
+  // rt_sigtimedwait(2): waits for a signal of the set at guest address `set_at`.
+  int64_t SigTimedWait(Process& p, uint64_t set_at, uint64_t info_at, uint64_t timeout_at);
   // Delivers what is pending and unblocked before the guest resumes, after storing `result`
   // (a system call's result; kRestart: restart or EINTR depending on the handler; kKeepRax:
   // the registers are already set).
   void DeliverSignals(Process& p, int64_t result);
   // A synchronous fault's signal: delivered even if blocked or ignored (then it kills).
   void ForceSignal(Process& p, int sig, int code, uint64_t addr);
-  bool PushFrame(Process& p, int sig, const SigAction& act, uint64_t code, uint64_t addr);
+  bool PushFrame(Process& p, int sig, const SigAction& act, const GuestSigInfo& info);
   int64_t SigReturn(Process& p);
   // sigaltstack(2) at guest addresses `ss` and `old_ss` (0: none), as the stack pointer `sp`
   // sees it (on the alternate stack, it cannot be changed: EPERM).

@@ -267,7 +267,9 @@ int64_t Kernel::WriteFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int6
       continue;
     }
     if (n < 0 && errno == EPIPE) {
-      SendSignal(p, SIGPIPE);
+      GuestSigInfo info;  // as Linux: SI_USER, from the writer itself
+      info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
+      SendSignal(p, SIGPIPE, info);
       return done > 0 ? static_cast<int64_t>(done) : -EPIPE;
     }
     if (n < 0 && errno != EAGAIN) return done > 0 ? static_cast<int64_t>(done) : -errno;
@@ -631,9 +633,13 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
         return -EINVAL;  // CPU-time and alarm clocks: not in minivk
       }
       int signo = SIGALRM;
+      bool has_value = false;
+      uint64_t value = 0;
       if (a[1] != 0) {
         struct { uint64_t value; int32_t signo, notify, tid; } ev;  // struct sigevent's head
         if (!p.as->CopyIn(a[1], &ev, sizeof(ev))) return -EFAULT;
+        has_value = true;
+        value = ev.value;
         if (ev.notify == SIGEV_NONE) {
           signo = 0;
         } else if (ev.notify == SIGEV_SIGNAL || ev.notify == SIGEV_THREAD_ID) {
@@ -650,6 +656,7 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
       if (!p.as->CopyOut(a[2], &out, sizeof(out))) return -EFAULT;
       if (id == p.timers.size()) p.timers.emplace_back();
       p.timers[id] = GuestTimer{true, signo, clock, -1, 0};
+      p.timers[id].value = has_value ? value : id;  // without a sigevent, si_value is the id
       return 0;
     }
     default: {  // timer_settime, timer_gettime, timer_getoverrun, timer_delete
@@ -662,7 +669,7 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
         t = GuestTimer{};
         return 0;
       }
-      if (nr == SYS_timer_getoverrun) return 0;  // overruns are not counted
+      if (nr == SYS_timer_getoverrun) return t.last_overrun;
       const uint64_t old_at = nr == SYS_timer_settime ? a[3] : a[1];
       Ts set[2] = {};
       if (nr == SYS_timer_settime) {
@@ -686,6 +693,7 @@ int64_t Kernel::TimerCall(Process& p, uint64_t nr, const uint64_t* a) {
           clock_gettime(t.clock, &c);
           value = std::max<int64_t>(1, value - (c.tv_sec * 1000000000 + c.tv_nsec));
         }
+        t.overrun = t.last_overrun = 0;
         ArmTimer(t, value == 0 ? -1 : now + value, set[0].sec * 1000000000 + set[0].nsec);
       }
       return 0;
@@ -1318,11 +1326,29 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
     case SYS_tkill:
       return static_cast<int32_t>(a[0]) <= 0 ? -EINVAL
                                             : Kill(p, static_cast<int32_t>(a[0]),
-                                                   static_cast<int>(a[1]));
+                                                   static_cast<int>(a[1]), kSiTkill);
     case SYS_tgkill:
       return static_cast<int32_t>(a[1]) <= 0 ? -EINVAL
                                             : Kill(p, static_cast<int32_t>(a[1]),
-                                                   static_cast<int>(a[2]));
+                                                   static_cast<int>(a[2]), kSiTkill);
+    case SYS_rt_sigqueueinfo:
+    case SYS_rt_tgsigqueueinfo: {
+      const bool tg = nr == SYS_rt_tgsigqueueinfo;
+      const int32_t pid = static_cast<int32_t>(tg ? a[1] : a[0]);
+      const int sig = static_cast<int>(tg ? a[2] : a[1]);
+      GuestSigInfo info;
+      if (!p.as->CopyIn(tg ? a[3] : a[2], &info, sizeof(info))) return -EFAULT;
+      if (sig < 0 || sig > 64 || pid <= 0) return -EINVAL;
+      // Only the kernel may claim to be the kernel or kill(2), except to oneself (as Linux).
+      if ((info.code >= 0 || info.code == kSiTkill) && pid != p.pid) return -EPERM;
+      auto it = procs_.find(pid);
+      if (it == procs_.end() || it->second->state == Process::State::kZombie) return -ESRCH;
+      if (sig != 0) SendSignal(*it->second, sig, info);
+      return 0;
+    }
+    case SYS_rt_sigtimedwait:
+      if (a[3] != 8) return -EINVAL;
+      return SigTimedWait(p, a[0], a[1], a[2]);
     case SYS_getpid:
     case SYS_gettid:
       return p.pid;
@@ -1452,6 +1478,7 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
           default: return -EINVAL;
         }
         p.blocked &= ~(Bit(SIGKILL) | Bit(SIGSTOP));
+        DropIgnored(p);
       }
       if (a[2] != 0 && !p.as->CopyOut(a[2], &old, sizeof(old))) return -EFAULT;
       return 0;
@@ -1468,6 +1495,7 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       if (!p.as->CopyIn(a[0], &set, sizeof(set))) return -EFAULT;
       p.saved_mask = p.blocked;
       p.blocked = set & ~(Bit(SIGKILL) | Bit(SIGSTOP));
+      DropIgnored(p);
       p.sigsuspended = true;
       while (!SignalPending(p)) Block(p);
       return -EINTR;
