@@ -274,7 +274,8 @@ static int cputime(void) {
   setitimer(ITIMER_VIRTUAL, &once, NULL);
   if (spin_until(&vtalrms, before + 1) != 0) return printf("no one-shot SIGVTALRM\n"), 1;
   getitimer(ITIMER_VIRTUAL, &now);
-  printf("one shot fired, then disarmed: %d\n", now.it_value.tv_sec == 0 && now.it_value.tv_usec == 0);
+  printf("one shot fired, then disarmed: %d\n",
+         now.it_value.tv_sec == 0 && now.it_value.tv_usec == 0);
   return 0;
 }
 
@@ -495,7 +496,8 @@ static int siginfo_mode(void) {
   const int overruns = timer_getoverrun(timer);
   printf("timer: %d %s, value %d, id right %d, overruns >= 5: %d, timer_getoverrun the same %d\n",
          rt_got == SIGRTMIN, si_code_name(info.si_code), info.si_value.sival_int,
-         info.si_timerid == (int)(intptr_t)timer, info.si_overrun >= 5, overruns == info.si_overrun);
+         info.si_timerid == (int)(intptr_t)timer, info.si_overrun >= 5,
+         overruns == info.si_overrun);
   timer_delete(timer);
   return 0;
 }
@@ -505,7 +507,8 @@ int main(int argc, char** argv) {
     fprintf(stderr,
             "usage: %s getppid N | touch N | segv | segv-handler | fpu |\n"
             "       forkexec N PROG [ARG...] | time PROG [ARG...] | alloc | oom | timers |\n"
-            "       cow N | cputime | altstack | siginfo | longjmp N | open PATH FLAG... | access-w PATH | fs OP PATH [PATH2]\n",
+            "       cow N | cputime | altstack | siginfo | longjmp N | open PATH FLAG... |\n"
+            "       access-w PATH | fs OP PATH [PATH2]\n",
             argv[0]);
     return 2;
   }

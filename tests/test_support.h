@@ -196,7 +196,8 @@ inline int AwaitChild(pid_t pid, int out_fd, std::string* out, std::chrono::seco
     if (!exited) fds[n++] = {pidfd, POLLIN, 0};
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
-    const int ready = poll(fds, n, killed ? 5000 : static_cast<int>(std::max<long long>(0, left.count())));
+    const int wait_ms = killed ? 5000 : static_cast<int>(std::max<long long>(0, left.count()));
+    const int ready = poll(fds, n, wait_ms);
     if (ready < 0 && errno == EINTR) continue;
     if (ready <= 0) {
       if (killed) break;  // something outside the group still holds the pipe

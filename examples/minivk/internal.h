@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 
 #include <string>
 #include <vector>
@@ -24,6 +25,15 @@ int64_t MonotonicNs();
 bool MayBlock(const struct stat& st);
 // Signals whose default action is to do nothing here.
 bool DefaultIgnore(int sig);
+// Whether a process whose action for `sig` has this handler (0 SIG_DFL, 1 SIG_IGN) ignores it.
+inline bool Ignores(uint64_t handler, int sig) {
+  return handler == 1 || (handler == 0 && DefaultIgnore(sig));
+}
+// Clock ticks as times(2) and siginfo count them (the guests' AT_CLKTCK is 100).
+constexpr int64_t kNsPerClockTick = 10000000;
+inline struct timeval NsToTimeval(int64_t ns) {
+  return {ns / 1000000000, ns % 1000000000 / 1000};
+}
 std::string BaseName(const std::string& path);
 }  // namespace minivk
 

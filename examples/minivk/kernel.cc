@@ -68,13 +68,14 @@ constexpr uint64_t kMinSigStackSize = 2048;             // Linux's MINSIGSTKSZ f
 // Whether stack pointer `sp` is on p's alternate signal stack (as Linux's on_sig_stack: the
 // top counts, the bottom does not).
 bool OnAltStack(const Process& p, uint64_t sp) {
-  return sp > p.altstack_sp && sp - p.altstack_sp <= p.altstack_size;
+  return sp > p.altstack.sp && sp - p.altstack.sp <= p.altstack.size;
 }
 
-// ss_flags as sigaltstack reports them for stack pointer `sp` (without SS_AUTODISARM).
-int AltStackFlags(const Process& p, uint64_t sp) {
-  if (p.altstack_size == 0) return SS_DISABLE;
-  return OnAltStack(p, sp) ? SS_ONSTACK : 0;
+// p's alternate stack as sigaltstack reports it for stack pointer `sp` (and as a signal
+// frame keeps it for sigreturn).
+StackT ReportedAltStack(const Process& p, uint64_t sp) {
+  const int state = p.altstack.size == 0 ? SS_DISABLE : OnAltStack(p, sp) ? SS_ONSTACK : 0;
+  return {p.altstack.sp, state | p.altstack.flags, 0, p.altstack.size};
 }
 
 // Sets p's alternate stack as sigaltstack(2) would, the stack pointer being `sp`: EPERM on
@@ -84,14 +85,11 @@ int64_t SetAltStack(Process& p, uint64_t stack, int flags, uint64_t size, uint64
   const int mode = flags & ~kSsAutodisarm;
   if (mode != 0 && mode != SS_ONSTACK && mode != SS_DISABLE) return -EINVAL;
   if (mode == SS_DISABLE) {
-    p.altstack_sp = p.altstack_size = 0;
-    p.altstack_flags = 0;
+    p.altstack = {};
     return 0;
   }
   if (size < kMinSigStackSize) return -ENOMEM;
-  p.altstack_sp = stack;
-  p.altstack_size = size;
-  p.altstack_flags = flags & kSsAutodisarm;
+  p.altstack = {stack, size, flags & kSsAutodisarm};
   return 0;
 }
 
@@ -456,8 +454,7 @@ bool Kernel::RunGuest(Process& p) {
   p.in_run = true;
   // A CPU-time timer due within this RUN ends it (tf_trapno 0) when due: a guest that never
   // traps still gets its SIGVTALRM/SIGPROF.
-  const int64_t cpu_timer =
-      p.itimer_virtual.deadline >= 0 || p.itimer_prof.deadline >= 0 ? CpuTimers(p, false) : 0;
+  const int64_t cpu_timer = CpuTimers(p, false);
   const int64_t t0 = MonotonicNs();
   ChargeKernel(p, t0);
   mu_.unlock();
@@ -469,7 +466,7 @@ bool Kernel::RunGuest(Process& p) {
   p.utime_ns += t1 - t0;
   p.kernel_since = t1;
   if (options_.stats) stats_.run_seconds += (t1 - t0) / 1e9;
-  if (p.itimer_virtual.deadline >= 0 || p.itimer_prof.deadline >= 0) CpuTimers(p, true);
+  CpuTimers(p, true);
   if (rc != 0 && fatal_.empty()) fatal_ = std::string("vmspace_ctl: ") + vkrt_last_error();
   return rc == 0;
 }
@@ -584,9 +581,7 @@ int64_t Kernel::Fork(Process& p, uint64_t flags, uint64_t stack, uint64_t ptid, 
   std::copy(std::begin(p.actions), std::end(p.actions), std::begin(c->actions));
   c->blocked = p.blocked;
   c->fpu_saved = p.fpu_saved;  // a fork in a handler: the child returns from it too
-  c->altstack_sp = p.altstack_sp;
-  c->altstack_size = p.altstack_size;
-  c->altstack_flags = p.altstack_flags;
+  c->altstack = p.altstack;
   c->comm = p.comm;
   c->exe = p.exe;
   if (flags & CLONE_VM) {
@@ -676,13 +671,11 @@ void Kernel::Exit(Process& p, int wait_status) {
     p.ppid = 0;  // the parent said it will not wait
   } else {
     // CLD_EXITED with the exit code, or CLD_KILLED with the signal; times in clock ticks.
-    GuestSigInfo info;
     const bool exited = (wait_status & 0x7F) == 0;
-    info.code = exited ? 1 : 2;
-    info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
+    GuestSigInfo info = SenderInfo(exited ? CLD_EXITED : CLD_KILLED, p.pid);
     info.fields[1] = static_cast<uint32_t>(exited ? (wait_status >> 8) & 0xFF : wait_status & 0x7F);
-    info.fields[2] = static_cast<uint64_t>(p.utime_ns / 10000000);
-    info.fields[3] = static_cast<uint64_t>(p.stime_ns / 10000000);
+    info.fields[2] = static_cast<uint64_t>(p.utime_ns / kNsPerClockTick);
+    info.fields[3] = static_cast<uint64_t>(p.stime_ns / kNsPerClockTick);
     SendSignal(pp, SIGCHLD, info);
   }
   Wake(pp);  // a wait4 retries (any other wait just waits again)
@@ -716,8 +709,8 @@ int64_t Kernel::Wait4(Process& p, int64_t pid, uint64_t status, int options,
       p.cstime_ns += sys;
       if (usage != nullptr) {
         *usage = {};
-        usage->ru_utime = {user / 1000000000, user % 1000000000 / 1000};
-        usage->ru_stime = {sys / 1000000000, sys % 1000000000 / 1000};
+        usage->ru_utime = NsToTimeval(user);
+        usage->ru_stime = NsToTimeval(sys);
       }
       procs_.erase(zombie->pid);
       return reaped;
@@ -745,8 +738,7 @@ void Kernel::SendSignal(Process& p, int sig, const GuestSigInfo& info) {
   const SigAction& act = p.actions[sig];
   const bool blocked = (p.blocked & Bit(sig)) && !(kUnblockable & Bit(sig));
   const bool awaited = p.sigwait_set & Bit(sig);  // by rt_sigtimedwait
-  if (sig != SIGKILL && sig != SIGSTOP && !blocked && !awaited &&
-      (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig)))) {
+  if (sig != SIGKILL && sig != SIGSTOP && !blocked && !awaited && Ignores(act.handler, sig)) {
     return;  // discarded, as Linux discards ignored signals (not blocked or awaited ones)
   }
   if (!(p.pending & Bit(sig))) {
@@ -834,8 +826,7 @@ void Kernel::DropIgnored(Process& p) {
   while (unblocked != 0) {
     const int sig = __builtin_ctzll(unblocked) + 1;
     unblocked &= unblocked - 1;
-    const SigAction& act = p.actions[sig];
-    if (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig))) p.pending &= ~Bit(sig);
+    if (Ignores(p.actions[sig].handler, sig)) p.pending &= ~Bit(sig);
   }
 }
 
@@ -896,12 +887,7 @@ int64_t Kernel::Kill(Process& p, int64_t pid, int sig, int code) {
                                    : c->pgid == -pid;
     if (!match) continue;
     ++found;
-    if (sig != 0) {
-      GuestSigInfo info;
-      info.code = code;
-      info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
-      SendSignal(*c, sig, info);
-    }
+    if (sig != 0) SendSignal(*c, sig, SenderInfo(code, p.pid));
   }
   return found > 0 ? 0 : -ESRCH;
 }
@@ -914,7 +900,7 @@ void Kernel::DeliverSignals(Process& p, int64_t result) {
     if (ready == 0) break;
     sig = __builtin_ctzll(ready) + 1;
     act = p.actions[sig];
-    if (sig != SIGKILL && (act.handler == 1 || (act.handler == 0 && DefaultIgnore(sig)))) {
+    if (sig != SIGKILL && Ignores(act.handler, sig)) {
       p.pending &= ~Bit(sig);
       sig = 0;
       continue;
@@ -971,18 +957,15 @@ bool Kernel::PushFrame(Process& p, int sig, const SigAction& act, const GuestSig
   SigFrame f = {};
   f.pretcode = act.restorer;
   // The settings as they were, for sigreturn to restore (SS_AUTODISARM disarms until then).
-  f.uc.stack = {p.altstack_sp, AltStackFlags(p, rsp) | p.altstack_flags, 0, p.altstack_size};
+  f.uc.stack = ReportedAltStack(p, rsp);
   uint64_t sp = rsp - 128;  // past the red zone
   const bool onto_altstack =
-      (act.flags & SA_ONSTACK) && p.altstack_size != 0 && !OnAltStack(p, rsp);
-  if (onto_altstack) sp = p.altstack_sp + p.altstack_size;
+      (act.flags & SA_ONSTACK) && p.altstack.size != 0 && !OnAltStack(p, rsp);
+  if (onto_altstack) sp = p.altstack.sp + p.altstack.size;
   sp = ((sp - sizeof(SigFrame)) & ~uint64_t{15}) - 8;  // as after a call
   // A frame that does not fit on the alternate stack it is on is not written (SIGSEGV).
   if ((onto_altstack || OnAltStack(p, rsp)) && !OnAltStack(p, sp)) return false;
-  if (onto_altstack && (p.altstack_flags & kSsAutodisarm)) {
-    p.altstack_sp = p.altstack_size = 0;
-    p.altstack_flags = 0;
-  }
+  if (onto_altstack && (p.altstack.flags & kSsAutodisarm)) p.altstack = {};
   const struct trapframe& tf = p.tf;
   SigContext& m = f.uc.mcontext;
   m.r8 = tf.tf_r8; m.r9 = tf.tf_r9; m.r10 = tf.tf_r10; m.r11 = tf.tf_r11;
@@ -1050,7 +1033,7 @@ int64_t Kernel::SigReturn(Process& p) {
 }
 
 int64_t Kernel::SigAltStack(Process& p, uint64_t ss, uint64_t old_ss, uint64_t sp) {
-  StackT now = {p.altstack_sp, AltStackFlags(p, sp) | p.altstack_flags, 0, p.altstack_size};
+  const StackT now = ReportedAltStack(p, sp);
   if (ss != 0) {
     StackT set;
     if (!p.as->CopyIn(ss, &set, sizeof(set))) return -EFAULT;

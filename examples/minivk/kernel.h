@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <unistd.h>
 #include <vkrt/vmspace.h>
 
 #include <boost/context/fiber.hpp>
@@ -139,6 +140,15 @@ struct GuestSigInfo {
 static_assert(sizeof(GuestSigInfo) == 128);
 constexpr int kSiKernel = 0x80, kSiUser = 0, kSiQueue = -1, kSiTimer = -2, kSiTkill = -6;
 
+// The siginfo of a signal from process `pid` (kill, tgkill, SIGPIPE, SIGCHLD): si_code
+// `code`, si_pid and minivk's uid (every guest's).
+inline GuestSigInfo SenderInfo(int code, int pid) {
+  GuestSigInfo info;
+  info.code = code;
+  info.fields[0] = static_cast<uint32_t>(pid) | (static_cast<uint64_t>(getuid()) << 32);
+  return info;
+}
+
 struct Process {
   enum class State { kRunnable, kRunning, kBlocked, kZombie };
 
@@ -163,11 +173,13 @@ struct Process {
     std::vector<unsigned char> state;
   };
   std::vector<SavedFpu> fpu_saved;
-  std::vector<std::vector<unsigned char>> fpu_spare;  // buffers to reuse (no allocation per signal)
-  // sigaltstack: the alternate signal stack [altstack_sp, altstack_sp + altstack_size), or
-  // none (size 0); SS_AUTODISARM in altstack_flags. Inherited by fork, reset by execve.
-  uint64_t altstack_sp = 0, altstack_size = 0;
-  int altstack_flags = 0;
+  std::vector<std::vector<unsigned char>> fpu_spare;  // buffers to reuse: no allocation per frame
+  // sigaltstack: the alternate signal stack [sp, sp + size), or none (size 0); SS_AUTODISARM
+  // in flags. Inherited by fork, reset by execve.
+  struct AltStack {
+    uint64_t sp = 0, size = 0;
+    int flags = 0;
+  } altstack;
   SigAction actions[65];
   uint64_t blocked = 0, pending = 0;
   uint64_t clear_child_tid = 0;

@@ -267,9 +267,7 @@ int64_t Kernel::WriteFd(Process& p, int64_t fd, uint64_t buf, uint64_t len, int6
       continue;
     }
     if (n < 0 && errno == EPIPE) {
-      GuestSigInfo info;  // as Linux: SI_USER, from the writer itself
-      info.fields[0] = static_cast<uint32_t>(p.pid) | (static_cast<uint64_t>(getuid()) << 32);
-      SendSignal(p, SIGPIPE, info);
+      SendSignal(p, SIGPIPE, SenderInfo(kSiUser, p.pid));  // as Linux: from the writer itself
       return done > 0 ? static_cast<int64_t>(done) : -EPIPE;
     }
     if (n < 0 && errno != EAGAIN) return done > 0 ? static_cast<int64_t>(done) : -errno;
@@ -775,8 +773,7 @@ int64_t Kernel::Execve(Process& p, uint64_t path, uint64_t argv_va, uint64_t env
     if (a.handler > 1) a = SigAction{};
   }
   p.fpu_saved.clear();
-  p.altstack_sp = p.altstack_size = 0;  // the alternate stack was the old program's
-  p.altstack_flags = 0;
+  p.altstack = {};  // the alternate stack was the old program's
   p.timers.clear();  // timer_create's timers end with the program; alarm's stays
   memcpy(p.fpu.get(), fpu_initial_.data(), fpu_size_);
   p.tf = {};
@@ -1457,7 +1454,7 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
         uint64_t k[4];  // handler, flags, restorer, mask (the kernel's struct sigaction)
         if (!p.as->CopyIn(a[1], k, sizeof(k))) return -EFAULT;
         p.actions[sig] = SigAction{k[0], k[1], k[2], k[3]};
-        if (k[0] == 1 || (k[0] == 0 && DefaultIgnore(sig))) p.pending &= ~Bit(sig);
+        if (Ignores(k[0], sig)) p.pending &= ~Bit(sig);
       }
       if (a[2] != 0) {
         const uint64_t k[4] = {old.handler, old.flags, old.restorer, old.mask};
@@ -1542,7 +1539,8 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
         if (ns < 0) return ns;
         ts = nr == SYS_clock_gettime ? timespec{ns / 1000000000, ns % 1000000000} : timespec{0, 1};
       } else {
-        const int r = nr == SYS_clock_gettime ? clock_gettime(clock, &ts) : clock_getres(clock, &ts);
+        const int r =
+            nr == SYS_clock_gettime ? clock_gettime(clock, &ts) : clock_getres(clock, &ts);
         if (r != 0) return -errno;
       }
       return a[1] == 0 || p.as->CopyOut(a[1], &ts, sizeof(ts)) ? 0 : -EFAULT;
@@ -1557,13 +1555,12 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       return a[0] == 0 || p.as->CopyOut(a[0], &now, sizeof(now)) ? now : -EFAULT;
     }
     case SYS_times: {
-      constexpr int64_t kNsPerTick = 10000000;  // AT_CLKTCK is 100
-      const struct tms t = {static_cast<clock_t>(p.utime_ns / kNsPerTick),
-                            static_cast<clock_t>(p.stime_ns / kNsPerTick),
-                            static_cast<clock_t>(p.cutime_ns / kNsPerTick),
-                            static_cast<clock_t>(p.cstime_ns / kNsPerTick)};
+      const struct tms t = {static_cast<clock_t>(p.utime_ns / kNsPerClockTick),
+                            static_cast<clock_t>(p.stime_ns / kNsPerClockTick),
+                            static_cast<clock_t>(p.cutime_ns / kNsPerClockTick),
+                            static_cast<clock_t>(p.cstime_ns / kNsPerClockTick)};
       if (a[0] != 0 && !p.as->CopyOut(a[0], &t, sizeof(t))) return -EFAULT;
-      return MonotonicNs() / 10000000;  // clock ticks (100 Hz)
+      return MonotonicNs() / kNsPerClockTick;
     }
 
     // The system.
@@ -1586,8 +1583,8 @@ int64_t Kernel::Dispatch(Process& p, uint64_t nr, const uint64_t* a) {
       const int64_t user = children ? p.cutime_ns : p.utime_ns;
       const int64_t sys = children ? p.cstime_ns : p.stime_ns;
       struct rusage ru = {};
-      ru.ru_utime = {user / 1000000000, user % 1000000000 / 1000};
-      ru.ru_stime = {sys / 1000000000, sys % 1000000000 / 1000};
+      ru.ru_utime = NsToTimeval(user);
+      ru.ru_stime = NsToTimeval(sys);
       return p.as->CopyOut(a[1], &ru, sizeof(ru)) ? 0 : -EFAULT;
     }
     case SYS_getrlimit:
